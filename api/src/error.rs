@@ -1,0 +1,76 @@
+//! The API's one error type. Every error is a JSON body `{code, message, request_id}` with a
+//! stable `code`; a 5xx logs its cause and shows none of it.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use soma_core::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    PayloadTooLarge { message: String },
+    #[error("{what} is unavailable")]
+    Unavailable { what: &'static str, cause: anyhow::Error },
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest { code, message: message.into() }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound("session") => (StatusCode::NOT_FOUND, "session_not_found"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::SessionNotFound => Self::NotFound("session"),
+            StoreError::TurnNotFound => Self::NotFound("turn"),
+            StoreError::Database(cause) => Self::Unavailable { what: "the database", cause: cause.into() },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            Self::Unavailable { what, cause } => tracing::error!(error = ?cause, "{what} is unavailable"),
+            Self::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            _ => {}
+        }
+        // The request id is added by the request-id middleware, which sees this marker.
+        let mut response = (status, Json(json!({ "code": code, "message": self.to_string() }))).into_response();
+        response.extensions_mut().insert(ErrorBody);
+        response
+    }
+}
+
+/// Marks a response whose JSON body is an [`ApiError`], so the middleware can add the
+/// request id to it.
+#[derive(Clone, Copy)]
+pub struct ErrorBody;

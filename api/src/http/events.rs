@@ -1,0 +1,96 @@
+//! `GET /v1/session/{id}/events`: the session's events as SSE. `id:` is the event's
+//! `session_events` id, `event:` its kind, `data:` `{type, meta, payload}`. A reconnecting
+//! client sends `Last-Event-ID` (or `?after=`) and gets exactly the later events. New events
+//! are read when Postgres NOTIFY wakes the session, never by polling; a comment goes out every
+//! 15 s so proxies keep the connection open.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use soma_core::store::StoredEvent;
+
+use crate::auth::Tenant;
+use crate::{ApiContext, ApiError};
+
+/// Events read per query while catching up.
+const PAGE: i64 = 500;
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    after: Option<i64>,
+}
+
+pub async fn stream(
+    State(ctx): State<ApiContext>,
+    Tenant(tenant_id): Tenant,
+    Path(id): Path<String>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let session_id = super::session_id(&id)?;
+    if !ctx.store.session_exists(&tenant_id, session_id).await? {
+        return Err(ApiError::NotFound("session"));
+    }
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event id"))?,
+        ),
+        None => None,
+    };
+    let mut after = last_event_id.or(query.after).unwrap_or(0);
+    // Subscribe before the first read: whatever commits after it wakes us.
+    let mut woken = ctx.wakeups.subscribe(session_id);
+    let store = ctx.store.clone();
+    let events = async_stream::stream! {
+        loop {
+            match store.events_after(&tenant_id, session_id, after, PAGE).await {
+                Ok(page) => {
+                    let full = page.len() as i64 == PAGE;
+                    for event in page {
+                        after = event.id;
+                        yield Ok(to_sse(&event));
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, %session_id, "reading events failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+            if woken.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat")))
+}
+
+fn to_sse(event: &StoredEvent) -> Event {
+    let data = json!({
+        "type": event.kind,
+        "meta": {
+            "request_id": event.request_id,
+            "trace_id": event.trace_id,
+            "session_id": event.session_id,
+            "turn_id": event.turn_id,
+            "tenant_id": event.tenant_id,
+            "created_at": event.created_at,
+        },
+        "payload": event.payload,
+    });
+    Event::default().id(event.id.to_string()).event(&event.kind).data(data.to_string())
+}

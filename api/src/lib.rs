@@ -1,0 +1,54 @@
+//! The HTTP API: accepts chat messages and starts their workflows, streams session events
+//! over resumable SSE, and serves history, health and readiness. `main.rs` only wires.
+
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod request_id;
+
+use std::sync::Arc;
+
+use axum::Router;
+use temporalio_client::Client;
+
+use soma_core::{Config, SessionWakeups, Store};
+
+pub use auth::ApiKeys;
+pub use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub temporal: Client,
+    pub wakeups: Arc<SessionWakeups>,
+    pub keys: Arc<ApiKeys>,
+}
+
+impl ApiContext {
+    /// Builds the context and starts listening for session events.
+    pub async fn new(config: Config, store: Store, temporal: Client) -> anyhow::Result<Self> {
+        let keys = Arc::new(ApiKeys::from_config(&config)?);
+        if keys.is_empty() {
+            tracing::warn!("no API keys configured (SOMA_API_KEYS): every request will get 401");
+        }
+        let wakeups = Arc::new(SessionWakeups::default());
+        wakeups.start(&store).await?;
+        Ok(Self { config: Arc::new(config), store, temporal, wakeups, keys })
+    }
+}
+
+/// The whole router, ready to serve.
+pub fn app(ctx: ApiContext) -> Router {
+    http::router(ctx.clone()).layer(axum::middleware::from_fn(request_id::propagate))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: ApiContext,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(ctx)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,219 @@
+//! One configuration type, loaded in layers: defaults → optional TOML file → `SOMA_*`
+//! environment variables (plus the conventional `DATABASE_URL` and `TEMPORAL_ADDRESS`).
+//! Secrets are [`Secret`]s, which never print.
+
+use std::fmt;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A value that must not appear in logs or `--print-config` output.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"********\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "********" })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// The effective configuration of an api or worker process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP API listens.
+    pub listen_addr: String,
+    /// Postgres connection URL (may hold a password, hence secret).
+    pub database_url: Secret,
+    pub database_max_connections: u32,
+    /// Temporal frontend, `host:port`.
+    pub temporal_address: String,
+    pub temporal_namespace: String,
+    /// Task queue the chat workflows and activities run on.
+    pub task_queue: String,
+    /// OpenAI-compatible base URL (…/v1). The default is the keyless dev provider.
+    pub llm_base_url: String,
+    pub llm_api_key: Secret,
+    pub llm_model: String,
+    /// Delta coalescing window before `llm.delta` events are written.
+    pub delta_coalesce_ms: u64,
+    /// Largest accepted user message, in bytes.
+    pub max_message_bytes: usize,
+    /// API keys as `tenant_id:sha256_hex_of_key`, comma separated. Only hashes are stored.
+    pub api_keys: String,
+    pub log_format: LogFormat,
+    /// `tracing` filter, e.g. `info,soma_api=debug`.
+    pub log_filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_addr: "127.0.0.1:20020".into(),
+            database_url: Secret::new("postgres://postgres@127.0.0.1:5432/soma"),
+            database_max_connections: 20,
+            temporal_address: "127.0.0.1:7233".into(),
+            temporal_namespace: "default".into(),
+            task_queue: "soma-chat".into(),
+            llm_base_url: DEV_PROVIDER_BASE_URL.into(),
+            llm_api_key: Secret::default(),
+            llm_model: DEV_PROVIDER_MODEL.into(),
+            delta_coalesce_ms: 30,
+            max_message_bytes: 32 * 1024,
+            api_keys: String::new(),
+            log_format: LogFormat::Human,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Where `ops/dev` runs the keyless dev provider.
+pub const DEV_PROVIDER_BASE_URL: &str = "http://127.0.0.1:20021/v1";
+/// The model name the dev provider answers as, so it is never mistaken for a real model.
+pub const DEV_PROVIDER_MODEL: &str = "soma-dev-provider";
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!("config file {} not found", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL", "TEMPORAL_ADDRESS"]).map(|k| {
+                k.as_str().to_ascii_lowercase().into()
+            }))
+            // Only our own keys: other SOMA_* variables (SOMA_API_URL for clients, say) are not
+            // configuration of this process.
+            .merge(Env::prefixed("SOMA_").filter(|key| Config::is_key(key.as_str())));
+        let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn is_key(key: &str) -> bool {
+        let defaults = figment::value::Value::serialize(Config::default());
+        defaults
+            .ok()
+            .and_then(|v| v.into_dict())
+            .is_some_and(|dict| dict.contains_key(&key.to_ascii_lowercase()))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError("max_message_bytes must be positive".into()));
+        }
+        for entry in self.api_key_entries() {
+            let (tenant, hash) = entry.map_err(ConfigError)?;
+            if tenant.is_empty() || hash.len() != 64 {
+                return Err(ConfigError(format!("api key for tenant {tenant:?} is not a sha256")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(tenant_id, sha256_hex)` pairs from `api_keys`.
+    pub fn api_key_entries(&self) -> impl Iterator<Item = Result<(&str, &str), String>> {
+        self.api_keys.split(',').map(str::trim).filter(|e| !e.is_empty()).map(|entry| {
+            entry
+                .split_once(':')
+                .ok_or_else(|| format!("api_keys entry {entry:?} is not tenant:sha256"))
+        })
+    }
+
+    /// True when the LLM is the keyless dev provider rather than a real one.
+    pub fn uses_dev_provider(&self) -> bool {
+        self.llm_api_key.is_empty()
+    }
+
+    /// The effective configuration as TOML, secrets masked, for `--print-config`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = Secret::new(mask_url_password(self.database_url.expose()));
+        let text = toml::to_string_pretty(&shown).unwrap_or_default();
+        // The database URL is shown with only its password masked: it helps operators.
+        text.replace(
+            "database_url = \"********\"",
+            &format!("database_url = {:?}", mask_url_password(self.database_url.expose())),
+        )
+    }
+}
+
+/// `postgres://user:pw@host/db` → `postgres://user:********@host/db`.
+pub fn mask_url_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("********"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let config = Config { llm_api_key: Secret::new("sk-live-123"), ..Config::default() };
+        assert!(!format!("{config:?}").contains("sk-live-123"));
+        assert!(!config.to_masked_toml().contains("sk-live-123"));
+        assert!(config.to_masked_toml().contains("llm_api_key = \"********\""));
+    }
+
+    #[test]
+    fn database_password_is_masked_but_host_shown() {
+        let config = Config {
+            database_url: Secret::new("postgres://app:hunter2@db.internal:5432/soma"),
+            ..Config::default()
+        };
+        let shown = config.to_masked_toml();
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("db.internal:5432/soma"));
+    }
+
+    #[test]
+    fn api_keys_must_be_tenant_and_hash() {
+        let bad = Config { api_keys: "tenant-without-hash".into(), ..Config::default() };
+        assert!(bad.validate().is_err());
+        let good = Config { api_keys: format!("acme:{}", "a".repeat(64)), ..Config::default() };
+        assert!(good.validate().is_ok());
+    }
+}

@@ -1,0 +1,13 @@
+//! What the api and the worker share: configuration, telemetry, the Temporal connection and
+//! the Postgres store (the only place SQL is written).
+
+pub mod cli;
+pub mod config;
+pub mod store;
+pub mod telemetry;
+pub mod temporal;
+pub mod wakeups;
+
+pub use config::{Config, Secret};
+pub use store::Store;
+pub use wakeups::SessionWakeups;

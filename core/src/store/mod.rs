@@ -1,0 +1,70 @@
+//! The Postgres store: every query the api and the activities run, one module per table.
+//! Writes are keyed (unique keys, `ON CONFLICT DO NOTHING`) so a retried activity cannot
+//! duplicate them (DESIGN.md, principle 2). Every query is scoped by tenant.
+
+mod audit;
+mod events;
+mod messages;
+mod sessions;
+mod turns;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+pub use audit::AuditEntry;
+pub use events::{EVENTS_CHANNEL, NewEvent, StoredEvent};
+pub use messages::{ConversationLine, Message};
+pub use sessions::{SessionCursor, SessionSummary};
+pub use turns::{AcceptedTurn, NewTurn, OpenTurn, TurnRow};
+
+/// Errors a caller can act on; anything else is a database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("turn not found")]
+    TurnNotFound,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+impl Store {
+    /// Connects a pool. Connections are opened lazily so a process can start (and report
+    /// itself not ready) while the database is still coming up.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url)?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations (safe to run from several processes at once).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

