@@ -151,3 +151,11 @@ build_binaries() {
   (cd "$ROOT" && cargo build --locked --bins --quiet)
   BIN=$CARGO_TARGET_DIR/debug
 }
+
+# Test databases are named soma_test_*; drop those left by earlier runs.
+drop_test_databases() {
+  local db
+  for db in $(psql "$SOMA_PG_ADMIN_URL" -qAtc "select datname from pg_database where datname like 'soma_test_%'"); do
+    psql "$SOMA_PG_ADMIN_URL" -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true
+  done
+}

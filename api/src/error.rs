@@ -74,3 +74,22 @@ impl IntoResponse for ApiError {
 /// request id to it.
 #[derive(Clone, Copy)]
 pub struct ErrorBody;
+
+/// `Query<T>` whose rejection is an [`ApiError`], so a bad query string gets the API's JSON
+/// error body like every other bad input.
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for AppQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| AppQuery(value))
+            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+    }
+}

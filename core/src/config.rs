@@ -164,14 +164,15 @@ impl Config {
 
     /// The effective configuration as TOML, secrets masked, for `--print-config`.
     pub fn to_masked_toml(&self) -> String {
-        let mut shown = self.clone();
-        shown.database_url = Secret::new(mask_url_password(self.database_url.expose()));
-        let text = toml::to_string_pretty(&shown).unwrap_or_default();
-        // The database URL is shown with only its password masked: it helps operators.
-        text.replace(
-            "database_url = \"********\"",
-            &format!("database_url = {:?}", mask_url_password(self.database_url.expose())),
-        )
+        let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(self) else {
+            return String::new();
+        };
+        // The database URL is shown with only its password masked: host and name help operators.
+        table.insert(
+            "database_url".into(),
+            toml::Value::String(mask_url_password(self.database_url.expose())),
+        );
+        toml::to_string_pretty(&table).unwrap_or_default()
     }
 }
 

@@ -1,1 +1,221 @@
-//! End-to-end tests live in tests/; this crate has no library code of its own.
+//! The end-to-end test harness: each test gets its own database (created from
+//! `SOMA_TEST_DATABASE_URL`), its own Temporal task queue on the real dev server
+//! (`TEMPORAL_ADDRESS`), an in-process API on port 0, workers it can start and kill, and the
+//! dev provider with the delays and failures it asks for. `ops/test` sets the environment.
+
+pub mod sse;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use soma_core::config::LogFormat;
+use soma_core::{Config, Store};
+use soma_devllm::{DevProviderHandle, DevProviderOptions};
+use uuid::Uuid;
+
+pub use sse::{SseClient, SseEvent};
+
+pub const KEY_A: &str = "test-key-tenant-a";
+pub const KEY_B: &str = "test-key-tenant-b";
+
+/// Generous bound for anything a test waits on; failures say what they waited for.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+pub struct TestApp {
+    pub config: Config,
+    pub store: Store,
+    pub api_url: String,
+    pub http: reqwest::Client,
+    pub provider: DevProviderHandle,
+    pub temporal: temporalio_client::Client,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through ops/test, which starts PostgreSQL and Temporal")
+    })
+}
+
+impl TestApp {
+    /// Everything a test needs, named after the test for the task queue and database.
+    pub async fn spawn(test_name: &str, provider: DevProviderOptions) -> TestApp {
+        if std::env::var("TEST_LOG").is_ok() {
+            soma_core::telemetry::init_telemetry(LogFormat::Human, "info,temporalio_sdk_core=warn");
+        }
+        let admin_url = required_env("SOMA_TEST_DATABASE_URL");
+        let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
+        let suffix = Uuid::new_v4().simple().to_string()[..8].to_string();
+        let database = format!("soma_test_{}_{suffix}", test_name.replace('-', "_"));
+        let database_url = create_database(&admin_url, &database).await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let provider = soma_devllm::spawn(listener, provider).unwrap();
+
+        let config = Config {
+            database_url: soma_core::Secret::new(database_url),
+            database_max_connections: 10,
+            temporal_address,
+            task_queue: format!("test-{test_name}-{suffix}"),
+            llm_base_url: provider.base_url(),
+            llm_model: soma_devllm::MODEL.into(),
+            delta_coalesce_ms: 20,
+            max_message_bytes: 1024,
+            api_keys: format!(
+                "tenant-a:{},tenant-b:{}",
+                soma_api::auth::hash_key(KEY_A),
+                soma_api::auth::hash_key(KEY_B)
+            ),
+            ..Config::default()
+        };
+        let store = Store::connect_lazy(config.database_url.expose(), 10).unwrap();
+        store.migrate().await.expect("migrations apply");
+        let temporal = soma_core::temporal::connect(&config, Duration::from_secs(10))
+            .await
+            .expect("Temporal reachable (ops/test starts it)");
+
+        let ctx = soma_api::ApiContext::new(config.clone(), store.clone(), temporal.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(soma_api::serve(listener, ctx, std::future::pending()));
+
+        TestApp { config, store, api_url, http: reqwest::Client::new(), provider, temporal }
+    }
+
+    /// Starts a worker on the test's task queue, in its own thread and runtime so that it can
+    /// be killed like a crashed process.
+    pub fn start_worker(&self) -> TestWorker {
+        TestWorker::start(self.config.clone())
+    }
+
+    /// `POST /v1/session/message` as tenant A.
+    pub async fn post_message(&self, body: Value, idempotency_key: Option<&str>) -> (u16, Value) {
+        self.post_message_raw(KEY_A, body.to_string(), idempotency_key).await
+    }
+
+    pub async fn post_message_raw(&self, key: &str, body: String, idempotency_key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/session/message", self.api_url))
+            .header("X-API-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(idempotency_key) = idempotency_key {
+            request = request.header("Idempotency-Key", idempotency_key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends a message and returns `(session_id, turn_id, workflow_id)`; panics unless 202.
+    pub async fn send(&self, session_id: Option<&str>, message: &str) -> (String, String, String) {
+        let mut body = json!({ "message": message });
+        if let Some(session_id) = session_id {
+            body["session_id"] = json!(session_id);
+        }
+        let (status, body) = self.post_message(body, None).await;
+        assert_eq!(status, 202, "message not accepted: {body}");
+        let field = |name: &str| body[name].as_str().unwrap().to_string();
+        (field("session_id"), field("turn_id"), field("workflow_id"))
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.api_url)).header("X-API-Key", key).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Opens the session's event stream as tenant A, after event `last_event_id`.
+    pub async fn events(&self, session_id: &str, last_event_id: Option<i64>) -> SseClient {
+        SseClient::connect(&self.http, &format!("{}/v1/session/{session_id}/events", self.api_url), KEY_A, last_event_id)
+            .await
+    }
+
+    /// Opens the session's event stream with `?after=` instead of `Last-Event-ID`.
+    pub async fn get_events_after(&self, session_id: &str, after: i64) -> SseClient {
+        let url = format!("{}/v1/session/{session_id}/events?after={after}", self.api_url);
+        SseClient::connect(&self.http, &url, KEY_A, None).await
+    }
+
+    /// The session's stored messages as `(role, content, status)`.
+    pub async fn messages(&self, session_id: &str) -> Vec<(String, String, String)> {
+        let (status, body) = self.get(KEY_A, &format!("/v1/sessions/{session_id}/messages")).await;
+        assert_eq!(status, 200, "{body}");
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let field = |name: &str| m[name].as_str().unwrap().to_string();
+                (field("role"), field("content"), field("status"))
+            })
+            .collect()
+    }
+
+    /// Rows in a table of the test's database.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(self.store.pool()).await.unwrap()
+    }
+}
+
+async fn create_database(admin_url: &str, database: &str) -> String {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("SOMA_TEST_DATABASE_URL reachable");
+    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await.unwrap();
+    let mut url = reqwest::Url::parse(admin_url).unwrap();
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+/// A worker running on its own thread; `kill` drops it mid-flight, as a crash would.
+pub struct TestWorker {
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestWorker {
+    fn start(config: Config) -> TestWorker {
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let temporal_runtime = soma_worker::temporal_runtime(None).unwrap();
+                let client = soma_core::temporal::connect(&config, Duration::from_secs(10)).await.unwrap();
+                let store = Store::connect_lazy(config.database_url.expose(), 10).unwrap();
+                let _ = ready_tx.send(());
+                // Dropping the worker future on `kill` stops it without any goodbye.
+                tokio::select! {
+                    result = soma_worker::run(&temporal_runtime, &config, client, store, std::future::pending()) => {
+                        if let Err(err) = result {
+                            eprintln!("worker stopped with error: {err:#}");
+                        }
+                    }
+                    _ = killed => {}
+                }
+            });
+            runtime.shutdown_background();
+        });
+        ready_rx.recv_timeout(Duration::from_secs(30)).expect("worker thread started");
+        TestWorker { kill: Some(kill), thread: Some(thread) }
+    }
+
+    /// Stops the worker abruptly: its in-flight activities never report back.
+    pub fn kill(mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+    }
+}

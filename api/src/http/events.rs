@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -17,6 +17,7 @@ use serde_json::json;
 use soma_core::store::StoredEvent;
 
 use crate::auth::Tenant;
+use crate::error::AppQuery;
 use crate::{ApiContext, ApiError};
 
 /// Events read per query while catching up.
@@ -31,7 +32,7 @@ pub async fn stream(
     State(ctx): State<ApiContext>,
     Tenant(tenant_id): Tenant,
     Path(id): Path<String>,
-    Query(query): Query<StreamQuery>,
+    AppQuery(query): AppQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let session_id = super::session_id(&id)?;

@@ -1,6 +1,6 @@
 //! Sessions: the tenant's list, a session's message history, and cancelling its turn.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
@@ -14,6 +14,7 @@ use soma_core::store::{AuditEntry, SessionCursor};
 
 use crate::auth::Tenant;
 use crate::request_id::RequestId;
+use crate::error::AppQuery;
 use crate::{ApiContext, ApiError};
 
 const DEFAULT_PAGE: i64 = 50;
@@ -37,7 +38,7 @@ fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
 pub async fn list(
     State(ctx): State<ApiContext>,
     Tenant(tenant_id): Tenant,
-    Query(page): Query<Page>,
+    AppQuery(page): AppQuery<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = page_size(page.limit)?;
     let cursor = page.cursor.as_deref().map(decode_cursor).transpose()?;
@@ -64,7 +65,7 @@ pub async fn messages(
     State(ctx): State<ApiContext>,
     Tenant(tenant_id): Tenant,
     Path(id): Path<String>,
-    Query(page): Query<Page>,
+    AppQuery(page): AppQuery<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let session_id = super::session_id(&id)?;
     let limit = page_size(page.limit)?;
