@@ -1,6 +1,7 @@
 //! The chat turn's activities (declared in `soma_workflows::activities`). Each is safe to run
 //! more than once: every write is keyed by the turn (and, for deltas, by attempt and index).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +14,16 @@ use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
 use soma_core::SessionWakeups;
+use soma_core::temporal::start_chat_turn;
 use soma_core::store::{AuditEntry, NewEvent, Store, StoreError};
 use soma_workflows::activities::defs;
 use soma_workflows::{AssistantMessageInput, FinishTurnInput, StreamOutcome, TurnRef, TurnStatus, event_kind};
 
 use crate::llm::{ChatMessage, LlmChunk, LlmClient, LlmError};
+
+/// An earlier turn still queued after this long has its workflow (re)started, in case it
+/// never was.
+const ORPHAN_AFTER_SECS: f64 = 10.0;
 
 /// How often a long activity heartbeats; well inside the workflow's heartbeat timeouts.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
@@ -51,9 +57,28 @@ impl ChatTurnActivities {
     ) -> Result<(), ActivityError> {
         let row = self.store.turn(&turn).await.map_err(store_failure)?;
         let mut woken = self.wakeups.subscribe(turn.session_id);
+        let mut ensured = HashSet::new();
         loop {
-            if self.store.unfinished_earlier_turns(&turn, row.seq).await.map_err(retryable)? == 0 {
+            let earlier = self.store.unfinished_earlier_turns(&turn, row.seq).await.map_err(retryable)?;
+            if earlier.is_empty() {
                 return Ok(());
+            }
+            // An earlier turn whose workflow never started (its API died between storing the
+            // turn and starting the workflow) would block the session for ever: start it.
+            for stuck in earlier.iter().filter(|e| e.age_seconds > ORPHAN_AFTER_SECS) {
+                if !ensured.insert(stuck.turn_id) {
+                    continue;
+                }
+                let earlier_turn = TurnRef {
+                    tenant_id: turn.tenant_id.clone(),
+                    session_id: turn.session_id,
+                    turn_id: stuck.turn_id,
+                    request_id: stuck.request_id.clone(),
+                };
+                start_chat_turn(&ctx.client(), &ctx.info().task_queue, &stuck.workflow_id, earlier_turn)
+                    .await
+                    .map_err(|err| ActivityError::from(anyhow::Error::new(err)))?;
+                tracing::info!(session_id = %turn.session_id, turn_id = %stuck.turn_id, "ensured an earlier turn's workflow runs");
             }
             ctx.record_heartbeat(()).await?;
             // A finishing turn appends its `turn.*` event, which wakes us; the timeout is

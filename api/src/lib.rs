@@ -24,6 +24,9 @@ pub struct ApiContext {
     pub temporal: Client,
     pub wakeups: Arc<SessionWakeups>,
     pub keys: Arc<ApiKeys>,
+    /// Flips to true when the server shuts down, so open event streams end (graceful
+    /// shutdown waits for every connection, and an SSE stream never ends by itself).
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiContext {
@@ -35,7 +38,8 @@ impl ApiContext {
         }
         let wakeups = Arc::new(SessionWakeups::default());
         wakeups.start(&store).await?;
-        Ok(Self { config: Arc::new(config), store, temporal, wakeups, keys })
+        let closing = tokio::sync::watch::Sender::new(false);
+        Ok(Self { config: Arc::new(config), store, temporal, wakeups, keys, closing })
     }
 }
 
@@ -50,5 +54,11 @@ pub async fn serve(
     ctx: ApiContext,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let closing = ctx.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("api shutting down; closing event streams");
+        closing.send_replace(true);
+    };
     axum::serve(listener, app(ctx)).with_graceful_shutdown(shutdown).await
 }

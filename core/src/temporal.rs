@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
-use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
+use temporalio_client::errors::WorkflowStartError;
+use temporalio_client::{
+    Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy,
+    WorkflowIdReusePolicy, WorkflowStartOptions,
+};
+use soma_workflows::{ChatTurnWorkflow, TurnRef};
 
 use crate::config::Config;
 
@@ -28,5 +33,24 @@ pub async fn connect(config: &Config, wait: Duration) -> anyhow::Result<Client> 
                 anyhow::bail!("cannot reach Temporal at {}: {err}", config.temporal_address)
             }
         }
+    }
+}
+
+/// Starts a turn's `ChatTurnWorkflow` unless it exists already: a running one is reused and a
+/// finished one is never run again, so calling this twice (a retried request, a recovery
+/// sweep) starts at most one workflow.
+pub async fn start_chat_turn(
+    client: &Client,
+    task_queue: &str,
+    workflow_id: &str,
+    turn: TurnRef,
+) -> Result<(), WorkflowStartError> {
+    let options = WorkflowStartOptions::new(task_queue.to_string(), workflow_id.to_string())
+        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .build();
+    match client.start_workflow(ChatTurnWorkflow::run, turn, options).await {
+        Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
+        Err(err) => Err(err),
     }
 }

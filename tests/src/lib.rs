@@ -119,6 +119,14 @@ impl TestApp {
         (field("session_id"), field("turn_id"), field("workflow_id"))
     }
 
+    /// `POST /v1/session/{id}/cancel` as tenant A.
+    pub async fn cancel(&self, session_id: &str) -> (u16, Value) {
+        let url = format!("{}/v1/session/{session_id}/cancel", self.api_url);
+        let response = self.http.post(url).header("X-API-Key", KEY_A).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
         let response = self.http.get(format!("{}{path}", self.api_url)).header("X-API-Key", key).send().await.unwrap();
         let status = response.status().as_u16();

@@ -9,12 +9,23 @@ use soma_tests::{DEADLINE, KEY_A, KEY_B, SseEvent, TestApp};
 use temporalio_client::UntypedWorkflow;
 use temporalio_client::WorkflowFetchHistoryOptions;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
+use soma_core::store::NewTurn;
 use soma_workflows::ChatTurnWorkflow;
 
 fn fast_provider() -> DevProviderOptions {
     DevProviderOptions {
         time_to_first_token: Duration::from_millis(20),
         token_interval: Duration::from_millis(5),
+        ..Default::default()
+    }
+}
+
+/// A provider slow enough for a test to act while the reply streams.
+fn slow_provider(extra_words: usize) -> DevProviderOptions {
+    DevProviderOptions {
+        time_to_first_token: Duration::from_millis(20),
+        token_interval: Duration::from_millis(50),
+        extra_words,
         ..Default::default()
     }
 }
@@ -137,13 +148,7 @@ async fn a_provider_failure_mid_stream_is_retried_and_answered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_survives_its_worker_being_replaced() {
-    let provider = DevProviderOptions {
-        time_to_first_token: Duration::from_millis(20),
-        token_interval: Duration::from_millis(50),
-        extra_words: 40,
-        ..Default::default()
-    };
-    let app = TestApp::spawn("worker-crash", provider).await;
+    let app = TestApp::spawn("worker-crash", slow_provider(40)).await;
     let first_worker = app.start_worker();
 
     let (session_id, _, _) = app.send(None, "crash test").await;
@@ -281,26 +286,14 @@ async fn a_recorded_chat_turn_history_replays_deterministically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_turn_keeps_the_partial_reply() {
-    let provider = DevProviderOptions {
-        time_to_first_token: Duration::from_millis(20),
-        token_interval: Duration::from_millis(50),
-        extra_words: 200,
-        ..Default::default()
-    };
-    let app = TestApp::spawn("cancel", provider).await;
+    let app = TestApp::spawn("cancel", slow_provider(200)).await;
     let _worker = app.start_worker();
     let (session_id, turn_id, _) = app.send(None, "a long one").await;
     let mut stream = app.events(&session_id, None).await;
     let mut events = stream.until("llm.delta", DEADLINE).await;
 
-    let response = app
-        .http
-        .post(format!("{}/v1/session/{session_id}/cancel", app.api_url))
-        .header("X-API-Key", KEY_A)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
+    let (status, body) = app.cancel(&session_id).await;
+    assert_eq!(status, 202, "{body}");
     events.extend(stream.until("turn.cancelled", DEADLINE).await);
     assert!(!kinds(&events).contains(&"turn.complete"));
     assert!(events.iter().all(|e| e.data["meta"]["turn_id"] == turn_id.as_str()));
@@ -313,12 +306,40 @@ async fn cancelling_a_turn_keeps_the_partial_reply() {
     assert!(content.split(' ').count() < 200, "the stream stopped early");
 
     // Nothing left to cancel.
-    let response = app
-        .http
-        .post(format!("{}/v1/session/{session_id}/cancel", app.api_url))
-        .header("X-API-Key", KEY_A)
-        .send()
+    let (status, body) = app.cancel(&session_id).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("no_running_turn")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_turn_whose_workflow_never_started_is_answered_before_the_next() {
+    let app = TestApp::spawn("orphan", fast_provider()).await;
+    let _worker = app.start_worker();
+    // What an API that died between storing a turn and starting its workflow leaves behind.
+    let orphan = app
+        .store
+        .accept_turn(&NewTurn {
+            tenant_id: "tenant-a",
+            session_id: None,
+            idempotency_key: None,
+            message: "sent just before a crash",
+            persona_id: None,
+            request_id: "req-before-crash",
+        })
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 409);
+    sqlx::query("UPDATE turns SET created_at = now() - interval '1 minute'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let session_id = orphan.session_id.to_string();
+
+    let (_, next_turn, _) = app.send(Some(&session_id), "sent after the crash").await;
+    let mut stream = app.events(&session_id, None).await;
+    let first = stream.until("turn.complete", DEADLINE).await;
+    let second = stream.until("turn.complete", DEADLINE).await;
+
+    assert_eq!(first[0].data["meta"]["turn_id"], orphan.turn_id.to_string().as_str());
+    assert_eq!(second[0].data["meta"]["turn_id"], next_turn.as_str());
+    let users: Vec<String> = app.messages(&session_id).await.into_iter().filter(|m| m.0 == "user").map(|m| m.1).collect();
+    assert_eq!(users, vec!["sent just before a crash", "sent after the crash"]);
 }

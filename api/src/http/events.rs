@@ -52,6 +52,7 @@ pub async fn stream(
     let mut after = last_event_id.or(query.after).unwrap_or(0);
     // Subscribe before the first read: whatever commits after it wakes us.
     let mut woken = ctx.wakeups.subscribe(session_id);
+    let mut closing = ctx.closing.subscribe();
     let store = ctx.store.clone();
     let events = async_stream::stream! {
         loop {
@@ -72,8 +73,10 @@ pub async fn stream(
                     continue;
                 }
             }
-            if woken.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = woken.changed() => if changed.is_err() { break },
+                // The client reconnects to another (or the restarted) API with Last-Event-ID.
+                _ = closing.wait_for(|closing| *closing) => break,
             }
         }
     };

@@ -9,12 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Extension;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use temporalio_client::errors::WorkflowStartError;
-use temporalio_client::{WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions};
 use uuid::Uuid;
 
 use soma_core::store::{AcceptedTurn, NewTurn};
-use soma_workflows::{ChatTurnWorkflow, TurnRef};
+use soma_workflows::TurnRef;
 
 use crate::auth::Tenant;
 use crate::request_id::RequestId;
@@ -125,18 +123,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// Starts the turn's workflow; starting one that exists already (a retried request) is fine.
 async fn start_workflow(ctx: &ApiContext, tenant_id: &str, accepted: &AcceptedTurn) -> Result<(), ApiError> {
-    let input = TurnRef {
+    let turn = TurnRef {
         tenant_id: tenant_id.to_string(),
         session_id: accepted.session_id,
         turn_id: accepted.turn_id,
         request_id: accepted.request_id.clone(),
     };
-    let options = WorkflowStartOptions::new(ctx.config.task_queue.clone(), accepted.workflow_id.clone())
-        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
-        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-        .build();
-    match ctx.temporal.start_workflow(ChatTurnWorkflow::run, input, options).await {
-        Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
-        Err(err) => Err(ApiError::Unavailable { what: "the workflow service", cause: err.into() }),
-    }
+    soma_core::temporal::start_chat_turn(&ctx.temporal, &ctx.config.task_queue, &accepted.workflow_id, turn)
+        .await
+        .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
 }

@@ -17,7 +17,7 @@ pub use audit::AuditEntry;
 pub use events::{EVENTS_CHANNEL, NewEvent, StoredEvent};
 pub use messages::{ConversationLine, Message};
 pub use sessions::{SessionCursor, SessionSummary};
-pub use turns::{AcceptedTurn, NewTurn, OpenTurn, TurnRow};
+pub use turns::{AcceptedTurn, EarlierTurn, NewTurn, OpenTurn, TurnRow};
 
 /// Errors a caller can act on; anything else is a database failure.
 #[derive(Debug, thiserror::Error)]

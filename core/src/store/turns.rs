@@ -40,6 +40,15 @@ pub struct TurnRow {
     pub status: String,
 }
 
+/// An unfinished turn ahead of another in its session.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EarlierTurn {
+    pub turn_id: Uuid,
+    pub workflow_id: String,
+    pub request_id: String,
+    pub age_seconds: f64,
+}
+
 /// A turn that has not finished, with the workflow that runs it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OpenTurn {
@@ -135,17 +144,20 @@ impl Store {
         .ok_or(StoreError::TurnNotFound)
     }
 
-    /// How many turns accepted before this one have not finished yet.
-    pub async fn unfinished_earlier_turns(&self, turn: &TurnRef, seq: i32) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM turns
+    /// The turns accepted before this one that have not finished yet.
+    pub async fn unfinished_earlier_turns(&self, turn: &TurnRef, seq: i32) -> Result<Vec<EarlierTurn>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id AS turn_id, workflow_id, request_id,
+                    extract(epoch FROM now() - created_at)::float8 AS age_seconds
+             FROM turns
              WHERE session_id = $1 AND tenant_id = $2 AND seq < $3
-               AND status IN ('queued', 'running')",
+               AND status IN ('queued', 'running')
+             ORDER BY seq",
         )
         .bind(turn.session_id)
         .bind(&turn.tenant_id)
         .bind(seq)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?)
     }
 
