@@ -79,6 +79,7 @@ ensure_temporal() {
   else
     log "Temporal: starting the dev server (state in $STATE/temporal)"
     mkdir -p "$STATE/temporal"
+    STARTED_TEMPORAL=1
     start_bg temporal "$TEMPORAL" server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
       --ui-port "$TEMPORAL_UI_PORT" --db-filename "$STATE/temporal/temporal.db" \
       --log-level warn --ui-disable-news-fetch
@@ -127,6 +128,7 @@ ensure_postgres() {
         || die "initdb failed (log: $STATE/logs/initdb.log)"
     fi
     log "PostgreSQL: starting on 127.0.0.1:$PG_PORT"
+    STARTED_POSTGRES=1
     as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
       -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=400" start >/dev/null \
       || die "PostgreSQL did not start (log: $data/server.log)"
