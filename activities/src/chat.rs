@@ -127,6 +127,10 @@ impl ChatTurnActivities {
     ) -> Result<StreamOutcome, ActivityError> {
         let attempt = ctx.info().attempt.max(1);
         let row = self.store.turn(&turn).await.map_err(store_failure)?;
+        if attempt > 1 {
+            tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, request_id = %turn.request_id,
+                           attempt, "LLM call retried");
+        }
         if attempt > 1 && !self.store.delta_attempts(&turn).await.map_err(retryable)?.is_empty() {
             // Tell readers to throw away what an earlier attempt streamed.
             let retry = NewEvent {
@@ -247,6 +251,8 @@ impl ChatTurnActivities {
             dedupe_key: format!("{}:turn.end", turn.turn_id),
         });
         self.append(turn, events).await?;
+        tracing::info!(session_id = %turn.session_id, turn_id = %turn.turn_id, request_id = %turn.request_id,
+                       status = input.status.as_str(), reason = input.reason.as_deref(), "turn finished");
         self.store
             .audit(&AuditEntry {
                 tenant_id: &turn.tenant_id,

@@ -2,6 +2,7 @@
 //! `--log-json`. The same subscriber is handed to the Temporal runtime, which otherwise logs
 //! nothing (TEMPORAL_NOTES.md) and would hide workflow-task failures.
 
+use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
 
 use tracing::Subscriber;
@@ -24,7 +25,7 @@ pub fn init_telemetry(format: LogFormat, filter: &str) -> SharedSubscriber {
                 LogFormat::Human => Arc::new(
                     tracing_subscriber::registry()
                         .with(filter)
-                        .with(fmt::layer().with_target(true)),
+                        .with(fmt::layer().with_target(true).with_ansi(std::io::stdout().is_terminal())),
                 ),
                 LogFormat::Json => Arc::new(
                     tracing_subscriber::registry()
