@@ -93,6 +93,18 @@ ensure_temporal() {
   export TEMPORAL_ADDRESS=127.0.0.1:$TEMPORAL_PORT
 }
 
+# The cluster lives in .soma/postgres, unless the checkout is somewhere the postgres user
+# cannot reach (a private temporary directory, say): then in a folder of its own beside it.
+pg_data_dir() {
+  local data=$STATE/postgres
+  if [ "$(id -u)" = 0 ] && ! su postgres -s /bin/sh -c "test -x '$STATE'" 2>/dev/null; then
+    data=/var/tmp/soma-orchestrator/$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)/postgres
+    mkdir -p "$(dirname "$data")"
+    chmod 755 /var/tmp/soma-orchestrator "$(dirname "$data")"
+  fi
+  echo "$data"
+}
+
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
 # as_postgres CMD...: PostgreSQL refuses to run as root; run it as the postgres user then.
@@ -115,7 +127,8 @@ ensure_postgres() {
     export SOMA_PG_ADMIN_URL=${SOMA_PG_ADMIN_URL:-$DATABASE_URL}
     return
   fi
-  local data=$STATE/postgres bin
+  local data bin
+  data=$(pg_data_dir)
   bin=$(pg_bin)
   if port_open "$PG_PORT"; then
     log "PostgreSQL: reusing the server on 127.0.0.1:$PG_PORT"
@@ -141,7 +154,8 @@ ensure_postgres() {
 }
 
 stop_postgres() {
-  local data=$STATE/postgres bin
+  local data bin
+  data=$(pg_data_dir)
   bin=$(pg_bin)
   [ -f "$data/postmaster.pid" ] && [ -n "$bin" ] || return 0
   as_postgres "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 && log "stopped postgres"
