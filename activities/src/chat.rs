@@ -152,7 +152,13 @@ impl ChatTurnActivities {
         let idempotency_key = format!("{}:{attempt}", turn.turn_id);
         let mut stream = Box::pin(self.llm.stream_chat(&history, &idempotency_key).await.map_err(llm_failure)?);
 
-        let mut writer = DeltaWriter { turn: &turn, attempt, count: 0, pending: String::new() };
+        let mut writer = DeltaWriter {
+            turn: &turn,
+            attempt,
+            count: 0,
+            pending: String::new(),
+            last_flush: Instant::now() - self.coalesce,
+        };
         let mut flush_at: Option<Instant> = None;
         let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
         let mut finish_reason = String::from("stop");
@@ -168,11 +174,14 @@ impl ChatTurnActivities {
                 item = stream.next() => match item {
                     Some(Ok(LlmChunk::Delta(text))) => {
                         writer.pending.push_str(&text);
-                        if writer.count == 0 {
-                            // The first token goes out at once: time-to-first-token matters most.
+                        // At most one write per coalescing window, but a token that arrives
+                        // after a quiet spell (the first one, say) is written at once.
+                        let due = writer.last_flush + self.coalesce;
+                        if Instant::now() >= due {
+                            flush_at = None;
                             writer.flush(&self).await?;
                         } else if flush_at.is_none() {
-                            flush_at = Some(Instant::now() + self.coalesce);
+                            flush_at = Some(due);
                         }
                     }
                     Some(Ok(LlmChunk::Finished { reason })) => finish_reason = reason,
@@ -277,6 +286,7 @@ struct DeltaWriter<'a> {
     attempt: u32,
     count: u32,
     pending: String,
+    last_flush: Instant,
 }
 
 impl DeltaWriter<'_> {
@@ -292,6 +302,7 @@ impl DeltaWriter<'_> {
         };
         activities.append(self.turn, vec![event]).await?;
         self.count += 1;
+        self.last_flush = Instant::now();
         Ok(())
     }
 }

@@ -35,6 +35,18 @@ pub struct DevProviderOptions {
     pub fail_after_tokens: Option<usize>,
     /// … for this many requests (then reply normally).
     pub failing_requests: usize,
+    /// Called as each token is sent, for benchmarks that time delivery.
+    pub on_token: Option<TokenHook>,
+}
+
+/// `(the conversation's last user message, token index)`, called as the token is sent.
+#[derive(Clone)]
+pub struct TokenHook(pub Arc<dyn Fn(&str, usize) + Send + Sync>);
+
+impl std::fmt::Debug for TokenHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenHook")
+    }
 }
 
 impl Default for DevProviderOptions {
@@ -45,12 +57,13 @@ impl Default for DevProviderOptions {
             extra_words: 0,
             fail_after_tokens: None,
             failing_requests: 0,
+            on_token: None,
         }
     }
 }
 
 struct Provider {
-    options: DevProviderOptions,
+    options: std::sync::Mutex<DevProviderOptions>,
     requests: AtomicUsize,
 }
 
@@ -69,12 +82,17 @@ impl DevProviderHandle {
     pub fn requests(&self) -> usize {
         self.provider.requests.load(Ordering::SeqCst)
     }
+
+    /// Changes how later requests are answered (a benchmark's phases differ in timing).
+    pub fn update_options(&self, change: impl FnOnce(&mut DevProviderOptions)) {
+        change(&mut self.provider.options.lock().expect("options lock"));
+    }
 }
 
 /// Serves the provider on `listener` in a background task.
 pub fn spawn(listener: TcpListener, options: DevProviderOptions) -> std::io::Result<DevProviderHandle> {
     let addr = listener.local_addr()?;
-    let provider = Arc::new(Provider { options, requests: AtomicUsize::new(0) });
+    let provider = Arc::new(Provider { options: options.into(), requests: AtomicUsize::new(0) });
     let app = router(provider.clone());
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
@@ -86,7 +104,7 @@ pub fn spawn(listener: TcpListener, options: DevProviderOptions) -> std::io::Res
 
 /// Serves the provider until the process ends.
 pub async fn serve(listener: TcpListener, options: DevProviderOptions) -> std::io::Result<()> {
-    let provider = Arc::new(Provider { options, requests: AtomicUsize::new(0) });
+    let provider = Arc::new(Provider { options: options.into(), requests: AtomicUsize::new(0) });
     axum::serve(listener, router(provider)).await
 }
 
@@ -126,7 +144,9 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
         }
     };
     let number = provider.requests.fetch_add(1, Ordering::SeqCst);
-    let tokens = reply_tokens(&request.messages, provider.options.extra_words);
+    let options = provider.options.lock().expect("options lock").clone();
+    let tokens = reply_tokens(&request.messages, options.extra_words);
+    let last_user = last_user_message(&request.messages).to_string();
     let model = request.model.unwrap_or_else(|| MODEL.to_string());
     let id = format!("chatcmpl-dev-{number}");
     if !request.stream {
@@ -137,7 +157,6 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
         }))
         .into_response();
     }
-    let options = provider.options.clone();
     let fail_after = options.fail_after_tokens.filter(|_| number < options.failing_requests);
     let stream = async_stream::stream! {
         tokio::time::sleep(options.time_to_first_token).await;
@@ -149,6 +168,9 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
             if fail_after == Some(index) {
                 yield Err(std::io::Error::other("dev provider: injected failure"));
                 return;
+            }
+            if let Some(hook) = &options.on_token {
+                (hook.0)(&last_user, index);
             }
             yield Ok(chunk(&id, &model, json!({ "content": token }), None));
         }
@@ -172,13 +194,12 @@ fn chunk(id: &str, model: &str, delta: serde_json::Value, finish_reason: Option<
 
 /// The deterministic reply to a conversation, split into word tokens (each but the first
 /// with its leading space, as real providers stream them).
+fn last_user_message(messages: &[ChatMessage]) -> &str {
+    messages.iter().rev().find(|m| m.role == "user").and_then(|m| m.content.as_deref()).unwrap_or("")
+}
+
 fn reply_tokens(messages: &[ChatMessage], extra_words: usize) -> Vec<String> {
-    let last_user = messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .and_then(|m| m.content.as_deref())
-        .unwrap_or("");
+    let last_user = last_user_message(messages);
     let earlier = messages.iter().filter(|m| m.role == "user").count().saturating_sub(1);
     let mut text = format!(
         "[soma dev provider] You said: \"{}\" ({earlier} earlier user messages in this session).",

@@ -10,10 +10,10 @@ use temporalio_common::telemetry::TelemetryOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use temporalio_sdk::runtime::RuntimeOptions;
 
-use soma_activities::{ChatTurnActivities, LlmClient};
+use soma_activities::{ChatTurnActivities, EmptyStepActivities, LlmClient};
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, SessionWakeups, Store};
-use soma_workflows::ChatTurnWorkflow;
+use soma_workflows::{ChatTurnWorkflow, EmptyStepsWorkflow};
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
@@ -52,6 +52,9 @@ pub async fn run(
     let options = WorkerOptions::new(config.task_queue.clone())
         .register_workflow::<ChatTurnWorkflow>()?
         .register_activities(activities)
+        // The benchmark's baseline: the chat turn's number of steps, doing nothing.
+        .register_workflow::<EmptyStepsWorkflow>()?
+        .register_activities(EmptyStepActivities)
         // A dead worker's sticky queue is abandoned after this long.
         .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
         .graceful_shutdown_period(Duration::from_secs(10))

@@ -47,7 +47,19 @@ impl ChatActivities {
     }
 }
 
+/// The baseline's activity: does nothing, as fast as the worker can.
+pub struct BaselineActivities;
+
+#[activity_definitions]
+impl BaselineActivities {
+    #[activity]
+    pub async fn empty_step() -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The generated marker types, which `soma-activities` names in `#[activity(definition = …)]`.
 pub mod defs {
+    pub use super::baseline_activities::*;
     pub use super::chat_activities::*;
 }

@@ -4,8 +4,10 @@
 //! implements the activity definitions declared in [`activities`].
 
 pub mod activities;
+pub mod baseline;
 pub mod chat_turn;
 pub mod contract;
 
+pub use baseline::EmptyStepsWorkflow;
 pub use chat_turn::ChatTurnWorkflow;
 pub use contract::*;
