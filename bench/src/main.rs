@@ -1,0 +1,514 @@
+//! `soma-bench`: measures the chat turn against the real Temporal dev server and PostgreSQL,
+//! with the api and the worker as separate (release) processes and an in-process provider
+//! that speaks the OpenAI streaming protocol at a fixed time-to-first-token and token rate.
+//! Prints one table: each figure next to its target. Run it through `ops/bench`.
+
+mod procs;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use soma_devllm::{DevProviderOptions, TokenHook};
+use soma_tests::SseClient;
+use temporalio_client::{UntypedWorkflow, WorkflowStartOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use procs::{CpuGroups, Proc, pids_matching, rss_bytes};
+
+#[derive(Parser)]
+#[command(about = "Soma chat-turn benchmark (run it through ops/bench)")]
+struct Args {
+    /// Directory holding the release soma-api and soma-worker binaries.
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// Where the api's and worker's logs go.
+    #[arg(long, default_value = ".soma/logs")]
+    log_dir: PathBuf,
+    /// Fewer samples and connections: a smoke run, not figures to quote.
+    #[arg(long)]
+    quick: bool,
+}
+
+const KEY: &str = "soma-bench-key";
+const PROVIDER_TTFT: Duration = Duration::from_millis(200);
+const PROVIDER_TOKEN_INTERVAL: Duration = Duration::from_millis(20);
+const WAIT: Duration = Duration::from_secs(120);
+
+/// When the provider sent each token, by the message that asked for it.
+type EmitLog = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
+
+struct Row {
+    figure: String,
+    measured: String,
+    target: String,
+    ok: Option<bool>,
+}
+
+fn row(figure: &str, measured: String, target: &str, ok: Option<bool>) -> Row {
+    Row { figure: figure.into(), measured, target: target.into(), ok }
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Bench {
+    http: reqwest::Client,
+    api_url: String,
+    emits: EmitLog,
+}
+
+impl Bench {
+    async fn send(&self, session_id: Option<&str>, message: &str) -> anyhow::Result<(String, String, String)> {
+        let mut body = json!({ "message": message });
+        if let Some(session_id) = session_id {
+            body["session_id"] = json!(session_id);
+        }
+        let response = self
+            .http
+            .post(format!("{}/v1/session/message", self.api_url))
+            .header("X-API-Key", KEY)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().as_u16() == 202, "message refused: {}", response.status());
+        let body: Value = response.json().await?;
+        let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
+        Ok((field("session_id"), field("turn_id"), field("workflow_id")))
+    }
+
+    async fn events(&self, session_id: &str, after: Option<i64>) -> SseClient {
+        SseClient::connect(&self.http, &format!("{}/v1/session/{session_id}/events", self.api_url), KEY, after).await
+    }
+
+    /// Follows one turn on `stream` to its end. Returns the time to its first delta (from
+    /// `sent`), per-token delivery latencies, and the last event id.
+    async fn follow_turn(&self, stream: &mut SseClient, turn_id: &str, message: &str, sent: Instant) -> (Option<Duration>, Vec<f64>, i64) {
+        let (mut first, mut latencies, mut text, mut last_id) = (None, Vec::new(), String::new(), 0);
+        while let Some(event) = stream.next_event(WAIT).await {
+            let received = Instant::now();
+            last_id = event.id;
+            if event.data["meta"]["turn_id"] != turn_id {
+                continue;
+            }
+            match event.kind.as_str() {
+                "llm.delta" => {
+                    first.get_or_insert(received - sent);
+                    let before = if text.is_empty() { 0 } else { text.split(' ').count() };
+                    text.push_str(event.payload()["text"].as_str().unwrap_or_default());
+                    let after = text.split(' ').count();
+                    let emits = self.emits.lock().unwrap();
+                    if let Some(times) = emits.get(message) {
+                        for index in before..after.min(times.len()) {
+                            latencies.push(ms(received.saturating_duration_since(times[index])));
+                        }
+                    }
+                }
+                "llm.retry" => text.clear(),
+                "turn.complete" | "turn.failed" | "turn.cancelled" => break,
+                _ => {}
+            }
+        }
+        (first, latencies, last_id)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| anyhow::anyhow!("run through ops/bench"))?;
+    let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+
+    // Database, provider, processes.
+    let database = format!("soma_bench_{run_id}");
+    let database_url = create_database(&admin_url, &database).await?;
+    let emits: EmitLog = Arc::default();
+    let hook_log = emits.clone();
+    let hook = TokenHook(Arc::new(move |message: &str, index: usize| {
+        let mut log = hook_log.lock().unwrap();
+        let times = log.entry(message.to_string()).or_default();
+        times.truncate(index);
+        times.push(Instant::now());
+    }));
+    let provider = soma_devllm::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        DevProviderOptions {
+            time_to_first_token: PROVIDER_TTFT,
+            token_interval: PROVIDER_TOKEN_INTERVAL,
+            extra_words: 20,
+            on_token: Some(hook),
+            ..Default::default()
+        },
+    )?;
+    let api_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let task_queue = format!("bench-{run_id}");
+    let env = vec![
+        ("DATABASE_URL", database_url.clone()),
+        ("TEMPORAL_ADDRESS", temporal_address.clone()),
+        ("SOMA_TASK_QUEUE", task_queue.clone()),
+        ("SOMA_LLM_BASE_URL", provider.base_url()),
+        ("SOMA_LLM_MODEL", soma_devllm::MODEL.to_string()),
+        ("SOMA_API_KEYS", format!("bench:{}", soma_api::auth::hash_key(KEY))),
+        ("SOMA_LISTEN_ADDR", api_addr.to_string()),
+        ("SOMA_LOG_FILTER", "warn".to_string()),
+    ];
+    std::fs::create_dir_all(&args.log_dir)?;
+    let worker = Proc::spawn("worker", &args.bin_dir.join("soma-worker"), &env, &args.log_dir)?;
+    let api = Proc::spawn("api", &args.bin_dir.join("soma-api"), &env, &args.log_dir)?;
+    let bench = Bench { http: reqwest::Client::new(), api_url: format!("http://{api_addr}"), emits: emits.clone() };
+    wait_ready(&bench).await?;
+    let config = soma_core::Config {
+        temporal_address: temporal_address.clone(),
+        ..soma_core::Config::default()
+    };
+    let temporal = soma_core::temporal::connect(&config, Duration::from_secs(10)).await?;
+    let temporal_pids = pids_matching("server start-dev");
+    let cpu = CpuGroups {
+        groups: vec![
+            ("api", vec![api.pid()]),
+            ("worker", vec![worker.pid()]),
+            ("temporal", temporal_pids),
+            ("postgres", pids_matching("postgres: ")),
+            ("bench", vec![std::process::id()]),
+        ],
+    };
+    let mut rows = Vec::new();
+    let started = Instant::now();
+
+    // Warm up, then idle memory.
+    let (session, turn, _) = bench.send(None, "warm up").await?;
+    let mut stream = bench.events(&session, None).await;
+    bench.follow_turn(&mut stream, &turn, "warm up", Instant::now()).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for process in [&api, &worker] {
+        let rss = rss_bytes(process.pid()) as f64 / (1024.0 * 1024.0);
+        rows.push(row(&format!("idle RSS of the {}", process.name), format!("{rss:.1} MiB"), "≤ 60 MiB", Some(rss <= 60.0)));
+    }
+
+    // Time to first token and per-delta latency, in one session with the stream open.
+    let samples = if args.quick { 10 } else { 40 };
+    let provider_ttft = measure_provider_ttft(&provider.base_url(), samples).await?;
+    let mut stream = bench.events(&session, None).await;
+    let (mut ttfts, mut delivery) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        let message = format!("ttft probe {i}");
+        let sent = Instant::now();
+        let (_, turn, _) = bench.send(Some(&session), &message).await?;
+        let (first, latencies, _) = bench.follow_turn(&mut stream, &turn, &message, sent).await;
+        ttfts.push(ms(first.ok_or_else(|| anyhow::anyhow!("turn {i} streamed no delta"))?));
+        delivery.extend(latencies);
+    }
+    drop(stream);
+    let provider_p50 = percentile(&mut provider_ttft.clone(), 50.0);
+    let (p50, p95) = (percentile(&mut ttfts, 50.0) - provider_p50, percentile(&mut ttfts, 95.0) - provider_p50);
+    rows.push(row(
+        "added time-to-first-token (POST → first llm.delta at SSE client, minus provider TTFT)",
+        format!("p50 {p50:.1} ms, p95 {p95:.1} ms (provider p50 {provider_p50:.1} ms, n={samples})"),
+        "p50 ≤ 25 ms, p95 ≤ 60 ms",
+        Some(p50 <= 25.0 && p95 <= 60.0),
+    ));
+    let delta_p50 = percentile(&mut delivery, 50.0);
+    let delta_p95 = percentile(&mut delivery, 95.0);
+    rows.push(row(
+        "added per-delta latency (provider sends token → SSE client has it)",
+        format!("p50 {delta_p50:.1} ms, p95 {delta_p95:.1} ms (n={})", delivery.len()),
+        "p50 ≤ 15 ms",
+        Some(delta_p50 <= 15.0),
+    ));
+
+    // From here the provider answers at once.
+    provider.update_options(|o| {
+        o.time_to_first_token = Duration::ZERO;
+        o.token_interval = Duration::ZERO;
+    });
+
+    // History size of turn 1 and turn 50 of one conversation.
+    let mut history_sizes = Vec::new();
+    let (mut history_session, mut stream) = (None::<String>, None::<SseClient>);
+    for turn_number in 1..=50 {
+        let message = format!("history turn {turn_number}");
+        let (session, turn, workflow_id) = bench.send(history_session.as_deref(), &message).await?;
+        let stream = match &mut stream {
+            Some(stream) => stream,
+            None => stream.insert(bench.events(&session, None).await),
+        };
+        bench.follow_turn(stream, &turn, &message, Instant::now()).await;
+        history_session = Some(session);
+        if turn_number == 1 || turn_number == 50 {
+            let handle = temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
+            let _ = handle.get_result(Default::default()).await;
+            let description = handle.describe(Default::default()).await?;
+            let bytes = description.raw_description.workflow_execution_info.map_or(0, |i| i.history_size_bytes);
+            history_sizes.push(bytes as f64 / 1024.0);
+        }
+    }
+    drop(stream);
+    rows.push(row(
+        "Temporal history of one turn, at turn 1 and turn 50",
+        format!("{:.1} KiB, {:.1} KiB", history_sizes[0], history_sizes[1]),
+        "≤ 64 KiB, flat",
+        Some(history_sizes[1] <= 64.0 && history_sizes[1] <= history_sizes[0] * 1.1),
+    ));
+
+    // Sustained turns per second, next to the empty workflow with as many activities.
+    let (sessions, turns_each) = if args.quick { (10, 2) } else { (40, 3) };
+    let total = sessions * turns_each;
+    let before = cpu.sample();
+    let t0 = Instant::now();
+    let sends = (0..sessions).map(|s| {
+        let bench = &bench;
+        async move {
+            let (session, _, _) = bench.send(None, &format!("load {s}.0")).await?;
+            for t in 1..turns_each {
+                bench.send(Some(&session), &format!("load {s}.{t}")).await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent?;
+    }
+    let pool = sqlx::PgPool::connect(&database_url).await?;
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM turns WHERE status = 'completed' AND user_message LIKE 'load %'")
+                .fetch_one(&pool)
+                .await?;
+        if done as usize >= total {
+            break;
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "load turns did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let chat_seconds = t0.elapsed().as_secs_f64();
+    let chat_cpu = cpu.describe(&before, &cpu.sample(), chat_seconds);
+    let chat_rate = total as f64 / chat_seconds;
+
+    let before = cpu.sample();
+    let t0 = Instant::now();
+    let starts = (0..total).map(|i| {
+        let temporal = temporal.clone();
+        let options = WorkflowStartOptions::new(task_queue.clone(), format!("bench-empty/{run_id}/{i}")).build();
+        async move {
+            let handle = temporal.start_workflow(soma_workflows::EmptyStepsWorkflow::run, 5, options).await?;
+            handle.get_result(Default::default()).await?;
+            anyhow::Ok(())
+        }
+    });
+    for result in futures::stream::iter(starts).buffer_unordered(sessions).collect::<Vec<_>>().await {
+        result?;
+    }
+    let empty_seconds = t0.elapsed().as_secs_f64();
+    let empty_cpu = cpu.describe(&before, &cpu.sample(), empty_seconds);
+    let empty_rate = total as f64 / empty_seconds;
+    rows.push(row(
+        "sustained chat turns/s (zero-latency provider), vs empty 5-activity workflow",
+        format!(
+            "{chat_rate:.1} turns/s vs {empty_rate:.1} wf/s = {:.2}× ({total} each, {sessions} at a time)\n    CPU during turns: {chat_cpu}\n    CPU during empty: {empty_cpu}",
+            chat_rate / empty_rate
+        ),
+        "≥ 0.8 × empty",
+        Some(chat_rate >= 0.8 * empty_rate),
+    ));
+
+    // Idle SSE connections held by the api.
+    let idle = if args.quick { 1_000 } else { 10_000 };
+    let (session, turn, _) = bench.send(None, "idle streams").await?;
+    let mut stream = bench.events(&session, None).await;
+    let (_, _, last_id) = bench.follow_turn(&mut stream, &turn, "idle streams", Instant::now()).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_bytes(api.pid());
+    let connections = open_idle_streams(api_addr, &session, last_id, idle).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_connection = (rss_bytes(api.pid()).saturating_sub(rss_before)) as f64 / connections.len() as f64 / 1024.0;
+    rows.push(row(
+        "idle SSE connections held by one api process, memory each",
+        format!("{} held, {per_connection:.1} KiB each", connections.len()),
+        "10,000 at ≤ 16 KiB each",
+        Some(connections.len() >= 10_000 && per_connection <= 16.0),
+    ));
+    drop(connections);
+
+    // Active streams: many clients, each session streaming 20 deltas/s.
+    let (active_sessions, clients_each) = if args.quick { (10, 20) } else { (50, 20) };
+    let mut session_ids = Vec::new();
+    for s in 0..active_sessions {
+        let (session, turn, _) = bench.send(None, &format!("active setup {s}")).await?;
+        let mut stream = bench.events(&session, None).await;
+        let (_, _, last_id) = bench.follow_turn(&mut stream, &turn, &format!("active setup {s}"), Instant::now()).await;
+        session_ids.push((session, last_id));
+    }
+    provider.update_options(|o| {
+        o.time_to_first_token = Duration::from_millis(100);
+        o.token_interval = Duration::from_millis(50);
+        o.extra_words = 100;
+    });
+    let mut clients = Vec::new();
+    for (session, last_id) in &session_ids {
+        for _ in 0..clients_each {
+            clients.push((session.clone(), bench.events(session, Some(*last_id)).await));
+        }
+    }
+    let mut turn_of = HashMap::new();
+    for (s, (session, _)) in session_ids.iter().enumerate() {
+        let message = format!("active {s}");
+        let (_, turn, _) = bench.send(Some(session), &message).await?;
+        turn_of.insert(session.clone(), (turn, message));
+    }
+    let followers = clients.into_iter().map(|(session, mut stream)| {
+        let (turn, message) = turn_of[&session].clone();
+        let bench = &bench;
+        async move { bench.follow_turn(&mut stream, &turn, &message, Instant::now()).await.1 }
+    });
+    let mut active: Vec<f64> = futures::future::join_all(followers).await.into_iter().flatten().collect();
+    let active_p50 = percentile(&mut active, 50.0);
+    let active_p99 = percentile(&mut active, 99.0);
+    rows.push(row(
+        "active streams: clients each receiving 20 deltas/s, delivery latency",
+        format!(
+            "{} clients on {active_sessions} sessions: p50 {active_p50:.1} ms, p99 {active_p99:.1} ms (n={})",
+            active_sessions * clients_each,
+            active.len()
+        ),
+        "1,000 clients, p99 ≤ 100 ms",
+        Some(active_sessions * clients_each >= 1000 && active_p99 <= 100.0),
+    ));
+
+    print_table(&rows, started.elapsed(), args.quick);
+    drop(api);
+    drop(worker);
+    pool.close().await;
+    drop_database(&admin_url, &database).await;
+    Ok(())
+}
+
+async fn wait_ready(bench: &Bench) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = bench.http.get(format!("{}/v1/ready", bench.api_url)).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the api did not become ready (see its log)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The provider's own time to first content token, through the worker's own client.
+async fn measure_provider_ttft(base_url: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let client = soma_activities::LlmClient::new(base_url, "", soma_devllm::MODEL);
+    let mut times = Vec::new();
+    for i in 0..samples {
+        let messages = vec![soma_activities::llm::ChatMessage { role: "user".into(), content: format!("direct {i}") }];
+        let sent = Instant::now();
+        let mut stream = Box::pin(client.stream_chat(&messages, "bench").await?);
+        while let Some(chunk) = stream.next().await {
+            if matches!(chunk?, soma_activities::llm::LlmChunk::Delta(_)) {
+                times.push(ms(sent.elapsed()));
+                break;
+            }
+        }
+    }
+    Ok(times)
+}
+
+/// Opens `count` event streams that stay idle (they start after the last event).
+async fn open_idle_streams(
+    addr: std::net::SocketAddr,
+    session: &str,
+    after: i64,
+    count: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    let request = format!(
+        "GET /v1/session/{session}/events HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {KEY}\r\nAccept: text/event-stream\r\nLast-Event-ID: {after}\r\n\r\n"
+    );
+    let open = |_| {
+        let request = request.clone();
+        async move {
+            let mut socket = tokio::net::TcpStream::connect(addr).await?;
+            socket.write_all(request.as_bytes()).await?;
+            let mut head = vec![0u8; 1024];
+            let n = socket.read(&mut head).await?;
+            anyhow::ensure!(head[..n].starts_with(b"HTTP/1.1 200"), "stream refused: {}", String::from_utf8_lossy(&head[..n]));
+            anyhow::Ok(socket)
+        }
+    };
+    let results: Vec<_> = futures::stream::iter(0..count).map(open).buffer_unordered(200).collect().await;
+    let mut sockets = Vec::with_capacity(count);
+    for result in results {
+        match result {
+            Ok(socket) => sockets.push(socket),
+            Err(err) => {
+                eprintln!("idle streams: stopped at {} connections: {err}", sockets.len());
+                break;
+            }
+        }
+    }
+    Ok(sockets)
+}
+
+async fn create_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await?;
+    let mut url = reqwest::Url::parse(admin_url)?;
+    url.set_path(&format!("/{database}"));
+    let store = soma_core::Store::connect_lazy(url.as_str(), 2)?;
+    store.migrate().await?;
+    store.pool().close().await;
+    Ok(url.to_string())
+}
+
+async fn drop_database(admin_url: &str, database: &str) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).execute(&mut admin).await;
+    }
+}
+
+fn print_table(rows: &[Row], took: Duration, quick: bool) {
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or("? GiB".into(), |kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0))
+    );
+    println!();
+    println!("Soma chat-turn benchmark{} — {machine}, release build, Temporal dev server, took {:.0} s", if quick { " (quick: not figures to quote)" } else { "" }, took.as_secs_f64());
+    println!("provider: time-to-first-token {} ms, one token every {} ms", PROVIDER_TTFT.as_millis(), PROVIDER_TOKEN_INTERVAL.as_millis());
+    println!();
+    println!("| figure | measured | target | met |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        let met = match r.ok {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "—",
+        };
+        println!("| {} | {} | {} | {met} |", r.figure, r.measured.replace('\n', "<br>"), r.target);
+    }
+}
