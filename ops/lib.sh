@@ -122,6 +122,7 @@ ensure_postgres() {
   command -v psql >/dev/null && [ -n "$(pg_bin)" ] || [ -n "${DATABASE_URL:-}" ] || apt_install postgresql
   command -v psql >/dev/null || apt_install postgresql-client
   if [ -n "${DATABASE_URL:-}" ]; then
+    export DATABASE_URL_GIVEN=1
     psql "$DATABASE_URL" -qAtc 'select 1' >/dev/null 2>&1 || die "DATABASE_URL is set but not reachable"
     log "PostgreSQL: using DATABASE_URL"
     export SOMA_PG_ADMIN_URL=${SOMA_PG_ADMIN_URL:-$DATABASE_URL}
@@ -174,4 +175,17 @@ drop_test_databases() {
   for db in $(psql "$SOMA_PG_ADMIN_URL" -qAtc "select datname from pg_database where datname like 'soma_test_%'"); do
     psql "$SOMA_PG_ADMIN_URL" -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true
   done
+}
+
+# The command that restarts our own PostgreSQL cluster (empty when the database is not ours).
+pg_restart_command() {
+  local data bin
+  data=$(pg_data_dir)
+  bin=$(pg_bin)
+  [ -z "${DATABASE_URL_GIVEN:-}" ] && [ -f "$data/postmaster.pid" ] && [ -n "$bin" ] || return 0
+  if [ "$(id -u)" = 0 ]; then
+    printf "su postgres -s /bin/sh -c %q" "$bin/pg_ctl -D $data -m fast -w restart >/dev/null"
+  else
+    printf "%q -D %q -m fast -w restart >/dev/null" "$bin/pg_ctl" "$data"
+  fi
 }

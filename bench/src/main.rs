@@ -3,44 +3,27 @@
 //! that speaks the OpenAI streaming protocol at a fixed time-to-first-token and token rate.
 //! Prints one table: each figure next to its target. Run it through `ops/bench`.
 
-mod procs;
-
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use serde_json::{Value, json};
-use soma_devllm::{DevProviderOptions, TokenHook};
+use soma_bench::procs::{CpuGroups, pids_matching, rss_bytes};
+use soma_bench::{KEY, Stack, StackArgs, StackClient, ms, percentile};
+use soma_devllm::DevProviderOptions;
 use soma_tests::SseClient;
 use temporalio_client::{UntypedWorkflow, WorkflowStartOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use procs::{CpuGroups, Proc, pids_matching, rss_bytes};
-
 #[derive(Parser)]
 #[command(about = "Soma chat-turn benchmark (run it through ops/bench)")]
 struct Args {
-    /// Directory holding the release soma-api and soma-worker binaries.
-    #[arg(long)]
-    bin_dir: PathBuf,
-    /// Where the api's and worker's logs go.
-    #[arg(long, default_value = ".soma/logs")]
-    log_dir: PathBuf,
-    /// Fewer samples and connections: a smoke run, not figures to quote.
-    #[arg(long)]
-    quick: bool,
+    #[command(flatten)]
+    stack: StackArgs,
 }
 
-const KEY: &str = "soma-bench-key";
 const PROVIDER_TTFT: Duration = Duration::from_millis(200);
 const PROVIDER_TOKEN_INTERVAL: Duration = Duration::from_millis(20);
-const WAIT: Duration = Duration::from_secs(120);
-
-/// When the provider sent each token, by the message that asked for it.
-type EmitLog = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 
 struct Row {
     figure: String,
@@ -53,139 +36,34 @@ fn row(figure: &str, measured: String, target: &str, ok: Option<bool>) -> Row {
     Row { figure: figure.into(), measured, target: target.into(), ok }
 }
 
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
-    samples[rank]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-struct Bench {
-    http: reqwest::Client,
-    api_url: String,
-    emits: EmitLog,
-}
-
-impl Bench {
-    async fn send(&self, session_id: Option<&str>, message: &str) -> anyhow::Result<(String, String, String)> {
-        let mut body = json!({ "message": message });
-        if let Some(session_id) = session_id {
-            body["session_id"] = json!(session_id);
-        }
-        let response = self
-            .http
-            .post(format!("{}/v1/session/message", self.api_url))
-            .header("X-API-Key", KEY)
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(response.status().as_u16() == 202, "message refused: {}", response.status());
-        let body: Value = response.json().await?;
-        let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
-        Ok((field("session_id"), field("turn_id"), field("workflow_id")))
-    }
-
-    async fn events(&self, session_id: &str, after: Option<i64>) -> SseClient {
-        SseClient::connect(&self.http, &format!("{}/v1/session/{session_id}/events", self.api_url), KEY, after).await
-    }
-
-    /// Follows one turn on `stream` to its end. Returns the time to its first delta (from
-    /// `sent`), per-token delivery latencies, and the last event id.
-    async fn follow_turn(&self, stream: &mut SseClient, turn_id: &str, message: &str, sent: Instant) -> (Option<Duration>, Vec<f64>, i64) {
-        let (mut first, mut latencies, mut text, mut last_id) = (None, Vec::new(), String::new(), 0);
-        while let Some(event) = stream.next_event(WAIT).await {
-            let received = Instant::now();
-            last_id = event.id;
-            if event.data["meta"]["turn_id"] != turn_id {
-                continue;
-            }
-            match event.kind.as_str() {
-                "llm.delta" => {
-                    first.get_or_insert(received - sent);
-                    let before = if text.is_empty() { 0 } else { text.split(' ').count() };
-                    text.push_str(event.payload()["text"].as_str().unwrap_or_default());
-                    let after = text.split(' ').count();
-                    let emits = self.emits.lock().unwrap();
-                    if let Some(times) = emits.get(message) {
-                        for index in before..after.min(times.len()) {
-                            latencies.push(ms(received.saturating_duration_since(times[index])));
-                        }
-                    }
-                }
-                "llm.retry" => text.clear(),
-                "turn.complete" | "turn.failed" | "turn.cancelled" => break,
-                _ => {}
-            }
-        }
-        (first, latencies, last_id)
-    }
+/// Sends a message and follows its turn to the end on `stream`.
+async fn turn(client: &StackClient, stream: &mut SseClient, session: Option<&str>, message: &str) -> anyhow::Result<(String, soma_bench::FollowedTurn, String)> {
+    let sent = Instant::now();
+    let (session, turn, workflow_id) = client.send(session, message).await?;
+    Ok((session, client.follow_turn(stream, &turn, message, sent).await, workflow_id))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| anyhow::anyhow!("run through ops/bench"))?;
+    let provider = DevProviderOptions {
+        time_to_first_token: PROVIDER_TTFT,
+        token_interval: PROVIDER_TOKEN_INTERVAL,
+        extra_words: 20,
+        ..Default::default()
+    };
+    let args = args.stack;
+    let stack = Stack::start("bench", &args, provider).await?;
+    let bench = stack.client.clone();
+    let (api_pid, worker_pid) = (Stack::pid(&stack.api), Stack::pid(&stack.worker));
     let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-
-    // Database, provider, processes.
-    let database = format!("soma_bench_{run_id}");
-    let database_url = create_database(&admin_url, &database).await?;
-    let emits: EmitLog = Arc::default();
-    let hook_log = emits.clone();
-    let hook = TokenHook(Arc::new(move |message: &str, index: usize| {
-        let mut log = hook_log.lock().unwrap();
-        let times = log.entry(message.to_string()).or_default();
-        times.truncate(index);
-        times.push(Instant::now());
-    }));
-    let provider = soma_devllm::spawn(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        DevProviderOptions {
-            time_to_first_token: PROVIDER_TTFT,
-            token_interval: PROVIDER_TOKEN_INTERVAL,
-            extra_words: 20,
-            on_token: Some(hook),
-            ..Default::default()
-        },
-    )?;
-    let api_addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
-    let task_queue = format!("bench-{run_id}");
-    let env = vec![
-        ("DATABASE_URL", database_url.clone()),
-        ("TEMPORAL_ADDRESS", temporal_address.clone()),
-        ("SOMA_TASK_QUEUE", task_queue.clone()),
-        ("SOMA_LLM_BASE_URL", provider.base_url()),
-        ("SOMA_LLM_MODEL", soma_devllm::MODEL.to_string()),
-        ("SOMA_API_KEYS", format!("bench:{}", soma_api::auth::hash_key(KEY))),
-        ("SOMA_LISTEN_ADDR", api_addr.to_string()),
-        ("SOMA_LOG_FILTER", "warn".to_string()),
-    ];
-    std::fs::create_dir_all(&args.log_dir)?;
-    let worker = Proc::spawn("worker", &args.bin_dir.join("soma-worker"), &env, &args.log_dir)?;
-    let api = Proc::spawn("api", &args.bin_dir.join("soma-api"), &env, &args.log_dir)?;
-    let bench = Bench { http: reqwest::Client::new(), api_url: format!("http://{api_addr}"), emits: emits.clone() };
-    wait_ready(&bench).await?;
-    let config = soma_core::Config {
-        temporal_address: temporal_address.clone(),
-        ..soma_core::Config::default()
-    };
+    let config = soma_core::Config { temporal_address, ..soma_core::Config::default() };
     let temporal = soma_core::temporal::connect(&config, Duration::from_secs(10)).await?;
-    let temporal_pids = pids_matching("server start-dev");
     let cpu = CpuGroups {
         groups: vec![
-            ("api", vec![api.pid()]),
-            ("worker", vec![worker.pid()]),
-            ("temporal", temporal_pids),
+            ("api", vec![api_pid]),
+            ("worker", vec![worker_pid]),
+            ("temporal", pids_matching("server start-dev")),
             ("postgres", pids_matching("postgres: ")),
             ("bench", vec![std::process::id()]),
         ],
@@ -194,28 +72,25 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
 
     // Warm up, then idle memory.
-    let (session, turn, _) = bench.send(None, "warm up").await?;
+    let (session, turn_id, _) = bench.send(None, "warm up").await?;
     let mut stream = bench.events(&session, None).await;
-    bench.follow_turn(&mut stream, &turn, "warm up", Instant::now()).await;
+    bench.follow_turn(&mut stream, &turn_id, "warm up", Instant::now()).await;
     drop(stream);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for process in [&api, &worker] {
-        let rss = rss_bytes(process.pid()) as f64 / (1024.0 * 1024.0);
-        rows.push(row(&format!("idle RSS of the {}", process.name), format!("{rss:.1} MiB"), "≤ 60 MiB", Some(rss <= 60.0)));
+    for (name, pid) in [("api", api_pid), ("worker", worker_pid)] {
+        let rss = rss_bytes(pid) as f64 / (1024.0 * 1024.0);
+        rows.push(row(&format!("idle RSS of the {name}"), format!("{rss:.1} MiB"), "≤ 60 MiB", Some(rss <= 60.0)));
     }
 
     // Time to first token and per-delta latency, in one session with the stream open.
     let samples = if args.quick { 10 } else { 40 };
-    let provider_ttft = measure_provider_ttft(&provider.base_url(), samples).await?;
+    let provider_ttft = measure_provider_ttft(&stack.provider.base_url(), samples).await?;
     let mut stream = bench.events(&session, None).await;
     let (mut ttfts, mut delivery) = (Vec::new(), Vec::new());
     for i in 0..samples {
-        let message = format!("ttft probe {i}");
-        let sent = Instant::now();
-        let (_, turn, _) = bench.send(Some(&session), &message).await?;
-        let (first, latencies, _) = bench.follow_turn(&mut stream, &turn, &message, sent).await;
-        ttfts.push(ms(first.ok_or_else(|| anyhow::anyhow!("turn {i} streamed no delta"))?));
-        delivery.extend(latencies);
+        let (_, followed, _) = turn(&bench, &mut stream, Some(&session), &format!("ttft probe {i}")).await?;
+        ttfts.push(ms(followed.first_delta.ok_or_else(|| anyhow::anyhow!("turn {i} streamed no delta"))?));
+        delivery.extend(followed.delivery_ms);
     }
     drop(stream);
     let provider_p50 = percentile(&mut provider_ttft.clone(), 50.0);
@@ -236,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     // From here the provider answers at once.
-    provider.update_options(|o| {
+    stack.provider.update_options(|o| {
         o.time_to_first_token = Duration::ZERO;
         o.token_interval = Duration::ZERO;
     });
@@ -246,12 +121,12 @@ async fn main() -> anyhow::Result<()> {
     let (mut history_session, mut stream) = (None::<String>, None::<SseClient>);
     for turn_number in 1..=50 {
         let message = format!("history turn {turn_number}");
-        let (session, turn, workflow_id) = bench.send(history_session.as_deref(), &message).await?;
+        let (session, turn_id, workflow_id) = bench.send(history_session.as_deref(), &message).await?;
         let stream = match &mut stream {
             Some(stream) => stream,
             None => stream.insert(bench.events(&session, None).await),
         };
-        bench.follow_turn(stream, &turn, &message, Instant::now()).await;
+        bench.follow_turn(stream, &turn_id, &message, Instant::now()).await;
         history_session = Some(session);
         if turn_number == 1 || turn_number == 50 {
             let handle = temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
@@ -287,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     for sent in futures::future::join_all(sends).await {
         sent?;
     }
-    let pool = sqlx::PgPool::connect(&database_url).await?;
+    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
     loop {
         let done: i64 =
             sqlx::query_scalar("SELECT count(*) FROM turns WHERE status = 'completed' AND user_message LIKE 'load %'")
@@ -307,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let starts = (0..total).map(|i| {
         let temporal = temporal.clone();
-        let options = WorkflowStartOptions::new(task_queue.clone(), format!("bench-empty/{run_id}/{i}")).build();
+        let options = WorkflowStartOptions::new(stack.task_queue.clone(), format!("bench-empty/{}/{i}", stack.run_id)).build();
         async move {
             let handle = temporal.start_workflow(soma_workflows::EmptyStepsWorkflow::run, 5, options).await?;
             handle.get_result(Default::default()).await?;
@@ -332,15 +207,15 @@ async fn main() -> anyhow::Result<()> {
 
     // Idle SSE connections held by the api.
     let idle = if args.quick { 1_000 } else { 10_000 };
-    let (session, turn, _) = bench.send(None, "idle streams").await?;
+    let (session, turn_id, _) = bench.send(None, "idle streams").await?;
     let mut stream = bench.events(&session, None).await;
-    let (_, _, last_id) = bench.follow_turn(&mut stream, &turn, "idle streams", Instant::now()).await;
+    let last_id = bench.follow_turn(&mut stream, &turn_id, "idle streams", Instant::now()).await.last_id;
     drop(stream);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_before = rss_bytes(api.pid());
-    let connections = open_idle_streams(api_addr, &session, last_id, idle).await?;
+    let rss_before = rss_bytes(api_pid);
+    let connections = open_idle_streams(stack.api_addr, &session, last_id, idle).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let per_connection = (rss_bytes(api.pid()).saturating_sub(rss_before)) as f64 / connections.len() as f64 / 1024.0;
+    let per_connection = (rss_bytes(api_pid).saturating_sub(rss_before)) as f64 / connections.len() as f64 / 1024.0;
     rows.push(row(
         "idle SSE connections held by one api process, memory each",
         format!("{} held, {per_connection:.1} KiB each", connections.len()),
@@ -353,12 +228,12 @@ async fn main() -> anyhow::Result<()> {
     let (active_sessions, clients_each) = if args.quick { (10, 20) } else { (50, 20) };
     let mut session_ids = Vec::new();
     for s in 0..active_sessions {
-        let (session, turn, _) = bench.send(None, &format!("active setup {s}")).await?;
+        let (session, turn_id, _) = bench.send(None, &format!("active setup {s}")).await?;
         let mut stream = bench.events(&session, None).await;
-        let (_, _, last_id) = bench.follow_turn(&mut stream, &turn, &format!("active setup {s}"), Instant::now()).await;
+        let last_id = bench.follow_turn(&mut stream, &turn_id, &format!("active setup {s}"), Instant::now()).await.last_id;
         session_ids.push((session, last_id));
     }
-    provider.update_options(|o| {
+    stack.provider.update_options(|o| {
         o.time_to_first_token = Duration::from_millis(100);
         o.token_interval = Duration::from_millis(50);
         o.extra_words = 100;
@@ -372,13 +247,13 @@ async fn main() -> anyhow::Result<()> {
     let mut turn_of = HashMap::new();
     for (s, (session, _)) in session_ids.iter().enumerate() {
         let message = format!("active {s}");
-        let (_, turn, _) = bench.send(Some(session), &message).await?;
-        turn_of.insert(session.clone(), (turn, message));
+        let (_, turn_id, _) = bench.send(Some(session), &message).await?;
+        turn_of.insert(session.clone(), (turn_id, message));
     }
     let followers = clients.into_iter().map(|(session, mut stream)| {
-        let (turn, message) = turn_of[&session].clone();
+        let (turn_id, message) = turn_of[&session].clone();
         let bench = &bench;
-        async move { bench.follow_turn(&mut stream, &turn, &message, Instant::now()).await.1 }
+        async move { bench.follow_turn(&mut stream, &turn_id, &message, Instant::now()).await.delivery_ms }
     });
     let mut active: Vec<f64> = futures::future::join_all(followers).await.into_iter().flatten().collect();
     let active_p50 = percentile(&mut active, 50.0);
@@ -395,24 +270,9 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     print_table(&rows, started.elapsed(), args.quick);
-    drop(api);
-    drop(worker);
     pool.close().await;
-    drop_database(&admin_url, &database).await;
+    stack.finish().await;
     Ok(())
-}
-
-async fn wait_ready(bench: &Bench) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = bench.http.get(format!("{}/v1/ready", bench.api_url)).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the api did not become ready (see its log)");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The provider's own time to first content token, through the worker's own client.
@@ -466,25 +326,6 @@ async fn open_idle_streams(
         }
     }
     Ok(sockets)
-}
-
-async fn create_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
-    use sqlx::Connection;
-    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await?;
-    let mut url = reqwest::Url::parse(admin_url)?;
-    url.set_path(&format!("/{database}"));
-    let store = soma_core::Store::connect_lazy(url.as_str(), 2)?;
-    store.migrate().await?;
-    store.pool().close().await;
-    Ok(url.to_string())
-}
-
-async fn drop_database(admin_url: &str, database: &str) {
-    use sqlx::Connection;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).execute(&mut admin).await;
-    }
 }
 
 fn print_table(rows: &[Row], took: Duration, quick: bool) {

@@ -25,13 +25,25 @@ pub struct SseClient {
 
 impl SseClient {
     pub async fn connect(http: &reqwest::Client, url: &str, key: &str, last_event_id: Option<i64>) -> SseClient {
+        Self::try_connect(http, url, key, last_event_id).await.expect("event stream opens")
+    }
+
+    /// Like [`connect`](Self::connect), for callers that expect the server to be away.
+    pub async fn try_connect(
+        http: &reqwest::Client,
+        url: &str,
+        key: &str,
+        last_event_id: Option<i64>,
+    ) -> Result<SseClient, String> {
         let mut request = http.get(url).header("X-API-Key", key).header("Accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 200, "event stream refused");
-        SseClient { body: response.bytes_stream().boxed(), buffer: String::new() }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status().as_u16() != 200 {
+            return Err(format!("event stream refused: {}", response.status()));
+        }
+        Ok(SseClient { body: response.bytes_stream().boxed(), buffer: String::new() })
     }
 
     /// The next event, or `None` if none comes within `wait`.

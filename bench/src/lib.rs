@@ -1,0 +1,265 @@
+//! What `soma-bench` and `soma-chaos` share: a stack of real processes (the release api and
+//! worker binaries) on a fresh database and the Temporal dev server, an in-process provider
+//! whose token send times are recorded, and an HTTP/SSE client that follows turns.
+
+pub mod procs;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use soma_devllm::{DevProviderHandle, DevProviderOptions, TokenHook};
+use soma_tests::{SseClient, SseEvent};
+
+use procs::Proc;
+
+pub const KEY: &str = "soma-bench-key";
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// When the provider sent each token, by the message that asked for it.
+pub type EmitLog = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[((p / 100.0) * (samples.len() - 1) as f64).round() as usize]
+}
+
+/// Flags both `soma-bench` and `soma-chaos` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// Directory holding the soma-api and soma-worker binaries.
+    #[arg(long)]
+    pub bin_dir: PathBuf,
+    /// Where the api's and worker's logs go.
+    #[arg(long, default_value = ".soma/logs")]
+    pub log_dir: PathBuf,
+    /// A short smoke run: fewer samples, trials and connections.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// The api, the worker, their database and the provider.
+pub struct Stack {
+    pub api: Option<Proc>,
+    pub worker: Option<Proc>,
+    pub provider: DevProviderHandle,
+    pub client: StackClient,
+    pub api_addr: SocketAddr,
+    pub database_url: String,
+    pub task_queue: String,
+    pub run_id: String,
+    env: Vec<(&'static str, String)>,
+    bin_dir: PathBuf,
+    log_dir: PathBuf,
+    admin_url: String,
+    database: String,
+}
+
+impl Stack {
+    /// Reads `SOMA_BENCH_DATABASE_URL` and `TEMPORAL_ADDRESS` (set by ops/bench, ops/chaos).
+    pub async fn start(name: &str, args: &StackArgs, provider: DevProviderOptions) -> anyhow::Result<Stack> {
+        let (bin_dir, log_dir) = (args.bin_dir.clone(), args.log_dir.clone());
+        let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| anyhow::anyhow!("SOMA_BENCH_DATABASE_URL is not set: run through ops/bench or ops/chaos"))?;
+        let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let database = format!("soma_{name}_{run_id}");
+        let database_url = create_database(&admin_url, &database).await?;
+
+        let emits: EmitLog = Arc::default();
+        let hook_log = emits.clone();
+        let hook = TokenHook(Arc::new(move |message: &str, index: usize| {
+            let mut log = hook_log.lock().unwrap();
+            let times = log.entry(message.to_string()).or_default();
+            times.truncate(index); // a retried request starts the list again
+            times.push(Instant::now());
+        }));
+        let provider = soma_devllm::spawn(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            DevProviderOptions { on_token: Some(hook), ..provider },
+        )?;
+        let api_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let task_queue = format!("{name}-{run_id}");
+        let env = vec![
+            ("DATABASE_URL", database_url.clone()),
+            ("TEMPORAL_ADDRESS", temporal_address),
+            ("SOMA_TASK_QUEUE", task_queue.clone()),
+            ("SOMA_LLM_BASE_URL", provider.base_url()),
+            ("SOMA_LLM_MODEL", soma_devllm::MODEL.to_string()),
+            ("SOMA_API_KEYS", format!("bench:{}", soma_api::auth::hash_key(KEY))),
+            ("SOMA_LISTEN_ADDR", api_addr.to_string()),
+            ("SOMA_LOG_FILTER", "warn".to_string()),
+        ];
+        std::fs::create_dir_all(&log_dir)?;
+        let client = StackClient { http: reqwest::Client::new(), api_url: format!("http://{api_addr}"), emits };
+        let mut stack = Stack {
+            api: None,
+            worker: None,
+            provider,
+            client,
+            api_addr,
+            database_url,
+            task_queue,
+            run_id,
+            env,
+            bin_dir,
+            log_dir,
+            admin_url,
+            database,
+        };
+        stack.start_worker()?;
+        stack.start_api().await?;
+        Ok(stack)
+    }
+
+    pub fn start_worker(&mut self) -> anyhow::Result<()> {
+        self.worker = Some(Proc::spawn("worker", &self.bin_dir.join("soma-worker"), &self.env, &self.log_dir)?);
+        Ok(())
+    }
+
+    /// SIGKILLs the worker.
+    pub fn kill_worker(&mut self) {
+        self.worker = None;
+    }
+
+    pub async fn start_api(&mut self) -> anyhow::Result<()> {
+        self.api = Some(Proc::spawn("api", &self.bin_dir.join("soma-api"), &self.env, &self.log_dir)?);
+        self.client.wait_ready().await
+    }
+
+    /// SIGKILLs the api.
+    pub fn kill_api(&mut self) {
+        self.api = None;
+    }
+
+    pub fn pid(process: &Option<Proc>) -> u32 {
+        process.as_ref().map_or(0, Proc::pid)
+    }
+
+    /// Stops the processes and drops the database.
+    pub async fn finish(mut self) {
+        self.api = None;
+        self.worker = None;
+        use sqlx::Connection;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)).execute(&mut admin).await;
+        }
+    }
+}
+
+async fn create_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await?;
+    let mut url = reqwest::Url::parse(admin_url)?;
+    url.set_path(&format!("/{database}"));
+    let store = soma_core::Store::connect_lazy(url.as_str(), 2)?;
+    store.migrate().await?;
+    store.pool().close().await;
+    Ok(url.to_string())
+}
+
+/// What a turn looked like to one SSE client.
+#[derive(Debug, Default)]
+pub struct FollowedTurn {
+    /// From the given start to the turn's first delta.
+    pub first_delta: Option<Duration>,
+    /// Per token: provider sent it → the client had it, in ms.
+    pub delivery_ms: Vec<f64>,
+    /// The reply as a client honouring `llm.retry` shows it.
+    pub shown: String,
+    pub end: Option<String>,
+    pub last_id: i64,
+    pub events: Vec<SseEvent>,
+}
+
+#[derive(Clone)]
+pub struct StackClient {
+    pub http: reqwest::Client,
+    pub api_url: String,
+    pub emits: EmitLog,
+}
+
+impl StackClient {
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = self.http.get(format!("{}/v1/ready", self.api_url)).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the api did not become ready (see its log)");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `POST /v1/session/message` → `(status, body)`.
+    pub async fn post(&self, session_id: Option<&str>, message: &str, idempotency_key: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let mut body = json!({ "message": message });
+        if let Some(session_id) = session_id {
+            body["session_id"] = json!(session_id);
+        }
+        let mut request = self.http.post(format!("{}/v1/session/message", self.api_url)).header("X-API-Key", KEY).json(&body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Sends a message; `(session_id, turn_id, workflow_id)` or an error unless 202.
+    pub async fn send(&self, session_id: Option<&str>, message: &str) -> anyhow::Result<(String, String, String)> {
+        let (status, body) = self.post(session_id, message, None).await?;
+        anyhow::ensure!(status == 202, "message refused: {status} {body}");
+        let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
+        Ok((field("session_id"), field("turn_id"), field("workflow_id")))
+    }
+
+    pub async fn events(&self, session_id: &str, after: Option<i64>) -> SseClient {
+        SseClient::connect(&self.http, &format!("{}/v1/session/{session_id}/events", self.api_url), KEY, after).await
+    }
+
+    /// Follows one turn on `stream` to its end (or until the stream breaks).
+    pub async fn follow_turn(&self, stream: &mut SseClient, turn_id: &str, message: &str, since: Instant) -> FollowedTurn {
+        let mut followed = FollowedTurn::default();
+        while let Some(event) = stream.next_event(WAIT).await {
+            let received = Instant::now();
+            followed.last_id = event.id;
+            if event.data["meta"]["turn_id"] != turn_id {
+                continue;
+            }
+            match event.kind.as_str() {
+                "llm.delta" => {
+                    followed.first_delta.get_or_insert(received - since);
+                    let before = if followed.shown.is_empty() { 0 } else { followed.shown.split(' ').count() };
+                    followed.shown.push_str(event.payload()["text"].as_str().unwrap_or_default());
+                    let after = followed.shown.split(' ').count();
+                    if let Some(times) = self.emits.lock().unwrap().get(message) {
+                        for index in before..after.min(times.len()) {
+                            followed.delivery_ms.push(ms(received.saturating_duration_since(times[index])));
+                        }
+                    }
+                }
+                "llm.retry" => followed.shown.clear(),
+                kind @ ("turn.complete" | "turn.failed" | "turn.cancelled") => followed.end = Some(kind.to_string()),
+                _ => {}
+            }
+            followed.events.push(event);
+            if followed.end.is_some() {
+                break;
+            }
+        }
+        followed
+    }
+}
