@@ -121,7 +121,8 @@ as_postgres() {
 ensure_postgres() {
   command -v psql >/dev/null && [ -n "$(pg_bin)" ] || [ -n "${DATABASE_URL:-}" ] || apt_install postgresql
   command -v psql >/dev/null || apt_install postgresql-client
-  if [ -n "${DATABASE_URL:-}" ]; then
+  # A DATABASE_URL pointing at our own cluster (exported by an outer ops/ script) is ours.
+  if [ -n "${DATABASE_URL:-}" ] && [ "$DATABASE_URL" != "postgres://postgres@127.0.0.1:$PG_PORT/soma" ]; then
     export DATABASE_URL_GIVEN=1
     psql "$DATABASE_URL" -qAtc 'select 1' >/dev/null 2>&1 || die "DATABASE_URL is set but not reachable"
     log "PostgreSQL: using DATABASE_URL"

@@ -91,13 +91,12 @@ impl ChatTurnActivities {
         }
     }
 
-    #[activity(definition = defs::PersistUserMessage)]
-    pub async fn persist_user_message(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        turn: TurnRef,
-    ) -> Result<Uuid, ActivityError> {
+    #[activity(definition = defs::BeginTurn)]
+    pub async fn begin_turn(self: Arc<Self>, _ctx: ActivityContext, turn: TurnRef) -> Result<bool, ActivityError> {
         let row = self.store.turn(&turn).await.map_err(store_failure)?;
+        if row.status == "queued" && !self.store.unfinished_earlier_turns(&turn, row.seq).await.map_err(retryable)?.is_empty() {
+            return Ok(false);
+        }
         self.store.mark_turn_running(&turn).await.map_err(retryable)?;
         let message_id = self
             .store
@@ -116,7 +115,7 @@ impl ChatTurnActivities {
             dedupe_key: format!("{}:{}", turn.turn_id, event_kind::MESSAGE_USER),
         };
         self.append(&turn, vec![event]).await?;
-        Ok(message_id)
+        Ok(true)
     }
 
     #[activity(definition = defs::StreamLlmReply)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use soma_bench::procs::{CpuGroups, pids_matching, rss_bytes};
+use soma_bench::procs::{CpuGroups, Members, rss_bytes};
 use soma_bench::{KEY, Stack, StackArgs, StackClient, ms, percentile};
 use soma_devllm::DevProviderOptions;
 use soma_tests::SseClient;
@@ -61,11 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let temporal = soma_core::temporal::connect(&config, Duration::from_secs(10)).await?;
     let cpu = CpuGroups {
         groups: vec![
-            ("api", vec![api_pid]),
-            ("worker", vec![worker_pid]),
-            ("temporal", pids_matching("server start-dev")),
-            ("postgres", pids_matching("postgres: ")),
-            ("bench", vec![std::process::id()]),
+            ("api", Members::Pids(vec![api_pid])),
+            ("worker", Members::Pids(vec![worker_pid])),
+            ("temporal", Members::CommandContains("server start-dev")),
+            ("postgres", Members::CommandContains("postgres: ")),
+            ("bench", Members::Pids(vec![std::process::id()])),
         ],
     };
     let mut rows = Vec::new();

@@ -68,15 +68,32 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
     pids
 }
 
+/// Which processes make up a group.
+#[derive(Clone)]
+pub enum Members {
+    Pids(Vec<u32>),
+    /// Looked up at every sample: Postgres forks a process per new connection.
+    CommandContains(&'static str),
+}
+
 /// CPU seconds used so far by each group of processes.
 #[derive(Clone)]
 pub struct CpuGroups {
-    pub groups: Vec<(&'static str, Vec<u32>)>,
+    pub groups: Vec<(&'static str, Members)>,
 }
 
 impl CpuGroups {
     pub fn sample(&self) -> Vec<f64> {
-        self.groups.iter().map(|(_, pids)| pids.iter().map(|p| cpu_seconds(*p)).sum()).collect()
+        self.groups
+            .iter()
+            .map(|(_, members)| {
+                let pids = match members {
+                    Members::Pids(pids) => pids.clone(),
+                    Members::CommandContains(needle) => pids_matching(needle),
+                };
+                pids.iter().map(|p| cpu_seconds(*p)).sum()
+            })
+            .collect()
     }
 
     /// "api 12% · worker 30% · …" of one core, between two samples `seconds` apart.

@@ -87,7 +87,7 @@ impl Default for Config {
             llm_base_url: DEV_PROVIDER_BASE_URL.into(),
             llm_api_key: Secret::default(),
             llm_model: DEV_PROVIDER_MODEL.into(),
-            delta_coalesce_ms: 30,
+            delta_coalesce_ms: 15,
             max_message_bytes: 32 * 1024,
             api_keys: String::new(),
             log_format: LogFormat::Human,

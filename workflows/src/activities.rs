@@ -19,9 +19,11 @@ impl ChatActivities {
         unimplemented!()
     }
 
-    /// Stores the accepted user text as a message and emits `message.user`.
+    /// Starts the turn if no earlier turn of the session is unfinished: stores the accepted
+    /// user text as a message and emits `message.user`. Returns false, having written
+    /// nothing, while earlier turns are still running.
     #[activity]
-    pub async fn persist_user_message(turn: TurnRef) -> Result<Uuid, ActivityError> {
+    pub async fn begin_turn(turn: TurnRef) -> Result<bool, ActivityError> {
         unimplemented!()
     }
 

@@ -1,7 +1,7 @@
 //! `ChatTurnWorkflow`: one chat turn, step by step as in DESIGN.md's table.
 //!
-//! wait for earlier turns → persist user message → stream LLM reply → persist assistant
-//! message → finish turn (`turn.complete`). A cancel request stops the stream, keeps the
+//! begin turn (persist the user message; while earlier turns run, wait for them first) →
+//! stream LLM reply → persist assistant message → finish turn (`turn.complete`). A cancel request stops the stream, keeps the
 //! partial reply as `cancelled` and ends with `turn.cancelled`; a step that exhausts its
 //! retries ends with `turn.failed`, an `error` event and an audit row, then fails the workflow
 //! so operators see it in the Temporal UI.
@@ -12,7 +12,8 @@ use std::time::Duration;
 use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityCancellationType, ActivityExecutionError, ActivityOptions, WorkflowCancellationToken,
+    ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions,
+    WorkflowCancellationToken,
     WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
@@ -92,10 +93,11 @@ async fn converse(
     ctx: &mut WorkflowContext<ChatTurnWorkflow>,
     turn: &TurnRef,
 ) -> Result<Option<Uuid>, ActivityExecutionError> {
-    ctx.execute_activity(ChatActivities::wait_for_earlier_turns, turn.clone(), queue_wait())
-        .await?;
-    ctx.execute_activity(ChatActivities::persist_user_message, turn.clone(), db_step())
-        .await?;
+    // A local activity: no server round trip before the LLM call when the session is idle.
+    while !ctx.execute_local_activity(ChatActivities::begin_turn, turn.clone(), local_db_step()).await? {
+        ctx.execute_activity(ChatActivities::wait_for_earlier_turns, turn.clone(), queue_wait())
+            .await?;
+    }
     ctx.execute_activity(ChatActivities::stream_llm_reply, turn.clone(), llm_stream())
         .await?;
     ctx.execute_activity(
@@ -115,6 +117,20 @@ fn db_step() -> ActivityOptions {
                 .initial_interval(Duration::from_secs(1))
                 .maximum_interval(Duration::from_secs(20))
                 .maximum_attempts(20)
+                .build(),
+        )
+        .build()
+}
+
+/// A short Postgres step run by the workflow's own worker, retried like [`db_step`].
+fn local_db_step() -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(30))
+        .schedule_to_close_timeout(Duration::from_secs(600))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .maximum_interval(Duration::from_secs(20))
                 .build(),
         )
         .build()

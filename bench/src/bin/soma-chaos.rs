@@ -248,7 +248,7 @@ async fn wait_until(pool: &sqlx::PgPool, condition: &str) -> anyhow::Result<()> 
 
 /// Drill 3: restart PostgreSQL under a steady load; every 202 is answered exactly once.
 async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
-    let Some(restart) = &args.pg_restart else {
+    let Some(restart) = args.pg_restart.as_ref().filter(|command| !command.trim().is_empty()) else {
         anyhow::bail!("drill 3 needs SOMA_PG_RESTART (ops/chaos sets it for the cluster it runs)");
     };
     let (messages_n, restart_at) = if args.stack.quick { (20, 8) } else { (200, 80) };
