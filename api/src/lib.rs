@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod request_id;
 
@@ -22,7 +23,7 @@ pub struct ApiContext {
     pub config: Arc<Config>,
     pub store: Store,
     pub temporal: Client,
-    pub wakeups: Arc<SessionWakeups>,
+    pub feeds: Arc<feed::Feeds>,
     pub keys: Arc<ApiKeys>,
     /// Flips to true when the server shuts down, so open event streams end (graceful
     /// shutdown waits for every connection, and an SSE stream never ends by itself).
@@ -39,7 +40,8 @@ impl ApiContext {
         let wakeups = Arc::new(SessionWakeups::default());
         wakeups.start(&store).await?;
         let closing = tokio::sync::watch::Sender::new(false);
-        Ok(Self { config: Arc::new(config), store, temporal, wakeups, keys, closing })
+        let feeds = Arc::new(feed::Feeds::new(store.clone(), wakeups));
+        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, closing })
     }
 }
 

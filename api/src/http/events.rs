@@ -1,8 +1,9 @@
 //! `GET /v1/session/{id}/events`: the session's events as SSE. `id:` is the event's
 //! `session_events` id, `event:` its kind, `data:` `{type, meta, payload}`. A reconnecting
 //! client sends `Last-Event-ID` (or `?after=`) and gets exactly the later events. New events
-//! are read when Postgres NOTIFY wakes the session, never by polling; a comment goes out every
-//! 15 s so proxies keep the connection open.
+//! are read when Postgres NOTIFY wakes the session, never by polling, once per process for all
+//! of the session's clients (see `feed`); a comment goes out every 15 s so proxies keep the
+//! connection open.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,15 +14,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast;
 
 use soma_core::store::StoredEvent;
 
 use crate::auth::Tenant;
 use crate::error::AppQuery;
+use crate::feed::PAGE;
 use crate::{ApiContext, ApiError};
 
-/// Events read per query while catching up.
-const PAGE: i64 = 500;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -50,33 +51,44 @@ pub async fn stream(
         None => None,
     };
     let mut after = last_event_id.or(query.after).unwrap_or(0);
-    // Subscribe before the first read: whatever commits after it wakes us.
-    let mut woken = ctx.wakeups.subscribe(session_id);
+    let feed = ctx.feeds.feed(&tenant_id, session_id).await?;
+    // Subscribe before the first read: whatever commits after it comes through the feed.
+    let mut live = feed.subscribe();
     let mut closing = ctx.closing.subscribe();
     let store = ctx.store.clone();
     let events = async_stream::stream! {
+        let _feed = feed; // keeps the session's feed running while this client follows it
+        let mut catching_up = true;
         loop {
-            match store.events_after(&tenant_id, session_id, after, PAGE).await {
-                Ok(page) => {
-                    let full = page.len() as i64 == PAGE;
-                    for event in page {
+            if catching_up {
+                match store.events_after(&tenant_id, session_id, after, PAGE).await {
+                    Ok(page) => {
+                        catching_up = page.len() as i64 == PAGE;
+                        for event in page {
+                            after = event.id;
+                            yield Ok(to_sse(&event));
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, %session_id, "reading events failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) if event.id <= after => {}
+                    Ok(event) => {
                         after = event.id;
                         yield Ok(to_sse(&event));
                     }
-                    if full {
-                        continue;
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, %session_id, "reading events failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            }
-            tokio::select! {
-                changed = woken.changed() => if changed.is_err() { break },
+                    // Too slow for the broadcast: read what was missed from the database.
+                    Err(broadcast::error::RecvError::Lagged(_)) => catching_up = true,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
                 // The client reconnects to another (or the restarted) API with Last-Event-ID.
-                _ = closing.wait_for(|closing| *closing) => break,
+                _ = async { drop(closing.wait_for(|closing| *closing).await) } => break,
             }
         }
     };

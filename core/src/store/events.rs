@@ -99,6 +99,17 @@ impl Store {
         .await?)
     }
 
+    /// The session's newest event id (0 when it has none).
+    pub async fn last_event_id(&self, tenant_id: &str, session_id: Uuid) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce(max(id), 0) FROM session_events WHERE session_id = $1 AND tenant_id = $2",
+        )
+        .bind(session_id)
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The attempts of the LLM call that emitted deltas for this turn, newest first.
     pub async fn delta_attempts(&self, turn: &TurnRef) -> Result<Vec<i32>, StoreError> {
         Ok(sqlx::query_scalar(

@@ -1,0 +1,104 @@
+//! Per-session event feeds: however many clients follow a session through this process, one
+//! task reads the session's new events once per wake-up and broadcasts them. Each client first
+//! catches up from the database after its own `Last-Event-ID`, then takes the broadcast,
+//! skipping what it already sent; a client too slow for the broadcast catches up from the
+//! database again. So 1,000 clients on 50 sessions cost 50 reads per wake-up, not 1,000.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use soma_core::store::StoredEvent;
+use soma_core::{SessionWakeups, Store};
+
+/// Events a slow client may fall behind before it re-reads from the database.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Events read per query.
+pub const PAGE: i64 = 500;
+
+pub struct SessionFeed {
+    events: broadcast::Sender<Arc<StoredEvent>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SessionFeed {
+    /// Subscribe before catching up from the database, so nothing committed meanwhile is missed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.events.subscribe()
+    }
+}
+
+impl Drop for SessionFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct Feeds {
+    store: Store,
+    wakeups: Arc<SessionWakeups>,
+    feeds: Mutex<HashMap<Uuid, Weak<SessionFeed>>>,
+}
+
+impl Feeds {
+    pub fn new(store: Store, wakeups: Arc<SessionWakeups>) -> Self {
+        Self { store, wakeups, feeds: Mutex::default() }
+    }
+
+    /// The session's feed, started if no client of this process follows it yet. The caller
+    /// has checked that the session belongs to `tenant_id`.
+    pub async fn feed(&self, tenant_id: &str, session_id: Uuid) -> Result<Arc<SessionFeed>, soma_core::store::StoreError> {
+        if let Some(feed) = self.feeds.lock().expect("feeds lock").get(&session_id).and_then(Weak::upgrade) {
+            return Ok(feed);
+        }
+        // Wake-ups first, then the cursor: anything committed after the cursor was read wakes us.
+        let woken = self.wakeups.subscribe(session_id);
+        let cursor = self.store.last_event_id(tenant_id, session_id).await?;
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        if let Some(feed) = feeds.get(&session_id).and_then(Weak::upgrade) {
+            return Ok(feed); // another client started it meanwhile
+        }
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let task = tokio::spawn(read_new_events(self.store.clone(), tenant_id.to_string(), session_id, cursor, woken, events.clone()));
+        let feed = Arc::new(SessionFeed { events, task });
+        feeds.retain(|_, feed| feed.strong_count() > 0);
+        feeds.insert(session_id, Arc::downgrade(&feed));
+        Ok(feed)
+    }
+}
+
+async fn read_new_events(
+    store: Store,
+    tenant_id: String,
+    session_id: Uuid,
+    mut cursor: i64,
+    mut woken: tokio::sync::watch::Receiver<u64>,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+) {
+    loop {
+        match store.events_after(&tenant_id, session_id, cursor, PAGE).await {
+            Ok(page) => {
+                let full = page.len() as i64 == PAGE;
+                for event in page {
+                    cursor = event.id;
+                    // No receivers is fine: a client may be between catch-up and subscribing.
+                    let _ = events.send(Arc::new(event));
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, %session_id, "reading new events failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        if woken.changed().await.is_err() {
+            return;
+        }
+    }
+}
