@@ -19,14 +19,45 @@ const BROADCAST_CAPACITY: usize = 1024;
 /// Events read per query.
 pub const PAGE: i64 = 500;
 
+/// An event as its SSE frame's parts, rendered once however many clients receive it.
+#[derive(Debug)]
+pub struct RenderedEvent {
+    pub id: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+impl RenderedEvent {
+    /// `data` is `{type, meta, payload}` (DESIGN.md).
+    pub fn render(event: &StoredEvent) -> RenderedEvent {
+        let data = serde_json::json!({
+            "type": event.kind,
+            "meta": {
+                "request_id": event.request_id,
+                "trace_id": event.trace_id,
+                "session_id": event.session_id,
+                "turn_id": event.turn_id,
+                "tenant_id": event.tenant_id,
+                "created_at": event.created_at,
+            },
+            "payload": event.payload,
+        });
+        RenderedEvent { id: event.id, kind: event.kind.clone(), data: data.to_string() }
+    }
+
+    pub fn to_sse(&self) -> axum::response::sse::Event {
+        axum::response::sse::Event::default().id(self.id.to_string()).event(&self.kind).data(&self.data)
+    }
+}
+
 pub struct SessionFeed {
-    events: broadcast::Sender<Arc<StoredEvent>>,
+    events: broadcast::Sender<Arc<RenderedEvent>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SessionFeed {
     /// Subscribe before catching up from the database, so nothing committed meanwhile is missed.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RenderedEvent>> {
         self.events.subscribe()
     }
 }
@@ -76,7 +107,7 @@ async fn read_new_events(
     session_id: Uuid,
     mut cursor: i64,
     mut woken: tokio::sync::watch::Receiver<u64>,
-    events: broadcast::Sender<Arc<StoredEvent>>,
+    events: broadcast::Sender<Arc<RenderedEvent>>,
 ) {
     loop {
         match store.events_after(&tenant_id, session_id, cursor, PAGE).await {
@@ -85,7 +116,7 @@ async fn read_new_events(
                 for event in page {
                     cursor = event.id;
                     // No receivers is fine: a client may be between catch-up and subscribing.
-                    let _ = events.send(Arc::new(event));
+                    let _ = events.send(Arc::new(RenderedEvent::render(&event)));
                 }
                 if full {
                     continue;

@@ -250,18 +250,21 @@ async fn main() -> anyhow::Result<()> {
         let (_, turn_id, _) = bench.send(Some(session), &message).await?;
         turn_of.insert(session.clone(), (turn_id, message));
     }
+    let before = cpu.sample();
+    let t0 = Instant::now();
     let followers = clients.into_iter().map(|(session, mut stream)| {
         let (turn_id, message) = turn_of[&session].clone();
         let bench = &bench;
         async move { bench.follow_turn(&mut stream, &turn_id, &message, Instant::now()).await.delivery_ms }
     });
     let mut active: Vec<f64> = futures::future::join_all(followers).await.into_iter().flatten().collect();
+    let active_cpu = cpu.describe(&before, &cpu.sample(), t0.elapsed().as_secs_f64());
     let active_p50 = percentile(&mut active, 50.0);
     let active_p99 = percentile(&mut active, 99.0);
     rows.push(row(
         "active streams: clients each receiving 20 deltas/s, delivery latency",
         format!(
-            "{} clients on {active_sessions} sessions: p50 {active_p50:.1} ms, p99 {active_p99:.1} ms (n={})",
+            "{} clients on {active_sessions} sessions: p50 {active_p50:.1} ms, p99 {active_p99:.1} ms (n={})\n    CPU: {active_cpu}",
             active_sessions * clients_each,
             active.len()
         ),

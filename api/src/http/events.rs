@@ -13,14 +13,12 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::broadcast;
 
-use soma_core::store::StoredEvent;
 
 use crate::auth::Tenant;
 use crate::error::AppQuery;
-use crate::feed::PAGE;
+use crate::feed::{PAGE, RenderedEvent};
 use crate::{ApiContext, ApiError};
 
 
@@ -66,7 +64,7 @@ pub async fn stream(
                         catching_up = page.len() as i64 == PAGE;
                         for event in page {
                             after = event.id;
-                            yield Ok(to_sse(&event));
+                            yield Ok(RenderedEvent::render(&event).to_sse());
                         }
                     }
                     Err(err) => {
@@ -81,7 +79,7 @@ pub async fn stream(
                     Ok(event) if event.id <= after => {}
                     Ok(event) => {
                         after = event.id;
-                        yield Ok(to_sse(&event));
+                        yield Ok(event.to_sse());
                     }
                     // Too slow for the broadcast: read what was missed from the database.
                     Err(broadcast::error::RecvError::Lagged(_)) => catching_up = true,
@@ -93,20 +91,4 @@ pub async fn stream(
         }
     };
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat")))
-}
-
-fn to_sse(event: &StoredEvent) -> Event {
-    let data = json!({
-        "type": event.kind,
-        "meta": {
-            "request_id": event.request_id,
-            "trace_id": event.trace_id,
-            "session_id": event.session_id,
-            "turn_id": event.turn_id,
-            "tenant_id": event.tenant_id,
-            "created_at": event.created_at,
-        },
-        "payload": event.payload,
-    });
-    Event::default().id(event.id.to_string()).event(&event.kind).data(data.to_string())
 }
