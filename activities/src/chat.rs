@@ -7,17 +7,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
+use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use temporalio_common::error::ApplicationFailure;
 use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
 use soma_core::SessionWakeups;
-use soma_core::temporal::start_chat_turn;
 use soma_core::store::{AuditEntry, NewEvent, Store, StoreError};
+use soma_core::temporal::start_chat_turn;
 use soma_workflows::activities::defs;
-use soma_workflows::{AssistantMessageInput, FinishTurnInput, StreamOutcome, TurnRef, TurnStatus, event_kind};
+use soma_workflows::{
+    AssistantMessageInput, FinishTurnInput, StreamOutcome, TurnRef, TurnStatus, event_kind,
+};
 
 use crate::llm::{ChatMessage, LlmChunk, LlmClient, LlmError};
 
@@ -92,9 +94,15 @@ impl ChatTurnActivities {
     }
 
     #[activity(definition = defs::BeginTurn)]
-    pub async fn begin_turn(self: Arc<Self>, _ctx: ActivityContext, turn: TurnRef) -> Result<bool, ActivityError> {
+    pub async fn begin_turn(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        turn: TurnRef,
+    ) -> Result<bool, ActivityError> {
         let row = self.store.turn(&turn).await.map_err(store_failure)?;
-        if row.status == "queued" && !self.store.unfinished_earlier_turns(&turn, row.seq).await.map_err(retryable)?.is_empty() {
+        if row.status == "queued"
+            && !self.store.unfinished_earlier_turns(&turn, row.seq).await.map_err(retryable)?.is_empty()
+        {
             return Ok(false);
         }
         self.store.mark_turn_running(&turn).await.map_err(retryable)?;
@@ -149,7 +157,8 @@ impl ChatTurnActivities {
             .map(|line| ChatMessage { role: line.role, content: line.content })
             .collect();
         let idempotency_key = format!("{}:{attempt}", turn.turn_id);
-        let mut stream = Box::pin(self.llm.stream_chat(&history, &idempotency_key).await.map_err(llm_failure)?);
+        let mut stream =
+            Box::pin(self.llm.stream_chat(&history, &idempotency_key).await.map_err(llm_failure)?);
 
         let mut writer = DeltaWriter {
             turn: &turn,
@@ -226,11 +235,8 @@ impl ChatTurnActivities {
             TurnStatus::Cancelled => "cancelled",
             TurnStatus::Failed => "failed",
         };
-        let id = self
-            .store
-            .insert_message(&input.turn, "assistant", &text, status)
-            .await
-            .map_err(retryable)?;
+        let id =
+            self.store.insert_message(&input.turn, "assistant", &text, status).await.map_err(retryable)?;
         Ok(Some(id))
     }
 
@@ -297,7 +303,13 @@ impl DeltaWriter<'_> {
         let event = NewEvent {
             kind: event_kind::LLM_DELTA,
             payload: json!({ "text": text, "attempt": self.attempt, "index": self.count }),
-            dedupe_key: format!("{}:{}:{}:{}", self.turn.turn_id, event_kind::LLM_DELTA, self.attempt, self.count),
+            dedupe_key: format!(
+                "{}:{}:{}:{}",
+                self.turn.turn_id,
+                event_kind::LLM_DELTA,
+                self.attempt,
+                self.count
+            ),
         };
         activities.append(self.turn, vec![event]).await?;
         self.count += 1;

@@ -185,7 +185,9 @@ mod tests {
     async fn chunks_split_across_reads_are_reassembled() {
         let body = futures::stream::iter(vec![
             Ok::<_, std::io::Error>(bytes::Bytes::from("data: {\"choices\":[{\"delta\":{\"content\":\"Hel")),
-            Ok(bytes::Bytes::from("lo\"}}]}\n\n: keep-alive\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")),
+            Ok(bytes::Bytes::from(
+                "lo\"}}]}\n\n: keep-alive\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            )),
             Ok(bytes::Bytes::from("data: [DONE]\n\n")),
         ]);
         let chunks: Vec<_> = parse_sse(body).collect().await;

@@ -64,7 +64,8 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         // The request id is added by the request-id middleware, which sees this marker.
-        let mut response = (status, Json(json!({ "code": code, "message": self.to_string() }))).into_response();
+        let mut response =
+            (status, Json(json!({ "code": code, "message": self.to_string() }))).into_response();
         response.extensions_mut().insert(ErrorBody);
         response
     }

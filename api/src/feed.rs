@@ -81,7 +81,11 @@ impl Feeds {
 
     /// The session's feed, started if no client of this process follows it yet. The caller
     /// has checked that the session belongs to `tenant_id`.
-    pub async fn feed(&self, tenant_id: &str, session_id: Uuid) -> Result<Arc<SessionFeed>, soma_core::store::StoreError> {
+    pub async fn feed(
+        &self,
+        tenant_id: &str,
+        session_id: Uuid,
+    ) -> Result<Arc<SessionFeed>, soma_core::store::StoreError> {
         if let Some(feed) = self.feeds.lock().expect("feeds lock").get(&session_id).and_then(Weak::upgrade) {
             return Ok(feed);
         }
@@ -93,7 +97,14 @@ impl Feeds {
             return Ok(feed); // another client started it meanwhile
         }
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let task = tokio::spawn(read_new_events(self.store.clone(), tenant_id.to_string(), session_id, cursor, woken, events.clone()));
+        let task = tokio::spawn(read_new_events(
+            self.store.clone(),
+            tenant_id.to_string(),
+            session_id,
+            cursor,
+            woken,
+            events.clone(),
+        ));
         let feed = Arc::new(SessionFeed { events, task });
         feeds.retain(|_, feed| feed.strong_count() > 0);
         feeds.insert(session_id, Arc::downgrade(&feed));

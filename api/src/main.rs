@@ -26,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let Some((config, _)) = args.common.start()? else { return Ok(()) };
-    let store = soma_core::Store::connect_lazy(config.database_url.expose(), config.database_max_connections)?;
+    let store =
+        soma_core::Store::connect_lazy(config.database_url.expose(), config.database_max_connections)?;
     store.migrate().await?;
     if args.migrate_only {
         tracing::info!("migrations applied");
@@ -41,8 +42,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -69,7 +69,9 @@ impl Stack {
     /// Reads `SOMA_BENCH_DATABASE_URL` and `TEMPORAL_ADDRESS` (set by ops/bench, ops/chaos).
     pub async fn start(name: &str, args: &StackArgs, provider: DevProviderOptions) -> anyhow::Result<Stack> {
         let (bin_dir, log_dir) = (args.bin_dir.clone(), args.log_dir.clone());
-        let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| anyhow::anyhow!("SOMA_BENCH_DATABASE_URL is not set: run through ops/bench or ops/chaos"))?;
+        let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| {
+            anyhow::anyhow!("SOMA_BENCH_DATABASE_URL is not set: run through ops/bench or ops/chaos")
+        })?;
         let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let database = format!("soma_{name}_{run_id}");
@@ -100,7 +102,8 @@ impl Stack {
             ("SOMA_LOG_FILTER", "warn".to_string()),
         ];
         std::fs::create_dir_all(&log_dir)?;
-        let client = StackClient { http: reqwest::Client::new(), api_url: format!("http://{api_addr}"), emits };
+        let client =
+            StackClient { http: reqwest::Client::new(), api_url: format!("http://{api_addr}"), emits };
         let mut stack = Stack {
             api: None,
             worker: None,
@@ -122,7 +125,8 @@ impl Stack {
     }
 
     pub fn start_worker(&mut self) -> anyhow::Result<()> {
-        self.worker = Some(Proc::spawn("worker", &self.bin_dir.join("soma-worker"), &self.env, &self.log_dir)?);
+        self.worker =
+            Some(Proc::spawn("worker", &self.bin_dir.join("soma-worker"), &self.env, &self.log_dir)?);
         Ok(())
     }
 
@@ -151,7 +155,9 @@ impl Stack {
         self.worker = None;
         use sqlx::Connection;
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)).execute(&mut admin).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))
+                .execute(&mut admin)
+                .await;
         }
     }
 }
@@ -204,12 +210,21 @@ impl StackClient {
     }
 
     /// `POST /v1/session/message` → `(status, body)`.
-    pub async fn post(&self, session_id: Option<&str>, message: &str, idempotency_key: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    pub async fn post(
+        &self,
+        session_id: Option<&str>,
+        message: &str,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut body = json!({ "message": message });
         if let Some(session_id) = session_id {
             body["session_id"] = json!(session_id);
         }
-        let mut request = self.http.post(format!("{}/v1/session/message", self.api_url)).header("X-API-Key", KEY).json(&body);
+        let mut request = self
+            .http
+            .post(format!("{}/v1/session/message", self.api_url))
+            .header("X-API-Key", KEY)
+            .json(&body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
@@ -219,7 +234,11 @@ impl StackClient {
     }
 
     /// Sends a message; `(session_id, turn_id, workflow_id)` or an error unless 202.
-    pub async fn send(&self, session_id: Option<&str>, message: &str) -> anyhow::Result<(String, String, String)> {
+    pub async fn send(
+        &self,
+        session_id: Option<&str>,
+        message: &str,
+    ) -> anyhow::Result<(String, String, String)> {
         let (status, body) = self.post(session_id, message, None).await?;
         anyhow::ensure!(status == 202, "message refused: {status} {body}");
         let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
@@ -227,11 +246,23 @@ impl StackClient {
     }
 
     pub async fn events(&self, session_id: &str, after: Option<i64>) -> SseClient {
-        SseClient::connect(&self.http, &format!("{}/v1/session/{session_id}/events", self.api_url), KEY, after).await
+        SseClient::connect(
+            &self.http,
+            &format!("{}/v1/session/{session_id}/events", self.api_url),
+            KEY,
+            after,
+        )
+        .await
     }
 
     /// Follows one turn on `stream` to its end (or until the stream breaks).
-    pub async fn follow_turn(&self, stream: &mut SseClient, turn_id: &str, message: &str, since: Instant) -> FollowedTurn {
+    pub async fn follow_turn(
+        &self,
+        stream: &mut SseClient,
+        turn_id: &str,
+        message: &str,
+        since: Instant,
+    ) -> FollowedTurn {
         let mut followed = FollowedTurn::default();
         while let Some(event) = stream.next_event(WAIT).await {
             let received = Instant::now();
@@ -242,17 +273,20 @@ impl StackClient {
             match event.kind.as_str() {
                 "llm.delta" => {
                     followed.first_delta.get_or_insert(received - since);
-                    let before = if followed.shown.is_empty() { 0 } else { followed.shown.split(' ').count() };
+                    let before =
+                        if followed.shown.is_empty() { 0 } else { followed.shown.split(' ').count() };
                     followed.shown.push_str(event.payload()["text"].as_str().unwrap_or_default());
                     let after = followed.shown.split(' ').count();
                     if let Some(times) = self.emits.lock().unwrap().get(message) {
-                        for index in before..after.min(times.len()) {
-                            followed.delivery_ms.push(ms(received.saturating_duration_since(times[index])));
+                        for sent in times.iter().take(after).skip(before) {
+                            followed.delivery_ms.push(ms(received.saturating_duration_since(*sent)));
                         }
                     }
                 }
                 "llm.retry" => followed.shown.clear(),
-                kind @ ("turn.complete" | "turn.failed" | "turn.cancelled") => followed.end = Some(kind.to_string()),
+                kind @ ("turn.complete" | "turn.failed" | "turn.cancelled") => {
+                    followed.end = Some(kind.to_string())
+                }
                 _ => {}
             }
             followed.events.push(event);

@@ -37,7 +37,12 @@ fn row(figure: &str, measured: String, target: &str, ok: Option<bool>) -> Row {
 }
 
 /// Sends a message and follows its turn to the end on `stream`.
-async fn turn(client: &StackClient, stream: &mut SseClient, session: Option<&str>, message: &str) -> anyhow::Result<(String, soma_bench::FollowedTurn, String)> {
+async fn turn(
+    client: &StackClient,
+    stream: &mut SseClient,
+    session: Option<&str>,
+    message: &str,
+) -> anyhow::Result<(String, soma_bench::FollowedTurn, String)> {
     let sent = Instant::now();
     let (session, turn, workflow_id) = client.send(session, message).await?;
     Ok((session, client.follow_turn(stream, &turn, message, sent).await, workflow_id))
@@ -79,7 +84,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (name, pid) in [("api", api_pid), ("worker", worker_pid)] {
         let rss = rss_bytes(pid) as f64 / (1024.0 * 1024.0);
-        rows.push(row(&format!("idle RSS of the {name}"), format!("{rss:.1} MiB"), "≤ 60 MiB", Some(rss <= 60.0)));
+        rows.push(row(
+            &format!("idle RSS of the {name}"),
+            format!("{rss:.1} MiB"),
+            "≤ 60 MiB",
+            Some(rss <= 60.0),
+        ));
     }
 
     // Time to first token and per-delta latency, in one session with the stream open.
@@ -94,7 +104,8 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(stream);
     let provider_p50 = percentile(&mut provider_ttft.clone(), 50.0);
-    let (p50, p95) = (percentile(&mut ttfts, 50.0) - provider_p50, percentile(&mut ttfts, 95.0) - provider_p50);
+    let (p50, p95) =
+        (percentile(&mut ttfts, 50.0) - provider_p50, percentile(&mut ttfts, 95.0) - provider_p50);
     rows.push(row(
         "added time-to-first-token (POST → first llm.delta at SSE client, minus provider TTFT)",
         format!("p50 {p50:.1} ms, p95 {p95:.1} ms (provider p50 {provider_p50:.1} ms, n={samples})"),
@@ -132,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
             let handle = temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
             let _ = handle.get_result(Default::default()).await;
             let description = handle.describe(Default::default()).await?;
-            let bytes = description.raw_description.workflow_execution_info.map_or(0, |i| i.history_size_bytes);
+            let bytes =
+                description.raw_description.workflow_execution_info.map_or(0, |i| i.history_size_bytes);
             history_sizes.push(bytes as f64 / 1024.0);
         }
     }
@@ -164,10 +176,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let pool = sqlx::PgPool::connect(&stack.database_url).await?;
     loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM turns WHERE status = 'completed' AND user_message LIKE 'load %'")
-                .fetch_one(&pool)
-                .await?;
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM turns WHERE status = 'completed' AND user_message LIKE 'load %'",
+        )
+        .fetch_one(&pool)
+        .await?;
         if done as usize >= total {
             break;
         }
@@ -182,7 +195,9 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let starts = (0..total).map(|i| {
         let temporal = temporal.clone();
-        let options = WorkflowStartOptions::new(stack.task_queue.clone(), format!("bench-empty/{}/{i}", stack.run_id)).build();
+        let options =
+            WorkflowStartOptions::new(stack.task_queue.clone(), format!("bench-empty/{}/{i}", stack.run_id))
+                .build();
         async move {
             let handle = temporal.start_workflow(soma_workflows::EmptyStepsWorkflow::run, 5, options).await?;
             handle.get_result(Default::default()).await?;
@@ -215,7 +230,8 @@ async fn main() -> anyhow::Result<()> {
     let rss_before = rss_bytes(api_pid);
     let connections = open_idle_streams(stack.api_addr, &session, last_id, idle).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let per_connection = (rss_bytes(api_pid).saturating_sub(rss_before)) as f64 / connections.len() as f64 / 1024.0;
+    let per_connection =
+        (rss_bytes(api_pid).saturating_sub(rss_before)) as f64 / connections.len() as f64 / 1024.0;
     rows.push(row(
         "idle SSE connections held by one api process, memory each",
         format!("{} held, {per_connection:.1} KiB each", connections.len()),
@@ -230,7 +246,10 @@ async fn main() -> anyhow::Result<()> {
     for s in 0..active_sessions {
         let (session, turn_id, _) = bench.send(None, &format!("active setup {s}")).await?;
         let mut stream = bench.events(&session, None).await;
-        let last_id = bench.follow_turn(&mut stream, &turn_id, &format!("active setup {s}"), Instant::now()).await.last_id;
+        let last_id = bench
+            .follow_turn(&mut stream, &turn_id, &format!("active setup {s}"), Instant::now())
+            .await
+            .last_id;
         session_ids.push((session, last_id));
     }
     stack.provider.update_options(|o| {
@@ -283,7 +302,8 @@ async fn measure_provider_ttft(base_url: &str, samples: usize) -> anyhow::Result
     let client = soma_activities::LlmClient::new(base_url, "", soma_devllm::MODEL);
     let mut times = Vec::new();
     for i in 0..samples {
-        let messages = vec![soma_activities::llm::ChatMessage { role: "user".into(), content: format!("direct {i}") }];
+        let messages =
+            vec![soma_activities::llm::ChatMessage { role: "user".into(), content: format!("direct {i}") }];
         let sent = Instant::now();
         let mut stream = Box::pin(client.stream_chat(&messages, "bench").await?);
         while let Some(chunk) = stream.next().await {
@@ -313,7 +333,11 @@ async fn open_idle_streams(
             socket.write_all(request.as_bytes()).await?;
             let mut head = vec![0u8; 1024];
             let n = socket.read(&mut head).await?;
-            anyhow::ensure!(head[..n].starts_with(b"HTTP/1.1 200"), "stream refused: {}", String::from_utf8_lossy(&head[..n]));
+            anyhow::ensure!(
+                head[..n].starts_with(b"HTTP/1.1 200"),
+                "stream refused: {}",
+                String::from_utf8_lossy(&head[..n])
+            );
             anyhow::Ok(socket)
         }
     };
@@ -342,8 +366,16 @@ fn print_table(rows: &[Row], took: Duration, quick: bool) {
             .map_or("? GiB".into(), |kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0))
     );
     println!();
-    println!("Soma chat-turn benchmark{} — {machine}, release build, Temporal dev server, took {:.0} s", if quick { " (quick: not figures to quote)" } else { "" }, took.as_secs_f64());
-    println!("provider: time-to-first-token {} ms, one token every {} ms", PROVIDER_TTFT.as_millis(), PROVIDER_TOKEN_INTERVAL.as_millis());
+    println!(
+        "Soma chat-turn benchmark{} — {machine}, release build, Temporal dev server, took {:.0} s",
+        if quick { " (quick: not figures to quote)" } else { "" },
+        took.as_secs_f64()
+    );
+    println!(
+        "provider: time-to-first-token {} ms, one token every {} ms",
+        PROVIDER_TTFT.as_millis(),
+        PROVIDER_TOKEN_INTERVAL.as_millis()
+    );
     println!();
     println!("| figure | measured | target | met |");
     println!("|---|---|---|---|");

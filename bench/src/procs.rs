@@ -10,7 +10,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &'static str, binary: &Path, env: &[(&str, String)], log_dir: &Path) -> anyhow::Result<Proc> {
+    pub fn spawn(
+        name: &'static str,
+        binary: &Path,
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
         let log = std::fs::File::create(log_dir.join(format!("bench-{name}.log")))?;
         let child = Command::new(binary)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

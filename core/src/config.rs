@@ -116,9 +116,11 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         let figment = figment
-            .merge(Env::raw().only(&["DATABASE_URL", "TEMPORAL_ADDRESS"]).map(|k| {
-                k.as_str().to_ascii_lowercase().into()
-            }))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL", "TEMPORAL_ADDRESS"])
+                    .map(|k| k.as_str().to_ascii_lowercase().into()),
+            )
             // Only our own keys: other SOMA_* variables (SOMA_API_URL for clients, say) are not
             // configuration of this process.
             .merge(Env::prefixed("SOMA_").filter(|key| Config::is_key(key.as_str())));
@@ -151,9 +153,7 @@ impl Config {
     /// `(tenant_id, sha256_hex)` pairs from `api_keys`.
     pub fn api_key_entries(&self) -> impl Iterator<Item = Result<(&str, &str), String>> {
         self.api_keys.split(',').map(str::trim).filter(|e| !e.is_empty()).map(|entry| {
-            entry
-                .split_once(':')
-                .ok_or_else(|| format!("api_keys entry {entry:?} is not tenant:sha256"))
+            entry.split_once(':').ok_or_else(|| format!("api_keys entry {entry:?} is not tenant:sha256"))
         })
     }
 

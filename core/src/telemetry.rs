@@ -19,8 +19,7 @@ static GLOBAL: OnceLock<SharedSubscriber> = OnceLock::new();
 pub fn init_telemetry(format: LogFormat, filter: &str) -> SharedSubscriber {
     GLOBAL
         .get_or_init(|| {
-            let filter = EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| EnvFilter::new(filter));
+            let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
             let subscriber: SharedSubscriber = match format {
                 LogFormat::Human => Arc::new(
                     tracing_subscriber::registry()

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use soma_workflows::{ChatTurnWorkflow, TurnRef};
 use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy,
-    WorkflowIdReusePolicy, WorkflowStartOptions,
+    Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
+    WorkflowStartOptions,
 };
-use soma_workflows::{ChatTurnWorkflow, TurnRef};
 
 use crate::config::Config;
 
@@ -17,9 +17,8 @@ pub async fn connect(config: &Config, wait: Duration) -> anyhow::Result<Client> 
     let url = url::Url::parse(&format!("http://{}", config.temporal_address))?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let options = ConnectionOptions::new(url.clone())
-            .identity(format!("soma@{}", std::process::id()))
-            .build();
+        let options =
+            ConnectionOptions::new(url.clone()).identity(format!("soma@{}", std::process::id())).build();
         match Connection::connect(options).await {
             Ok(connection) => {
                 let options = ClientOptions::new(config.temporal_namespace.clone()).build();

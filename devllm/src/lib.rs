@@ -39,9 +39,11 @@ pub struct DevProviderOptions {
     pub on_token: Option<TokenHook>,
 }
 
-/// `(the conversation's last user message, token index)`, called as the token is sent.
+/// Called with `(the conversation's last user message, token index)` as the token is sent.
+pub type TokenCallback = dyn Fn(&str, usize) + Send + Sync;
+
 #[derive(Clone)]
-pub struct TokenHook(pub Arc<dyn Fn(&str, usize) + Send + Sync>);
+pub struct TokenHook(pub Arc<TokenCallback>);
 
 impl std::fmt::Debug for TokenHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -214,4 +216,3 @@ fn reply_tokens(messages: &[ChatMessage], extra_words: usize) -> Vec<String> {
     }
     tokens
 }
-

@@ -92,7 +92,12 @@ impl TestApp {
         self.post_message_raw(KEY_A, body.to_string(), idempotency_key).await
     }
 
-    pub async fn post_message_raw(&self, key: &str, body: String, idempotency_key: Option<&str>) -> (u16, Value) {
+    pub async fn post_message_raw(
+        &self,
+        key: &str,
+        body: String,
+        idempotency_key: Option<&str>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .post(format!("{}/v1/session/message", self.api_url))
@@ -128,15 +133,21 @@ impl TestApp {
     }
 
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.api_url)).header("X-API-Key", key).send().await.unwrap();
+        let response =
+            self.http.get(format!("{}{path}", self.api_url)).header("X-API-Key", key).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Opens the session's event stream as tenant A, after event `last_event_id`.
     pub async fn events(&self, session_id: &str, last_event_id: Option<i64>) -> SseClient {
-        SseClient::connect(&self.http, &format!("{}/v1/session/{session_id}/events", self.api_url), KEY_A, last_event_id)
-            .await
+        SseClient::connect(
+            &self.http,
+            &format!("{}/v1/session/{session_id}/events", self.api_url),
+            KEY_A,
+            last_event_id,
+        )
+        .await
     }
 
     /// Opens the session's event stream with `?after=` instead of `Last-Event-ID`.
@@ -162,7 +173,10 @@ impl TestApp {
 
     /// Rows in a table of the test's database.
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(self.store.pool()).await.unwrap()
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
     }
 }
 
@@ -186,7 +200,8 @@ impl TestWorker {
         let (kill, killed) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
                 let temporal_runtime = soma_worker::temporal_runtime(None).unwrap();

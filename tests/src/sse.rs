@@ -24,7 +24,12 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    pub async fn connect(http: &reqwest::Client, url: &str, key: &str, last_event_id: Option<i64>) -> SseClient {
+    pub async fn connect(
+        http: &reqwest::Client,
+        url: &str,
+        key: &str,
+        last_event_id: Option<i64>,
+    ) -> SseClient {
         Self::try_connect(http, url, key, last_event_id).await.expect("event stream opens")
     }
 
@@ -84,7 +89,8 @@ impl SseClient {
     pub async fn take(&mut self, n: usize, wait: Duration) -> Vec<SseEvent> {
         let mut events = Vec::new();
         while events.len() < n {
-            let event = self.next_event(wait).await.unwrap_or_else(|| panic!("only {} of {n} events", events.len()));
+            let event =
+                self.next_event(wait).await.unwrap_or_else(|| panic!("only {} of {n} events", events.len()));
             events.push(event);
         }
         events

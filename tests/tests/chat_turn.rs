@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use serde_json::json;
+use soma_core::store::NewTurn;
 use soma_devllm::DevProviderOptions;
 use soma_tests::{DEADLINE, KEY_A, KEY_B, SseEvent, TestApp};
+use soma_workflows::ChatTurnWorkflow;
 use temporalio_client::UntypedWorkflow;
 use temporalio_client::WorkflowFetchHistoryOptions;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
-use soma_core::store::NewTurn;
-use soma_workflows::ChatTurnWorkflow;
 
 fn fast_provider() -> DevProviderOptions {
     DevProviderOptions {
@@ -99,7 +99,8 @@ async fn resumed_stream_has_no_gap_or_duplicate() {
     let after = seen[1].id;
     let from_query = app.get_events_after(&session_id, after).await.until("turn.complete", DEADLINE).await;
     assert_eq!(from_query.iter().map(|e| e.id).collect::<Vec<_>>(), stored[2..].to_vec());
-    let (status, error) = app.get(KEY_A, &format!("/v1/session/{session_id}/events?after=not-a-number")).await;
+    let (status, error) =
+        app.get(KEY_A, &format!("/v1/session/{session_id}/events?after=not-a-number")).await;
     assert_eq!((status, error["code"].as_str()), (400, Some("invalid_query")));
 }
 
@@ -183,7 +184,11 @@ async fn messages_sent_back_to_back_are_answered_in_order() {
     let messages = app.messages(&session_id).await;
     let order: Vec<(&str, bool)> = messages.iter().map(|m| (m.0.as_str(), m.1.contains("second"))).collect();
     assert_eq!(order, vec![("user", false), ("assistant", false), ("user", true), ("assistant", true)]);
-    assert!(messages[3].1.contains("(1 earlier user messages"), "the second reply saw the first turn: {}", messages[3].1);
+    assert!(
+        messages[3].1.contains("(1 earlier user messages"),
+        "the second reply saw the first turn: {}",
+        messages[3].1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,9 +206,27 @@ async fn bad_input_gets_a_4xx_and_starts_nothing() {
         ("missing message", json!({}).to_string(), KEY_A, 400, "invalid_request"),
         ("oversized message", json!({ "message": oversized }).to_string(), KEY_A, 413, "payload_too_large"),
         ("message of the wrong type", json!({ "message": 42 }).to_string(), KEY_A, 400, "invalid_request"),
-        ("session_id not a uuid", json!({ "message": "hi", "session_id": "abc" }).to_string(), KEY_A, 400, "invalid_request"),
-        ("unknown field", json!({ "message": "hi", "colour": "red" }).to_string(), KEY_A, 400, "invalid_request"),
-        ("unknown session", json!({ "message": "hi", "session_id": unknown_session }).to_string(), KEY_A, 404, "session_not_found"),
+        (
+            "session_id not a uuid",
+            json!({ "message": "hi", "session_id": "abc" }).to_string(),
+            KEY_A,
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown field",
+            json!({ "message": "hi", "colour": "red" }).to_string(),
+            KEY_A,
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown session",
+            json!({ "message": "hi", "session_id": unknown_session }).to_string(),
+            KEY_A,
+            404,
+            "session_not_found",
+        ),
         ("no API key", json!({ "message": "hi" }).to_string(), "", 401, "unauthorized"),
         ("wrong API key", json!({ "message": "hi" }).to_string(), "nope", 401, "unauthorized"),
     ];
@@ -238,7 +261,11 @@ async fn bad_input_gets_a_4xx_and_starts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_turn_has_no_bigger_history_than_the_first() {
-    let provider = DevProviderOptions { time_to_first_token: Duration::ZERO, token_interval: Duration::ZERO, ..Default::default() };
+    let provider = DevProviderOptions {
+        time_to_first_token: Duration::ZERO,
+        token_interval: Duration::ZERO,
+        ..Default::default()
+    };
     let app = TestApp::spawn("history-size", provider).await;
     let _worker = app.start_worker();
 
@@ -340,6 +367,7 @@ async fn a_stored_turn_whose_workflow_never_started_is_answered_before_the_next(
 
     assert_eq!(first[0].data["meta"]["turn_id"], orphan.turn_id.to_string().as_str());
     assert_eq!(second[0].data["meta"]["turn_id"], next_turn.as_str());
-    let users: Vec<String> = app.messages(&session_id).await.into_iter().filter(|m| m.0 == "user").map(|m| m.1).collect();
+    let users: Vec<String> =
+        app.messages(&session_id).await.into_iter().filter(|m| m.0 == "user").map(|m| m.1).collect();
     assert_eq!(users, vec!["sent just before a crash", "sent after the crash"]);
 }

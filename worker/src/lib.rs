@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use temporalio_client::Client;
 use temporalio_common::telemetry::TelemetryOptions;
-use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use temporalio_sdk::runtime::RuntimeOptions;
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use soma_activities::{ChatTurnActivities, EmptyStepActivities, LlmClient};
 use soma_core::telemetry::SharedSubscriber;
@@ -18,10 +18,8 @@ use soma_workflows::{ChatTurnWorkflow, EmptyStepsWorkflow};
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
     let telemetry = TelemetryOptions::builder().maybe_subscriber_override(subscriber).build();
-    let options = RuntimeOptions::builder()
-        .telemetry_options(telemetry)
-        .build()
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let options =
+        RuntimeOptions::builder().telemetry_options(telemetry).build().map_err(|e| anyhow::anyhow!(e))?;
     Ok(Runtime::from_current_tokio(options)?)
 }
 

@@ -16,7 +16,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let Some((config, subscriber)) = args.common.start()? else { return Ok(()) };
-    let store = soma_core::Store::connect_lazy(config.database_url.expose(), config.database_max_connections)?;
+    let store =
+        soma_core::Store::connect_lazy(config.database_url.expose(), config.database_max_connections)?;
     store.migrate().await?;
     let runtime = soma_worker::temporal_runtime(Some(subscriber))?;
     let client = soma_core::temporal::connect(&config, Duration::from_secs(30)).await?;
@@ -25,8 +26,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -13,8 +13,7 @@ use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions,
-    WorkflowCancellationToken,
-    WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
+    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -32,7 +31,7 @@ pub struct ChatTurnWorkflow {
 enum Ended {
     Replied(Option<Uuid>),
     Cancelled,
-    Failed(ActivityExecutionError),
+    Failed(Box<ActivityExecutionError>),
 }
 
 #[workflow_methods]
@@ -48,7 +47,7 @@ impl ChatTurnWorkflow {
         let ended = match converse(ctx, &turn).await {
             Ok(message_id) => Ended::Replied(message_id),
             Err(ActivityExecutionError::Cancelled(_)) => Ended::Cancelled,
-            Err(err) => Ended::Failed(err),
+            Err(err) => Ended::Failed(Box::new(err)),
         };
 
         // Steps after the conversation run even when the workflow was cancelled: the partial
@@ -83,7 +82,7 @@ impl ChatTurnWorkflow {
         match ended {
             Ended::Replied(_) => Ok(ChatTurnOutput { status, assistant_message_id }),
             Ended::Cancelled => Err(WorkflowTermination::cancelled()),
-            Ended::Failed(err) => Err(err.into()),
+            Ended::Failed(err) => Err((*err).into()),
         }
     }
 }
@@ -95,11 +94,9 @@ async fn converse(
 ) -> Result<Option<Uuid>, ActivityExecutionError> {
     // A local activity: no server round trip before the LLM call when the session is idle.
     while !ctx.execute_local_activity(ChatActivities::begin_turn, turn.clone(), local_db_step()).await? {
-        ctx.execute_activity(ChatActivities::wait_for_earlier_turns, turn.clone(), queue_wait())
-            .await?;
+        ctx.execute_activity(ChatActivities::wait_for_earlier_turns, turn.clone(), queue_wait()).await?;
     }
-    ctx.execute_activity(ChatActivities::stream_llm_reply, turn.clone(), llm_stream())
-        .await?;
+    ctx.execute_activity(ChatActivities::stream_llm_reply, turn.clone(), llm_stream()).await?;
     ctx.execute_activity(
         ChatActivities::persist_assistant_message,
         AssistantMessageInput { turn: turn.clone(), status: TurnStatus::Completed },

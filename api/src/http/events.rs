@@ -15,12 +15,10 @@ use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-
 use crate::auth::Tenant;
 use crate::error::AppQuery;
 use crate::feed::{PAGE, RenderedEvent};
 use crate::{ApiContext, ApiError};
-
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -39,13 +37,11 @@ pub async fn stream(
         return Err(ApiError::NotFound("session"));
     }
     let last_event_id = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .ok_or_else(|| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event id"))?,
-        ),
+        Some(value) => {
+            Some(value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
+                ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event id")
+            })?)
+        }
         None => None,
     };
     let mut after = last_event_id.or(query.after).unwrap_or(0);

@@ -2,11 +2,11 @@
 //! The response (202) is sent only once both the turn row and the workflow exist, so an
 //! accepted message survives any single crash; the same Idempotency-Key returns the same turn.
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::Extension;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -33,6 +33,7 @@ struct PostMessage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AttachmentRef {
+    // Parsed so a malformed attachment is reported as such; attachments are refused below.
     #[allow(dead_code)]
     id: Uuid,
 }
@@ -51,7 +52,11 @@ pub async fn post_message(
     }
     if request.message.len() > ctx.config.max_message_bytes {
         return Err(ApiError::PayloadTooLarge {
-            message: format!("message is {} bytes; the limit is {}", request.message.len(), ctx.config.max_message_bytes),
+            message: format!(
+                "message is {} bytes; the limit is {}",
+                request.message.len(),
+                ctx.config.max_message_bytes
+            ),
         });
     }
     if !request.attachments.is_empty() {
@@ -116,7 +121,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters")
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
         })?;
     Ok(Some(key))
 }

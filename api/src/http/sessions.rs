@@ -6,15 +6,15 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use temporalio_client::WorkflowCancelOptions;
 use temporalio_client::UntypedWorkflow;
+use temporalio_client::WorkflowCancelOptions;
 use uuid::Uuid;
 
 use soma_core::store::{AuditEntry, SessionCursor};
 
 use crate::auth::Tenant;
-use crate::request_id::RequestId;
 use crate::error::AppQuery;
+use crate::request_id::RequestId;
 use crate::{ApiContext, ApiError};
 
 const DEFAULT_PAGE: i64 = 50;
@@ -56,7 +56,8 @@ fn encode_cursor(updated_at: DateTime<Utc>, id: Uuid) -> String {
 fn decode_cursor(raw: &str) -> Result<SessionCursor, ApiError> {
     let invalid = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
     let (micros, id) = raw.split_once('_').ok_or_else(invalid)?;
-    let updated_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| invalid())?).ok_or_else(invalid)?;
+    let updated_at =
+        DateTime::from_timestamp_micros(micros.parse().map_err(|_| invalid())?).ok_or_else(invalid)?;
     Ok(SessionCursor { updated_at, id: id.parse().map_err(|_| invalid())? })
 }
 
@@ -89,10 +90,11 @@ pub async fn cancel_turn(
     if !ctx.store.session_exists(&tenant_id, session_id).await? {
         return Err(ApiError::NotFound("session"));
     }
-    let turn = ctx.store.oldest_open_turn(&tenant_id, session_id).await?.ok_or_else(|| ApiError::Conflict {
-        code: "no_running_turn",
-        message: "the session has no running or queued turn".into(),
-    })?;
+    let turn =
+        ctx.store.oldest_open_turn(&tenant_id, session_id).await?.ok_or_else(|| ApiError::Conflict {
+            code: "no_running_turn",
+            message: "the session has no running or queued turn".into(),
+        })?;
     let handle = ctx.temporal.get_workflow_handle::<UntypedWorkflow>(turn.workflow_id.clone());
     handle
         .cancel(WorkflowCancelOptions::builder().reason(format!("cancelled by request {request_id}")).build())
@@ -113,6 +115,8 @@ pub async fn cancel_turn(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "session_id": session_id, "turn_id": turn.turn_id, "workflow_id": turn.workflow_id, "status": "cancelling" })),
+        Json(
+            json!({ "session_id": session_id, "turn_id": turn.turn_id, "workflow_id": turn.workflow_id, "status": "cancelling" }),
+        ),
     ))
 }

@@ -129,7 +129,10 @@ async fn worker_kills(args: &Args) -> anyhow::Result<Counts> {
         match (followed.end.as_deref(), replies.as_slice()) {
             (Some("turn.complete"), [reply]) if **reply == followed.shown => counts.completed += 1,
             (Some("turn.complete"), [_]) => {
-                eprintln!("trial {trial}: the stream showed {:?}, the store has {:?}", followed.shown, replies);
+                eprintln!(
+                    "trial {trial}: the stream showed {:?}, the store has {:?}",
+                    followed.shown, replies
+                );
                 counts.duplicated += 1;
             }
             (_, many) if many.len() > 1 => counts.duplicated += 1,
@@ -208,10 +211,11 @@ async fn api_kills(args: &Args) -> anyhow::Result<Counts> {
     // Let the last turn finish, then tell the clients where the stream ends.
     wait_until(&pool, "SELECT count(*) = 0 FROM turns WHERE status IN ('queued', 'running')").await?;
     let session_uuid: uuid::Uuid = session.parse()?;
-    let stored: Vec<i64> = sqlx::query_scalar("SELECT id FROM session_events WHERE session_id = $1 ORDER BY id")
-        .bind(session_uuid)
-        .fetch_all(&pool)
-        .await?;
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM session_events WHERE session_id = $1 ORDER BY id")
+            .bind(session_uuid)
+            .fetch_all(&pool)
+            .await?;
     stop_tx.send_replace(stored.last().copied());
     let mut counts = Counts::default();
     let mut reconnects = 0;
@@ -229,7 +233,10 @@ async fn api_kills(args: &Args) -> anyhow::Result<Counts> {
         }
     }
     println!("drill 2: {reconnects} reconnects over {restarts} api restarts, {} stored events", stored.len());
-    counts.print("drill 2, api SIGKILL under streaming clients (lost/duplicated count events)", started.elapsed());
+    counts.print(
+        "drill 2, api SIGKILL under streaming clients (lost/duplicated count events)",
+        started.elapsed(),
+    );
     pool.close().await;
     stack.finish().await;
     Ok(counts)
@@ -253,12 +260,17 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
     };
     let (messages_n, restart_at) = if args.stack.quick { (20, 8) } else { (200, 80) };
     let started = Instant::now();
-    let fast = DevProviderOptions { time_to_first_token: Duration::from_millis(20), token_interval: Duration::from_millis(5), ..Default::default() };
+    let fast = DevProviderOptions {
+        time_to_first_token: Duration::from_millis(20),
+        token_interval: Duration::from_millis(5),
+        ..Default::default()
+    };
     let stack = Stack::start("chaos3", &args.stack, fast).await?;
     let client = stack.client.clone();
     let started_at = || async {
         let pool = connect_retrying(&stack.database_url).await?;
-        let at: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text").fetch_one(&pool).await?;
+        let at: String =
+            sqlx::query_scalar("SELECT pg_postmaster_start_time()::text").fetch_one(&pool).await?;
         pool.close().await;
         anyhow::Ok(at)
     };
@@ -269,7 +281,9 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
     for i in 0..messages_n {
         if i == restart_at {
             let restart = restart.clone();
-            restarter = Some(tokio::task::spawn_blocking(move || Command::new("bash").arg("-c").arg(&restart).status()));
+            restarter = Some(tokio::task::spawn_blocking(move || {
+                Command::new("bash").arg("-c").arg(&restart).status()
+            }));
         }
         match client.post(None, &format!("pg restart {i}"), Some(&format!("pg-{i}"))).await {
             Ok((202, body)) => accepted.push(body["turn_id"].as_str().unwrap_or_default().to_string()),
@@ -291,17 +305,28 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         )
         .fetch_all(&pool)
         .await?;
-        let by_id: HashMap<String, (String, i64)> = rows.into_iter().map(|(id, status, replies)| (id, (status, replies))).collect();
-        let finished = accepted.iter().filter(|id| by_id.get(*id).is_some_and(|(status, _)| status == "completed")).count();
+        let by_id: HashMap<String, (String, i64)> =
+            rows.into_iter().map(|(id, status, replies)| (id, (status, replies))).collect();
+        let finished = accepted
+            .iter()
+            .filter(|id| by_id.get(*id).is_some_and(|(status, _)| status == "completed"))
+            .count();
         if finished == accepted.len() || Instant::now() > deadline {
-            counts.completed = accepted.iter().filter(|id| by_id.get(*id).is_some_and(|(s, r)| s == "completed" && *r == 1)).count();
+            counts.completed = accepted
+                .iter()
+                .filter(|id| by_id.get(*id).is_some_and(|(s, r)| s == "completed" && *r == 1))
+                .count();
             counts.duplicated = by_id.values().filter(|(_, replies)| *replies > 1).count();
             counts.lost = accepted.len() - finished;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("drill 3: {} messages sent, {} accepted (202), {refused} refused during the restart", messages_n, accepted.len());
+    println!(
+        "drill 3: {} messages sent, {} accepted (202), {refused} refused during the restart",
+        messages_n,
+        accepted.len()
+    );
     counts.print("drill 3, PostgreSQL restart under load", started.elapsed());
     pool.close().await;
     stack.finish().await;
@@ -323,7 +348,11 @@ async fn connect_retrying(url: &str) -> anyhow::Result<sqlx::PgPool> {
 async fn idempotency_storm(args: &Args) -> anyhow::Result<Counts> {
     let n = if args.stack.quick { 100 } else { 1_000 };
     let started = Instant::now();
-    let fast = DevProviderOptions { time_to_first_token: Duration::ZERO, token_interval: Duration::ZERO, ..Default::default() };
+    let fast = DevProviderOptions {
+        time_to_first_token: Duration::ZERO,
+        token_interval: Duration::ZERO,
+        ..Default::default()
+    };
     let stack = Stack::start("chaos4", &args.stack, fast).await?;
     let client = stack.client.clone();
     let posts = (0..n).map(|_| {
@@ -348,7 +377,11 @@ async fn idempotency_storm(args: &Args) -> anyhow::Result<Counts> {
     wait_until(&pool, "SELECT count(*) = 1 FROM messages WHERE role = 'assistant'").await?;
     counts.duplicated = (stored as usize).saturating_sub(1) + turns.len().saturating_sub(1);
     counts.lost = usize::from(stored == 0);
-    println!("drill 4: {} of {n} POSTs got 202, {} distinct turn ids, {stored} stored turns", counts.completed, turns.len());
+    println!(
+        "drill 4: {} of {n} POSTs got 202, {} distinct turn ids, {stored} stored turns",
+        counts.completed,
+        turns.len()
+    );
     counts.print("drill 4, concurrent POSTs with one Idempotency-Key", started.elapsed());
     pool.close().await;
     stack.finish().await;

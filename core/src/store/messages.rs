@@ -83,7 +83,11 @@ impl Store {
     }
 
     /// The conversation up to and including turn `seq`, in order, for the LLM call.
-    pub async fn conversation_until(&self, turn: &TurnRef, seq: i32) -> Result<Vec<ConversationLine>, StoreError> {
+    pub async fn conversation_until(
+        &self,
+        turn: &TurnRef,
+        seq: i32,
+    ) -> Result<Vec<ConversationLine>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT m.role, m.content FROM messages m JOIN turns t ON t.id = m.turn_id
              WHERE m.session_id = $1 AND m.tenant_id = $2 AND t.seq <= $3

@@ -92,10 +92,7 @@ impl Store {
         if inserted.is_none() {
             // A concurrent request with the same key won; ours changes nothing.
             tx.rollback().await?;
-            return self
-                .turn_by_idempotency_key(new)
-                .await?
-                .ok_or(StoreError::TurnNotFound);
+            return self.turn_by_idempotency_key(new).await?.ok_or(StoreError::TurnNotFound);
         }
         AuditEntry {
             tenant_id: new.tenant_id,
@@ -145,7 +142,11 @@ impl Store {
     }
 
     /// The turns accepted before this one that have not finished yet.
-    pub async fn unfinished_earlier_turns(&self, turn: &TurnRef, seq: i32) -> Result<Vec<EarlierTurn>, StoreError> {
+    pub async fn unfinished_earlier_turns(
+        &self,
+        turn: &TurnRef,
+        seq: i32,
+    ) -> Result<Vec<EarlierTurn>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id AS turn_id, workflow_id, request_id,
                     extract(epoch FROM now() - created_at)::float8 AS age_seconds
@@ -185,7 +186,12 @@ impl Store {
 
     /// Takes back a turn whose workflow could not be started (the client got an error, not a
     /// 202), so it neither blocks the session nor answers a retried Idempotency-Key.
-    pub async fn withdraw_turn(&self, tenant_id: &str, turn_id: Uuid, request_id: &str) -> Result<(), StoreError> {
+    pub async fn withdraw_turn(
+        &self,
+        tenant_id: &str,
+        turn_id: Uuid,
+        request_id: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let session_id: Option<Uuid> = sqlx::query_scalar(
             "DELETE FROM turns WHERE id = $1 AND tenant_id = $2 AND status = 'queued' RETURNING session_id",
@@ -212,7 +218,11 @@ impl Store {
     }
 
     /// The session's oldest unfinished turn: the one running, or else the next to run.
-    pub async fn oldest_open_turn(&self, tenant_id: &str, session_id: Uuid) -> Result<Option<OpenTurn>, StoreError> {
+    pub async fn oldest_open_turn(
+        &self,
+        tenant_id: &str,
+        session_id: Uuid,
+    ) -> Result<Option<OpenTurn>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id AS turn_id, workflow_id FROM turns
              WHERE session_id = $1 AND tenant_id = $2 AND status IN ('queued', 'running')
