@@ -121,26 +121,29 @@ async fn read_new_events(
     events: broadcast::Sender<Arc<RenderedEvent>>,
 ) {
     loop {
-        match store.events_after(&tenant_id, session_id, cursor, PAGE).await {
-            Ok(page) => {
-                let full = page.len() as i64 == PAGE;
-                for event in page {
-                    cursor = event.id;
-                    // No receivers is fine: a client may be between catch-up and subscribing.
-                    let _ = events.send(Arc::new(RenderedEvent::render(&event)));
-                }
-                if full {
-                    continue;
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, %session_id, "reading new events failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+        let page = next_page(&store, &tenant_id, session_id, cursor).await;
+        let full = page.len() as i64 == PAGE;
+        for event in page {
+            cursor = event.id;
+            // No receivers is fine: a client may be between catch-up and subscribing.
+            let _ = events.send(Arc::new(RenderedEvent::render(&event)));
         }
-        if woken.changed().await.is_err() {
+        if !full && woken.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// The session's next [`PAGE`] of events after `after`; while the database fails, waits and
+/// tries again (the caller has nothing better to do than wait for it).
+pub async fn next_page(store: &Store, tenant_id: &str, session_id: Uuid, after: i64) -> Vec<StoredEvent> {
+    loop {
+        match store.events_after(tenant_id, session_id, after, PAGE).await {
+            Ok(page) => return page,
+            Err(err) => {
+                tracing::warn!(error = %err, %session_id, "reading events failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
 }

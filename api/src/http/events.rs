@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::auth::Tenant;
 use crate::error::AppQuery;
-use crate::feed::{PAGE, RenderedEvent};
+use crate::feed::{PAGE, RenderedEvent, next_page};
 use crate::{ApiContext, ApiError};
 
 #[derive(Debug, Deserialize)]
@@ -55,18 +55,11 @@ pub async fn stream(
         let mut catching_up = true;
         loop {
             if catching_up {
-                match store.events_after(&tenant_id, session_id, after, PAGE).await {
-                    Ok(page) => {
-                        catching_up = page.len() as i64 == PAGE;
-                        for event in page {
-                            after = event.id;
-                            yield Ok(RenderedEvent::render(&event).to_sse());
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, %session_id, "reading events failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
+                let page = next_page(&store, &tenant_id, session_id, after).await;
+                catching_up = page.len() as i64 == PAGE;
+                for event in page {
+                    after = event.id;
+                    yield Ok(RenderedEvent::render(&event).to_sse());
                 }
                 continue;
             }
