@@ -137,16 +137,16 @@ impl ChatTurnActivities {
         if attempt > 1 {
             tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, request_id = %turn.request_id,
                            attempt, "LLM call retried");
-        }
-        if attempt > 1 && !self.store.delta_attempts(&turn).await.map_err(retryable)?.is_empty() {
-            // Tell readers to throw away what an earlier attempt streamed.
-            let retry = NewEvent {
-                kind: event_kind::LLM_RETRY,
-                payload: json!({ "attempt": attempt, "discard_partial": true,
-                                 "reason": "the provider stream was interrupted; restarting the reply" }),
-                dedupe_key: format!("{}:{}:{attempt}", turn.turn_id, event_kind::LLM_RETRY),
-            };
-            self.append(&turn, vec![retry]).await?;
+            if self.store.has_streamed_deltas(&turn).await.map_err(retryable)? {
+                // Tell readers to throw away what an earlier attempt streamed.
+                let retry = NewEvent {
+                    kind: event_kind::LLM_RETRY,
+                    payload: json!({ "attempt": attempt, "discard_partial": true,
+                                     "reason": "the provider stream was interrupted; restarting the reply" }),
+                    dedupe_key: format!("{}:{}:{attempt}", turn.turn_id, event_kind::LLM_RETRY),
+                };
+                self.append(&turn, vec![retry]).await?;
+            }
         }
         let history: Vec<ChatMessage> = self
             .store

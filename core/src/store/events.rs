@@ -110,16 +110,15 @@ impl Store {
         .await?)
     }
 
-    /// The attempts of the LLM call that emitted deltas for this turn, newest first.
-    pub async fn delta_attempts(&self, turn: &TurnRef) -> Result<Vec<i32>, StoreError> {
+    /// Whether any attempt of the turn's LLM call has streamed a delta yet.
+    pub async fn has_streamed_deltas(&self, turn: &TurnRef) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT DISTINCT (payload->>'attempt')::int AS attempt FROM session_events
-             WHERE session_id = $1 AND turn_id = $2 AND kind = 'llm.delta'
-             ORDER BY attempt DESC",
+            "SELECT EXISTS (SELECT 1 FROM session_events
+                            WHERE session_id = $1 AND turn_id = $2 AND kind = 'llm.delta')",
         )
         .bind(turn.session_id)
         .bind(turn.turn_id)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?)
     }
 
