@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use soma_devllm::{DevProviderHandle, DevProviderOptions, TokenHook};
-use soma_tests::{SseClient, SseEvent};
+use soma_tests::{ApiClient, SseClient, SseEvent, message_body};
 
 use procs::Proc;
 
@@ -102,8 +102,7 @@ impl Stack {
             ("SOMA_LOG_FILTER", "warn".to_string()),
         ];
         std::fs::create_dir_all(&log_dir)?;
-        let client =
-            StackClient { http: reqwest::Client::new(), api_url: format!("http://{api_addr}"), emits };
+        let client = StackClient { api: ApiClient::new(format!("http://{api_addr}"), KEY), emits };
         let mut stack = Stack {
             api: None,
             worker: None,
@@ -190,8 +189,7 @@ pub struct FollowedTurn {
 
 #[derive(Clone)]
 pub struct StackClient {
-    pub http: reqwest::Client,
-    pub api_url: String,
+    pub api: ApiClient,
     pub emits: EmitLog,
 }
 
@@ -199,7 +197,7 @@ impl StackClient {
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(response) = self.http.get(format!("{}/v1/ready", self.api_url)).send().await
+            if let Ok(response) = self.api.http.get(format!("{}/v1/ready", self.api.api_url)).send().await
                 && response.status().is_success()
             {
                 return Ok(());
@@ -216,21 +214,7 @@ impl StackClient {
         message: &str,
         idempotency_key: Option<&str>,
     ) -> anyhow::Result<(u16, Value)> {
-        let mut body = json!({ "message": message });
-        if let Some(session_id) = session_id {
-            body["session_id"] = json!(session_id);
-        }
-        let mut request = self
-            .http
-            .post(format!("{}/v1/session/message", self.api_url))
-            .header("X-API-Key", KEY)
-            .json(&body);
-        if let Some(key) = idempotency_key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        Ok(self.api.post_message(message_body(session_id, message).to_string(), idempotency_key).await?)
     }
 
     /// Sends a message; `(session_id, turn_id, workflow_id)` or an error unless 202.
@@ -239,20 +223,11 @@ impl StackClient {
         session_id: Option<&str>,
         message: &str,
     ) -> anyhow::Result<(String, String, String)> {
-        let (status, body) = self.post(session_id, message, None).await?;
-        anyhow::ensure!(status == 202, "message refused: {status} {body}");
-        let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
-        Ok((field("session_id"), field("turn_id"), field("workflow_id")))
+        self.api.send(session_id, message).await
     }
 
     pub async fn events(&self, session_id: &str, after: Option<i64>) -> SseClient {
-        SseClient::connect(
-            &self.http,
-            &format!("{}/v1/session/{session_id}/events", self.api_url),
-            KEY,
-            after,
-        )
-        .await
+        self.api.events(session_id, after).await
     }
 
     /// Follows one turn on `stream` to its end (or until the stream breaks).

@@ -3,16 +3,18 @@
 //! (`TEMPORAL_ADDRESS`), an in-process API on port 0, workers it can start and kill, and the
 //! dev provider with the delays and failures it asks for. `ops/test` sets the environment.
 
+pub mod api_client;
 pub mod sse;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use soma_core::config::LogFormat;
 use soma_core::{Config, Store};
 use soma_devllm::{DevProviderHandle, DevProviderOptions};
 use uuid::Uuid;
 
+pub use api_client::{ApiClient, message_body};
 pub use sse::{SseClient, SseEvent};
 
 pub const KEY_A: &str = "test-key-tenant-a";
@@ -24,8 +26,8 @@ pub const DEADLINE: Duration = Duration::from_secs(90);
 pub struct TestApp {
     pub config: Config,
     pub store: Store,
-    pub api_url: String,
-    pub http: reqwest::Client,
+    /// The API as tenant A; `api.with_key(KEY_B)` for tenant B.
+    pub api: ApiClient,
     pub provider: DevProviderHandle,
     pub temporal: temporalio_client::Client,
 }
@@ -75,10 +77,10 @@ impl TestApp {
 
         let ctx = soma_api::ApiContext::new(config.clone(), store.clone(), temporal.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_url = format!("http://{}", listener.local_addr().unwrap());
+        let api = ApiClient::new(format!("http://{}", listener.local_addr().unwrap()), KEY_A);
         tokio::spawn(soma_api::serve(listener, ctx, std::future::pending()));
 
-        TestApp { config, store, api_url, http: reqwest::Client::new(), provider, temporal }
+        TestApp { config, store, api, provider, temporal }
     }
 
     /// Starts a worker on the test's task queue, in its own thread and runtime so that it can
@@ -98,62 +100,38 @@ impl TestApp {
         body: String,
         idempotency_key: Option<&str>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .post(format!("{}/v1/session/message", self.api_url))
-            .header("X-API-Key", key)
-            .header("Content-Type", "application/json")
-            .body(body);
-        if let Some(idempotency_key) = idempotency_key {
-            request = request.header("Idempotency-Key", idempotency_key);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.api.with_key(key).post_message(body, idempotency_key).await.unwrap()
     }
 
     /// Sends a message and returns `(session_id, turn_id, workflow_id)`; panics unless 202.
     pub async fn send(&self, session_id: Option<&str>, message: &str) -> (String, String, String) {
-        let mut body = json!({ "message": message });
-        if let Some(session_id) = session_id {
-            body["session_id"] = json!(session_id);
-        }
-        let (status, body) = self.post_message(body, None).await;
-        assert_eq!(status, 202, "message not accepted: {body}");
-        let field = |name: &str| body[name].as_str().unwrap().to_string();
-        (field("session_id"), field("turn_id"), field("workflow_id"))
+        self.api.send(session_id, message).await.unwrap()
     }
 
     /// `POST /v1/session/{id}/cancel` as tenant A.
     pub async fn cancel(&self, session_id: &str) -> (u16, Value) {
-        let url = format!("{}/v1/session/{session_id}/cancel", self.api_url);
-        let response = self.http.post(url).header("X-API-Key", KEY_A).send().await.unwrap();
+        let url = format!("{}/v1/session/{session_id}/cancel", self.api.api_url);
+        let response = self.api.http.post(url).header("X-API-Key", KEY_A).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let response =
-            self.http.get(format!("{}{path}", self.api_url)).header("X-API-Key", key).send().await.unwrap();
+        let url = format!("{}{path}", self.api.api_url);
+        let response = self.api.http.get(url).header("X-API-Key", key).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Opens the session's event stream as tenant A, after event `last_event_id`.
     pub async fn events(&self, session_id: &str, last_event_id: Option<i64>) -> SseClient {
-        SseClient::connect(
-            &self.http,
-            &format!("{}/v1/session/{session_id}/events", self.api_url),
-            KEY_A,
-            last_event_id,
-        )
-        .await
+        self.api.events(session_id, last_event_id).await
     }
 
     /// Opens the session's event stream with `?after=` instead of `Last-Event-ID`.
     pub async fn get_events_after(&self, session_id: &str, after: i64) -> SseClient {
-        let url = format!("{}/v1/session/{session_id}/events?after={after}", self.api_url);
-        SseClient::connect(&self.http, &url, KEY_A, None).await
+        let url = format!("{}?after={after}", self.api.events_url(session_id));
+        SseClient::connect(&self.api.http, &url, KEY_A, None).await
     }
 
     /// The session's stored messages as `(role, content, status)`.

@@ -155,10 +155,10 @@ async fn reconnecting_client(
     session: String,
     stop: tokio::sync::watch::Receiver<Option<i64>>,
 ) -> (Vec<i64>, usize) {
-    let url = format!("{}/v1/session/{session}/events", client.api_url);
+    let url = client.api.events_url(&session);
     let (mut received, mut reconnects, mut last) = (Vec::new(), 0usize, None::<i64>);
     loop {
-        let mut stream = match SseClient::try_connect(&client.http, &url, soma_bench::KEY, last).await {
+        let mut stream = match SseClient::try_connect(&client.api.http, &url, &client.api.key, last).await {
             Ok(stream) => stream,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
