@@ -180,6 +180,9 @@ pub struct FollowedTurn {
     pub first_delta: Option<Duration>,
     /// Per token: provider sent it → the client had it, in ms.
     pub delivery_ms: Vec<f64>,
+    /// Per delta: its row's `created_at` (the worker's insert began) → the client had it, in
+    /// ms by the wall clock; what the delivery took after the worker got the token.
+    pub stored_to_client_ms: Vec<f64>,
     /// The reply as a client honouring `llm.retry` shows it.
     pub shown: String,
     pub end: Option<String>,
@@ -248,6 +251,15 @@ impl StackClient {
             match event.kind.as_str() {
                 "llm.delta" => {
                     followed.first_delta.get_or_insert(received - since);
+                    if let Some(created) = event.data["meta"]["created_at"]
+                        .as_str()
+                        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                    {
+                        let late = chrono::Utc::now().signed_duration_since(created);
+                        followed
+                            .stored_to_client_ms
+                            .push(late.num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    }
                     let before =
                         if followed.shown.is_empty() { 0 } else { followed.shown.split(' ').count() };
                     followed.shown.push_str(event.payload()["text"].as_str().unwrap_or_default());

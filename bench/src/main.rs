@@ -20,6 +20,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Args {
     #[command(flatten)]
     stack: StackArgs,
+    /// Measure only these figures (comma-separated): rss, ttft, history, throughput, idle, active.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Figure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Figure {
+    Rss,
+    Ttft,
+    History,
+    Throughput,
+    Idle,
+    Active,
 }
 
 const PROVIDER_TTFT: Duration = Duration::from_millis(200);
@@ -48,253 +61,325 @@ async fn turn(
     Ok((session, client.follow_turn(stream, &turn, message, sent).await, workflow_id))
 }
 
+/// What every figure's measurement needs.
+struct Bench {
+    stack: Stack,
+    client: StackClient,
+    temporal: temporalio_client::Client,
+    cpu: CpuGroups,
+    quick: bool,
+    /// A session that has had one turn, for figures that only need somewhere to talk.
+    session: String,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let provider = DevProviderOptions {
-        time_to_first_token: PROVIDER_TTFT,
-        token_interval: PROVIDER_TOKEN_INTERVAL,
-        extra_words: 20,
-        ..Default::default()
-    };
-    let args = args.stack;
-    let stack = Stack::start("bench", &args, provider).await?;
-    let bench = stack.client.clone();
-    let (api_pid, worker_pid) = (Stack::pid(&stack.api), Stack::pid(&stack.worker));
+    let wants = |figure: Figure| args.only.is_empty() || args.only.contains(&figure);
+    let stack = Stack::start("bench", &args.stack, DevProviderOptions::default()).await?;
+    let client = stack.client.clone();
     let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
     let config = soma_core::Config { temporal_address, ..soma_core::Config::default() };
     let temporal = soma_core::temporal::connect(&config, Duration::from_secs(10)).await?;
     let cpu = CpuGroups {
         groups: vec![
-            ("api", Members::Pids(vec![api_pid])),
-            ("worker", Members::Pids(vec![worker_pid])),
+            ("api", Members::Pids(vec![Stack::pid(&stack.api)])),
+            ("worker", Members::Pids(vec![Stack::pid(&stack.worker)])),
             ("temporal", Members::CommandContains("server start-dev")),
             ("postgres", Members::CommandContains("postgres: ")),
             ("bench", Members::Pids(vec![std::process::id()])),
         ],
     };
-    let mut rows = Vec::new();
     let started = Instant::now();
 
-    // Warm up, then idle memory.
-    let (session, turn_id, _) = bench.send(None, "warm up").await?;
-    let mut stream = bench.events(&session, None).await;
-    bench.follow_turn(&mut stream, &turn_id, "warm up", Instant::now()).await;
+    // Warm up: one turn through every part.
+    let (session, turn_id, _) = client.send(None, "warm up").await?;
+    let mut stream = client.events(&session, None).await;
+    client.follow_turn(&mut stream, &turn_id, "warm up", Instant::now()).await;
     drop(stream);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (name, pid) in [("api", api_pid), ("worker", worker_pid)] {
-        let rss = rss_bytes(pid) as f64 / (1024.0 * 1024.0);
-        rows.push(row(
-            &format!("idle RSS of the {name}"),
-            format!("{rss:.1} MiB"),
-            "≤ 60 MiB",
-            Some(rss <= 60.0),
-        ));
+    let bench = Bench { stack, client, temporal, cpu, quick: args.stack.quick, session };
+
+    let mut rows = Vec::new();
+    if wants(Figure::Rss) {
+        rows.extend(bench.idle_rss().await);
+    }
+    if wants(Figure::Ttft) {
+        rows.extend(bench.time_to_first_token().await?);
+    }
+    if wants(Figure::History) {
+        rows.push(bench.history_size().await?);
+    }
+    if wants(Figure::Throughput) {
+        rows.push(bench.throughput().await?);
+    }
+    if wants(Figure::Idle) {
+        rows.push(bench.idle_streams().await?);
+    }
+    if wants(Figure::Active) {
+        rows.push(bench.active_streams().await?);
+    }
+    print_table(&rows, started.elapsed(), bench.quick);
+    bench.stack.finish().await;
+    Ok(())
+}
+
+impl Bench {
+    fn api_pid(&self) -> u32 {
+        Stack::pid(&self.stack.api)
     }
 
-    // Time to first token and per-delta latency, in one session with the stream open.
-    let samples = if args.quick { 10 } else { 40 };
-    let provider_ttft = measure_provider_ttft(&stack.provider.base_url(), samples).await?;
-    let mut stream = bench.events(&session, None).await;
-    let (mut ttfts, mut delivery) = (Vec::new(), Vec::new());
-    for i in 0..samples {
-        let (_, followed, _) = turn(&bench, &mut stream, Some(&session), &format!("ttft probe {i}")).await?;
-        ttfts.push(ms(followed.first_delta.ok_or_else(|| anyhow::anyhow!("turn {i} streamed no delta"))?));
-        delivery.extend(followed.delivery_ms);
+    fn answer_at_once(&self) {
+        self.stack.provider.update_options(|o| {
+            o.time_to_first_token = Duration::ZERO;
+            o.token_interval = Duration::ZERO;
+            o.extra_words = 20;
+        });
     }
-    drop(stream);
-    let provider_p50 = percentile(&mut provider_ttft.clone(), 50.0);
-    let (p50, p95) =
-        (percentile(&mut ttfts, 50.0) - provider_p50, percentile(&mut ttfts, 95.0) - provider_p50);
-    rows.push(row(
-        "added time-to-first-token (POST → first llm.delta at SSE client, minus provider TTFT)",
-        format!("p50 {p50:.1} ms, p95 {p95:.1} ms (provider p50 {provider_p50:.1} ms, n={samples})"),
-        "p50 ≤ 25 ms, p95 ≤ 60 ms",
-        Some(p50 <= 25.0 && p95 <= 60.0),
-    ));
-    let delta_p50 = percentile(&mut delivery, 50.0);
-    let delta_p95 = percentile(&mut delivery, 95.0);
-    rows.push(row(
-        "added per-delta latency (provider sends token → SSE client has it)",
-        format!("p50 {delta_p50:.1} ms, p95 {delta_p95:.1} ms (n={})", delivery.len()),
-        "p50 ≤ 15 ms",
-        Some(delta_p50 <= 15.0),
-    ));
 
-    // From here the provider answers at once.
-    stack.provider.update_options(|o| {
-        o.time_to_first_token = Duration::ZERO;
-        o.token_interval = Duration::ZERO;
-    });
+    /// Sends a message and follows its turn to the end on a new stream; the turn's last event id.
+    async fn one_turn(&self, session: &str, message: &str) -> anyhow::Result<i64> {
+        let (_, turn_id, _) = self.client.send(Some(session), message).await?;
+        let mut stream = self.client.events(session, None).await;
+        Ok(self.client.follow_turn(&mut stream, &turn_id, message, Instant::now()).await.last_id)
+    }
 
-    // History size of turn 1 and turn 50 of one conversation.
-    let mut history_sizes = Vec::new();
-    let (mut history_session, mut stream) = (None::<String>, None::<SseClient>);
-    for turn_number in 1..=50 {
-        let message = format!("history turn {turn_number}");
-        let (session, turn_id, workflow_id) = bench.send(history_session.as_deref(), &message).await?;
-        let stream = match &mut stream {
-            Some(stream) => stream,
-            None => stream.insert(bench.events(&session, None).await),
-        };
-        bench.follow_turn(stream, &turn_id, &message, Instant::now()).await;
-        history_session = Some(session);
-        if turn_number == 1 || turn_number == 50 {
-            let handle = temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
-            let _ = handle.get_result(Default::default()).await;
-            let description = handle.describe(Default::default()).await?;
-            let bytes =
-                description.raw_description.workflow_execution_info.map_or(0, |i| i.history_size_bytes);
-            history_sizes.push(bytes as f64 / 1024.0);
+    async fn idle_rss(&self) -> Vec<Row> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        [("api", self.api_pid()), ("worker", Stack::pid(&self.stack.worker))]
+            .into_iter()
+            .map(|(name, pid)| {
+                let rss = rss_bytes(pid) as f64 / (1024.0 * 1024.0);
+                row(
+                    &format!("idle RSS of the {name}"),
+                    format!("{rss:.1} MiB"),
+                    "≤ 60 MiB",
+                    Some(rss <= 60.0),
+                )
+            })
+            .collect()
+    }
+
+    /// Time to first token and per-delta latency, in one session with the stream open.
+    async fn time_to_first_token(&self) -> anyhow::Result<Vec<Row>> {
+        self.stack.provider.update_options(|o| {
+            o.time_to_first_token = PROVIDER_TTFT;
+            o.token_interval = PROVIDER_TOKEN_INTERVAL;
+            o.extra_words = 20;
+        });
+        let samples = if self.quick { 10 } else { 40 };
+        let provider_ttft = measure_provider_ttft(&self.stack.provider.base_url(), samples).await?;
+        let mut stream = self.client.events(&self.session, None).await;
+        let (mut ttfts, mut delivery) = (Vec::new(), Vec::new());
+        for i in 0..samples {
+            let message = format!("ttft probe {i}");
+            let (_, followed, _) = turn(&self.client, &mut stream, Some(&self.session), &message).await?;
+            ttfts.push(ms(followed
+                .first_delta
+                .ok_or_else(|| anyhow::anyhow!("turn {i} streamed no delta"))?));
+            delivery.extend(followed.delivery_ms);
         }
+        let provider_p50 = percentile(&mut provider_ttft.clone(), 50.0);
+        let (p50, p95) =
+            (percentile(&mut ttfts, 50.0) - provider_p50, percentile(&mut ttfts, 95.0) - provider_p50);
+        let delta_p50 = percentile(&mut delivery, 50.0);
+        let delta_p95 = percentile(&mut delivery, 95.0);
+        Ok(vec![
+            row(
+                "added time-to-first-token (POST → first llm.delta at SSE client, minus provider TTFT)",
+                format!("p50 {p50:.1} ms, p95 {p95:.1} ms (provider p50 {provider_p50:.1} ms, n={samples})"),
+                "p50 ≤ 25 ms, p95 ≤ 60 ms",
+                Some(p50 <= 25.0 && p95 <= 60.0),
+            ),
+            row(
+                "added per-delta latency (provider sends token → SSE client has it)",
+                format!("p50 {delta_p50:.1} ms, p95 {delta_p95:.1} ms (n={})", delivery.len()),
+                "p50 ≤ 15 ms",
+                Some(delta_p50 <= 15.0),
+            ),
+        ])
     }
-    drop(stream);
-    rows.push(row(
-        "Temporal history of one turn, at turn 1 and turn 50",
-        format!("{:.1} KiB, {:.1} KiB", history_sizes[0], history_sizes[1]),
-        "≤ 64 KiB, flat",
-        Some(history_sizes[1] <= 64.0 && history_sizes[1] <= history_sizes[0] * 1.1),
-    ));
 
-    // Sustained turns per second, next to the empty workflow with as many activities.
-    let (sessions, turns_each) = if args.quick { (10, 2) } else { (40, 3) };
-    let total = sessions * turns_each;
-    let before = cpu.sample();
-    let t0 = Instant::now();
-    let sends = (0..sessions).map(|s| {
-        let bench = &bench;
-        async move {
-            let (session, _, _) = bench.send(None, &format!("load {s}.0")).await?;
+    /// Temporal history size of turn 1 and turn 50 of one conversation.
+    async fn history_size(&self) -> anyhow::Result<Row> {
+        self.answer_at_once();
+        let mut history_sizes = Vec::new();
+        let (mut session, mut stream) = (None::<String>, None::<SseClient>);
+        for turn_number in 1..=50 {
+            let message = format!("history turn {turn_number}");
+            let (id, turn_id, workflow_id) = self.client.send(session.as_deref(), &message).await?;
+            let stream = match &mut stream {
+                Some(stream) => stream,
+                None => stream.insert(self.client.events(&id, None).await),
+            };
+            self.client.follow_turn(stream, &turn_id, &message, Instant::now()).await;
+            session = Some(id);
+            if turn_number == 1 || turn_number == 50 {
+                let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
+                let _ = handle.get_result(Default::default()).await;
+                let description = handle.describe(Default::default()).await?;
+                let bytes =
+                    description.raw_description.workflow_execution_info.map_or(0, |i| i.history_size_bytes);
+                history_sizes.push(bytes as f64 / 1024.0);
+            }
+        }
+        Ok(row(
+            "Temporal history of one turn, at turn 1 and turn 50",
+            format!("{:.1} KiB, {:.1} KiB", history_sizes[0], history_sizes[1]),
+            "≤ 64 KiB, flat",
+            Some(history_sizes[1] <= 64.0 && history_sizes[1] <= history_sizes[0] * 1.1),
+        ))
+    }
+
+    /// Sustained turns per second, next to the empty workflow with as many activities.
+    async fn throughput(&self) -> anyhow::Result<Row> {
+        self.answer_at_once();
+        let (sessions, turns_each) = if self.quick { (10, 2) } else { (40, 3) };
+        let total = sessions * turns_each;
+        let before = self.cpu.sample();
+        let t0 = Instant::now();
+        let sends = (0..sessions).map(|s| async move {
+            let (session, _, _) = self.client.send(None, &format!("load {s}.0")).await?;
             for t in 1..turns_each {
-                bench.send(Some(&session), &format!("load {s}.{t}")).await?;
+                self.client.send(Some(&session), &format!("load {s}.{t}")).await?;
             }
             anyhow::Ok(())
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent?;
         }
-    });
-    for sent in futures::future::join_all(sends).await {
-        sent?;
-    }
-    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
-    loop {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM turns WHERE status = 'completed' AND user_message LIKE 'load %'",
-        )
-        .fetch_one(&pool)
-        .await?;
-        if done as usize >= total {
-            break;
+        let pool = sqlx::PgPool::connect(&self.stack.database_url).await?;
+        loop {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM turns WHERE status = 'completed' AND user_message LIKE 'load %'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            if done as usize >= total {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "load turns did not finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "load turns did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let chat_seconds = t0.elapsed().as_secs_f64();
-    let chat_cpu = cpu.describe(&before, &cpu.sample(), chat_seconds);
-    let chat_rate = total as f64 / chat_seconds;
+        pool.close().await;
+        let chat_seconds = t0.elapsed().as_secs_f64();
+        let chat_cpu = self.cpu.describe(&before, &self.cpu.sample(), chat_seconds);
+        let chat_rate = total as f64 / chat_seconds;
 
-    let before = cpu.sample();
-    let t0 = Instant::now();
-    let starts = (0..total).map(|i| {
-        let temporal = temporal.clone();
-        let options =
-            WorkflowStartOptions::new(stack.task_queue.clone(), format!("bench-empty/{}/{i}", stack.run_id))
-                .build();
-        async move {
-            let handle = temporal.start_workflow(soma_workflows::EmptyStepsWorkflow::run, 5, options).await?;
-            handle.get_result(Default::default()).await?;
+        let before = self.cpu.sample();
+        let t0 = Instant::now();
+        let starts = (0..total).map(|i| {
+            let temporal = self.temporal.clone();
+            let workflow_id = format!("bench-empty/{}/{i}", self.stack.run_id);
+            let options = WorkflowStartOptions::new(self.stack.task_queue.clone(), workflow_id).build();
+            async move {
+                let handle =
+                    temporal.start_workflow(soma_workflows::EmptyStepsWorkflow::run, 5, options).await?;
+                handle.get_result(Default::default()).await?;
+                anyhow::Ok(())
+            }
+        });
+        for result in futures::stream::iter(starts).buffer_unordered(sessions).collect::<Vec<_>>().await {
+            result?;
+        }
+        let empty_seconds = t0.elapsed().as_secs_f64();
+        let empty_cpu = self.cpu.describe(&before, &self.cpu.sample(), empty_seconds);
+        let empty_rate = total as f64 / empty_seconds;
+        Ok(row(
+            "sustained chat turns/s (zero-latency provider), vs empty 5-activity workflow",
+            format!(
+                "{chat_rate:.1} turns/s vs {empty_rate:.1} wf/s = {:.2}× ({total} each, {sessions} at a time)\n    CPU during turns: {chat_cpu}\n    CPU during empty: {empty_cpu}",
+                chat_rate / empty_rate
+            ),
+            "≥ 0.8 × empty",
+            Some(chat_rate >= 0.8 * empty_rate),
+        ))
+    }
+
+    /// Idle SSE connections held by the api, and the memory each costs it.
+    async fn idle_streams(&self) -> anyhow::Result<Row> {
+        self.answer_at_once();
+        let count = if self.quick { 1_000 } else { 10_000 };
+        let last_id = self.one_turn(&self.session, "idle streams").await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss_before = rss_bytes(self.api_pid());
+        let connections = open_idle_streams(self.stack.api_addr, &self.session, last_id, count).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let per_connection =
+            (rss_bytes(self.api_pid()).saturating_sub(rss_before)) as f64 / connections.len() as f64 / 1024.0;
+        Ok(row(
+            "idle SSE connections held by one api process, memory each",
+            format!("{} held, {per_connection:.1} KiB each", connections.len()),
+            "10,000 at ≤ 16 KiB each",
+            Some(connections.len() >= 10_000 && per_connection <= 16.0),
+        ))
+    }
+
+    /// Many clients, each of their sessions streaming 20 deltas/s.
+    async fn active_streams(&self) -> anyhow::Result<Row> {
+        self.answer_at_once();
+        let (sessions, clients_each) = if self.quick { (10, 20) } else { (50, 20) };
+        let mut session_ids = Vec::new();
+        for s in 0..sessions {
+            let (session, turn_id, _) = self.client.send(None, &format!("active setup {s}")).await?;
+            let mut stream = self.client.events(&session, None).await;
+            let message = format!("active setup {s}");
+            let last_id =
+                self.client.follow_turn(&mut stream, &turn_id, &message, Instant::now()).await.last_id;
+            session_ids.push((session, last_id));
+        }
+        self.stack.provider.update_options(|o| {
+            o.time_to_first_token = Duration::from_millis(100);
+            o.token_interval = Duration::from_millis(50);
+            o.extra_words = 100;
+        });
+        let mut clients = Vec::new();
+        for (session, last_id) in &session_ids {
+            for _ in 0..clients_each {
+                clients.push((session.clone(), self.client.events(session, Some(*last_id)).await));
+            }
+        }
+        // Clients read while the turns are being sent: a client that only starts reading once
+        // all 50 POSTs are done would find a second's worth of deltas waiting in its socket.
+        let turn_of: HashMap<&str, tokio::sync::watch::Sender<Option<(String, String)>>> =
+            session_ids.iter().map(|(session, _)| (session.as_str(), Default::default())).collect();
+        let before = self.cpu.sample();
+        let t0 = Instant::now();
+        let followers = clients.into_iter().map(|(session, mut stream)| {
+            let mut sent = turn_of[session.as_str()].subscribe();
+            async move {
+                let (turn_id, message) =
+                    sent.wait_for(Option::is_some).await.expect("turn sent").clone().expect("some");
+                self.client.follow_turn(&mut stream, &turn_id, &message, Instant::now()).await
+            }
+        });
+        let sends = async {
+            for (s, (session, _)) in session_ids.iter().enumerate() {
+                let message = format!("active {s}");
+                let (_, turn_id, _) = self.client.send(Some(session), &message).await?;
+                turn_of[session.as_str()].send_replace(Some((turn_id, message)));
+            }
             anyhow::Ok(())
-        }
-    });
-    for result in futures::stream::iter(starts).buffer_unordered(sessions).collect::<Vec<_>>().await {
-        result?;
+        };
+        let (followed, sent) = tokio::join!(futures::future::join_all(followers), sends);
+        sent?;
+        let mut active: Vec<f64> = followed.iter().flat_map(|f| f.delivery_ms.iter().copied()).collect();
+        let mut stored: Vec<f64> =
+            followed.iter().flat_map(|f| f.stored_to_client_ms.iter().copied()).collect();
+        let active_cpu = self.cpu.describe(&before, &self.cpu.sample(), t0.elapsed().as_secs_f64());
+        let p50 = percentile(&mut active, 50.0);
+        let p99 = percentile(&mut active, 99.0);
+        let (stored_p50, stored_p99) = (percentile(&mut stored, 50.0), percentile(&mut stored, 99.0));
+        Ok(row(
+            "active streams: clients each receiving 20 deltas/s, delivery latency",
+            format!(
+                "{} clients on {sessions} sessions: p50 {p50:.1} ms, p99 {p99:.1} ms (n={})\n    of which stored row → client: p50 {stored_p50:.1} ms, p99 {stored_p99:.1} ms\n    CPU: {active_cpu}",
+                sessions * clients_each,
+                active.len()
+            ),
+            "1,000 clients, p99 ≤ 100 ms",
+            Some(sessions * clients_each >= 1000 && p99 <= 100.0),
+        ))
     }
-    let empty_seconds = t0.elapsed().as_secs_f64();
-    let empty_cpu = cpu.describe(&before, &cpu.sample(), empty_seconds);
-    let empty_rate = total as f64 / empty_seconds;
-    rows.push(row(
-        "sustained chat turns/s (zero-latency provider), vs empty 5-activity workflow",
-        format!(
-            "{chat_rate:.1} turns/s vs {empty_rate:.1} wf/s = {:.2}× ({total} each, {sessions} at a time)\n    CPU during turns: {chat_cpu}\n    CPU during empty: {empty_cpu}",
-            chat_rate / empty_rate
-        ),
-        "≥ 0.8 × empty",
-        Some(chat_rate >= 0.8 * empty_rate),
-    ));
-
-    // Idle SSE connections held by the api.
-    let idle = if args.quick { 1_000 } else { 10_000 };
-    let (session, turn_id, _) = bench.send(None, "idle streams").await?;
-    let mut stream = bench.events(&session, None).await;
-    let last_id = bench.follow_turn(&mut stream, &turn_id, "idle streams", Instant::now()).await.last_id;
-    drop(stream);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_before = rss_bytes(api_pid);
-    let connections = open_idle_streams(stack.api_addr, &session, last_id, idle).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let per_connection =
-        (rss_bytes(api_pid).saturating_sub(rss_before)) as f64 / connections.len() as f64 / 1024.0;
-    rows.push(row(
-        "idle SSE connections held by one api process, memory each",
-        format!("{} held, {per_connection:.1} KiB each", connections.len()),
-        "10,000 at ≤ 16 KiB each",
-        Some(connections.len() >= 10_000 && per_connection <= 16.0),
-    ));
-    drop(connections);
-
-    // Active streams: many clients, each session streaming 20 deltas/s.
-    let (active_sessions, clients_each) = if args.quick { (10, 20) } else { (50, 20) };
-    let mut session_ids = Vec::new();
-    for s in 0..active_sessions {
-        let (session, turn_id, _) = bench.send(None, &format!("active setup {s}")).await?;
-        let mut stream = bench.events(&session, None).await;
-        let last_id = bench
-            .follow_turn(&mut stream, &turn_id, &format!("active setup {s}"), Instant::now())
-            .await
-            .last_id;
-        session_ids.push((session, last_id));
-    }
-    stack.provider.update_options(|o| {
-        o.time_to_first_token = Duration::from_millis(100);
-        o.token_interval = Duration::from_millis(50);
-        o.extra_words = 100;
-    });
-    let mut clients = Vec::new();
-    for (session, last_id) in &session_ids {
-        for _ in 0..clients_each {
-            clients.push((session.clone(), bench.events(session, Some(*last_id)).await));
-        }
-    }
-    let mut turn_of = HashMap::new();
-    for (s, (session, _)) in session_ids.iter().enumerate() {
-        let message = format!("active {s}");
-        let (_, turn_id, _) = bench.send(Some(session), &message).await?;
-        turn_of.insert(session.clone(), (turn_id, message));
-    }
-    let before = cpu.sample();
-    let t0 = Instant::now();
-    let followers = clients.into_iter().map(|(session, mut stream)| {
-        let (turn_id, message) = turn_of[&session].clone();
-        let bench = &bench;
-        async move { bench.follow_turn(&mut stream, &turn_id, &message, Instant::now()).await.delivery_ms }
-    });
-    let mut active: Vec<f64> = futures::future::join_all(followers).await.into_iter().flatten().collect();
-    let active_cpu = cpu.describe(&before, &cpu.sample(), t0.elapsed().as_secs_f64());
-    let active_p50 = percentile(&mut active, 50.0);
-    let active_p99 = percentile(&mut active, 99.0);
-    rows.push(row(
-        "active streams: clients each receiving 20 deltas/s, delivery latency",
-        format!(
-            "{} clients on {active_sessions} sessions: p50 {active_p50:.1} ms, p99 {active_p99:.1} ms (n={})\n    CPU: {active_cpu}",
-            active_sessions * clients_each,
-            active.len()
-        ),
-        "1,000 clients, p99 ≤ 100 ms",
-        Some(active_sessions * clients_each >= 1000 && active_p99 <= 100.0),
-    ));
-
-    print_table(&rows, started.elapsed(), args.quick);
-    pool.close().await;
-    stack.finish().await;
-    Ok(())
 }
 
 /// The provider's own time to first content token, through the worker's own client.
