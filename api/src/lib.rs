@@ -50,17 +50,47 @@ pub fn app(ctx: ApiContext) -> Router {
     http::router(ctx.clone()).layer(axum::middleware::from_fn(request_id::propagate))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` until `shutdown` resolves, then lets requests finish and ends
+/// event streams (their clients reconnect elsewhere with `Last-Event-ID`).
+///
+/// HTTP/1.1 only, on hyper directly rather than `axum::serve`: its auto-detecting connection
+/// also carries HTTP/2 state, which made every idle SSE connection cost ~10 KiB more.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ctx: ApiContext,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let closing = ctx.closing.clone();
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("api shutting down; closing event streams");
-        closing.send_replace(true);
-    };
-    axum::serve(listener, app(ctx)).with_graceful_shutdown(shutdown).await
+    let app = app(ctx);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                // Out of file descriptors, most likely: wait for some to be freed.
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Deltas are small writes that must leave at once.
+        let _ = socket.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("api shutting down; closing event streams");
+    closing.send_replace(true);
+    connections.shutdown().await;
+    Ok(())
 }
