@@ -57,11 +57,11 @@ impl ChatTurnActivities {
         ctx: ActivityContext,
         turn: TurnRef,
     ) -> Result<(), ActivityError> {
-        let row = self.store.turn(&turn).await.map_err(store_failure)?;
+        self.store.turn(&turn).await.map_err(store_failure)?;
         let mut woken = self.wakeups.subscribe(turn.session_id);
         let mut ensured = HashSet::new();
         loop {
-            let earlier = self.store.unfinished_earlier_turns(&turn, row.seq).await.map_err(retryable)?;
+            let earlier = self.store.unfinished_earlier_turns(&turn).await.map_err(retryable)?;
             if earlier.is_empty() {
                 return Ok(());
             }
@@ -99,10 +99,12 @@ impl ChatTurnActivities {
         _ctx: ActivityContext,
         turn: TurnRef,
     ) -> Result<bool, ActivityError> {
-        let row = self.store.turn(&turn).await.map_err(store_failure)?;
-        if row.status == "queued"
-            && !self.store.unfinished_earlier_turns(&turn, row.seq).await.map_err(retryable)?.is_empty()
-        {
+        // Both reads at once: this is on the way to the first token.
+        let (row, earlier) =
+            futures::try_join!(async { self.store.turn(&turn).await.map_err(store_failure) }, async {
+                self.store.unfinished_earlier_turns(&turn).await.map_err(retryable)
+            },)?;
+        if row.status == "queued" && !earlier.is_empty() {
             return Ok(false);
         }
         self.store.mark_turn_running(&turn).await.map_err(retryable)?;
@@ -133,7 +135,6 @@ impl ChatTurnActivities {
         turn: TurnRef,
     ) -> Result<StreamOutcome, ActivityError> {
         let attempt = ctx.info().attempt.max(1);
-        let row = self.store.turn(&turn).await.map_err(store_failure)?;
         if attempt > 1 {
             tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, request_id = %turn.request_id,
                            attempt, "LLM call retried");
@@ -150,12 +151,16 @@ impl ChatTurnActivities {
         }
         let history: Vec<ChatMessage> = self
             .store
-            .conversation_until(&turn, row.seq)
+            .conversation_until(&turn)
             .await
             .map_err(retryable)?
             .into_iter()
             .map(|line| ChatMessage { role: line.role, content: line.content })
             .collect();
+        if history.is_empty() {
+            // Not even this turn's own message: the turn is gone.
+            return Err(store_failure(StoreError::TurnNotFound));
+        }
         let idempotency_key = format!("{}:{attempt}", turn.turn_id);
         let mut stream =
             Box::pin(self.llm.stream_chat(&history, &idempotency_key).await.map_err(llm_failure)?);

@@ -49,13 +49,14 @@ impl ChatActivities {
     }
 }
 
-/// The baseline's activity: does nothing, as fast as the worker can.
+/// The baseline's activity: does nothing, as fast as the worker can, and says when it began.
 pub struct BaselineActivities;
 
 #[activity_definitions]
 impl BaselineActivities {
+    /// Returns the wall-clock time it began, in microseconds since the Unix epoch.
     #[activity]
-    pub async fn empty_step() -> Result<(), ActivityError> {
+    pub async fn empty_step() -> Result<u64, ActivityError> {
         unimplemented!()
     }
 }

@@ -1,38 +1,62 @@
-//! `EmptyStepsWorkflow`: the orchestration floor. It runs as many activities as a chat turn,
-//! each doing nothing, so a benchmark can put the chat turn's rate next to what the Temporal
-//! server allows on the same machine in the same run.
+//! `EmptyStepsWorkflow`: the orchestration floor. It runs as many activities as a chat turn
+//! (local ones first, then regular ones), each doing nothing, so a benchmark can put the chat
+//! turn's figures next to what the Temporal server allows on the same machine in the same run:
+//! its rate, and how long after the start request the first regular activity begins (the
+//! chat turn's LLM call is its first regular activity).
 #![allow(unreachable_pub)]
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowContextView, WorkflowResult};
+use temporalio_sdk::{
+    ActivityOptions, LocalActivityOptions, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
 
 use crate::activities::BaselineActivities;
 
+/// How many empty steps of each kind to run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct EmptySteps {
+    pub local: u32,
+    pub regular: u32,
+}
+
+impl EmptySteps {
+    /// As many steps of each kind as a chat turn that needs no wait: `begin_turn` (local),
+    /// then the LLM stream, the assistant message and `finish_turn`.
+    pub const CHAT_TURN: EmptySteps = EmptySteps { local: 1, regular: 3 };
+}
+
 #[workflow]
 pub struct EmptyStepsWorkflow {
-    steps: u32,
+    steps: EmptySteps,
 }
 
 #[workflow_methods]
 impl EmptyStepsWorkflow {
     #[init]
-    pub fn new(_ctx: &WorkflowContextView, steps: u32) -> Self {
+    pub fn new(_ctx: &WorkflowContextView, steps: EmptySteps) -> Self {
         Self { steps }
     }
 
+    /// Returns when the first regular step began (µs since the Unix epoch; 0 without one).
     #[run(name = "EmptyStepsWorkflow")]
-    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<u32> {
+    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<u64> {
         let steps = ctx.state(|s| s.steps);
-        for _ in 0..steps {
-            ctx.execute_activity(
-                BaselineActivities::empty_step,
-                (),
-                ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).build(),
-            )
-            .await?;
+        for _ in 0..steps.local {
+            let options =
+                LocalActivityOptions::builder().start_to_close_timeout(Duration::from_secs(30)).build();
+            ctx.execute_local_activity(BaselineActivities::empty_step, (), options).await?;
         }
-        Ok(steps)
+        let mut first_regular_began = 0;
+        for _ in 0..steps.regular {
+            let options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).build();
+            let began = ctx.execute_activity(BaselineActivities::empty_step, (), options).await?;
+            if first_regular_began == 0 {
+                first_regular_began = began;
+            }
+        }
+        Ok(first_regular_began)
     }
 }

@@ -82,20 +82,17 @@ impl Store {
         .await?)
     }
 
-    /// The conversation up to and including turn `seq`, in order, for the LLM call.
-    pub async fn conversation_until(
-        &self,
-        turn: &TurnRef,
-        seq: i32,
-    ) -> Result<Vec<ConversationLine>, StoreError> {
+    /// The conversation up to and including `turn`, in order, for the LLM call.
+    pub async fn conversation_until(&self, turn: &TurnRef) -> Result<Vec<ConversationLine>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT m.role, m.content FROM messages m JOIN turns t ON t.id = m.turn_id
-             WHERE m.session_id = $1 AND m.tenant_id = $2 AND t.seq <= $3
+             WHERE m.session_id = $1 AND m.tenant_id = $2
+               AND t.seq <= (SELECT seq FROM turns WHERE id = $3 AND tenant_id = $2)
              ORDER BY t.seq, m.role = 'assistant'",
         )
         .bind(turn.session_id)
         .bind(&turn.tenant_id)
-        .bind(seq)
+        .bind(turn.turn_id)
         .fetch_all(&self.pool)
         .await?)
     }

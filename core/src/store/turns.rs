@@ -142,22 +142,19 @@ impl Store {
     }
 
     /// The turns accepted before this one that have not finished yet.
-    pub async fn unfinished_earlier_turns(
-        &self,
-        turn: &TurnRef,
-        seq: i32,
-    ) -> Result<Vec<EarlierTurn>, StoreError> {
+    pub async fn unfinished_earlier_turns(&self, turn: &TurnRef) -> Result<Vec<EarlierTurn>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id AS turn_id, workflow_id, request_id,
                     extract(epoch FROM now() - created_at)::float8 AS age_seconds
              FROM turns
-             WHERE session_id = $1 AND tenant_id = $2 AND seq < $3
+             WHERE session_id = $1 AND tenant_id = $2
+               AND seq < (SELECT seq FROM turns WHERE id = $3 AND tenant_id = $2)
                AND status IN ('queued', 'running')
              ORDER BY seq",
         )
         .bind(turn.session_id)
         .bind(&turn.tenant_id)
-        .bind(seq)
+        .bind(turn.turn_id)
         .fetch_all(&self.pool)
         .await?)
     }
