@@ -144,9 +144,7 @@ ensure_postgres() {
     fi
     log "PostgreSQL: starting on 127.0.0.1:$PG_PORT"
     STARTED_POSTGRES=1
-    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-      -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=400" start >/dev/null \
-      || die "PostgreSQL did not start (log: $data/server.log)"
+    bash -c "$(pg_ctl_command start)" || die "PostgreSQL did not start (log: $data/server.log)"
   fi
   export SOMA_PG_ADMIN_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
   if [ "$(psql "$SOMA_PG_ADMIN_URL" -qAtc "select 1 from pg_database where datname = 'soma'")" != 1 ]; then
@@ -156,11 +154,27 @@ ensure_postgres() {
 }
 
 stop_postgres() {
-  local data bin
+  [ -f "$(pg_data_dir)/postmaster.pid" ] && [ -n "$(pg_bin)" ] || return 0
+  bash -c "$(pg_ctl_command stop)" 2>/dev/null && log "stopped postgres"
+}
+
+# pg_ctl_command start|stop: the shell command that starts or stops our own cluster (as the
+# postgres user when we are root). The crash drills run them to take the database away.
+pg_ctl_command() {
+  local data bin args
   data=$(pg_data_dir)
   bin=$(pg_bin)
-  [ -f "$data/postmaster.pid" ] && [ -n "$bin" ] || return 0
-  as_postgres "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 && log "stopped postgres"
+  case $1 in
+    start) args=(-D "$data" -l "$data/server.log" -w -t 60
+                 -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=400" start) ;;
+    stop) args=(-D "$data" -m fast -w stop) ;;
+  esac
+  if [ "$(id -u)" = 0 ]; then
+    printf "su postgres -s /bin/sh -c %q >/dev/null" "$(printf '%q ' "$bin/pg_ctl" "${args[@]}")"
+  else
+    printf '%q ' "$bin/pg_ctl" "${args[@]}"
+    printf '>/dev/null'
+  fi
 }
 
 build_binaries() {
@@ -178,15 +192,3 @@ drop_test_databases() {
   done
 }
 
-# The command that restarts our own PostgreSQL cluster (empty when the database is not ours).
-pg_restart_command() {
-  local data bin
-  data=$(pg_data_dir)
-  bin=$(pg_bin)
-  [ -z "${DATABASE_URL_GIVEN:-}" ] && [ -f "$data/postmaster.pid" ] && [ -n "$bin" ] || return 0
-  if [ "$(id -u)" = 0 ]; then
-    printf "su postgres -s /bin/sh -c %q" "$bin/pg_ctl -D $data -m fast -w restart >/dev/null"
-  else
-    printf "%q -D %q -m fast -w restart >/dev/null" "$bin/pg_ctl" "$data"
-  fi
-}

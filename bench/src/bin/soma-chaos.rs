@@ -18,9 +18,12 @@ use soma_tests::SseClient;
 struct Args {
     #[command(flatten)]
     stack: StackArgs,
-    /// Shell command that restarts PostgreSQL (drill 3 needs it).
-    #[arg(long, env = "SOMA_PG_RESTART")]
-    pg_restart: Option<String>,
+    /// Shell command that stops PostgreSQL (drill 3 needs it and --pg-start).
+    #[arg(long, env = "SOMA_PG_STOP")]
+    pg_stop: Option<String>,
+    /// Shell command that starts PostgreSQL again.
+    #[arg(long, env = "SOMA_PG_START")]
+    pg_start: Option<String>,
     /// Run only these drills (1–4); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
@@ -253,12 +256,18 @@ async fn wait_until(pool: &sqlx::PgPool, condition: &str) -> anyhow::Result<()> 
     }
 }
 
-/// Drill 3: restart PostgreSQL under a steady load; every 202 is answered exactly once.
+/// Drill 3: take PostgreSQL away for longer than the api waits for a connection, under a
+/// steady load of messages, then start it again. Every 202 is answered exactly once; a
+/// message sent while the database is away gets a 503 with a JSON error, never a 500 or a
+/// dropped connection.
 async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
-    let Some(restart) = args.pg_restart.as_ref().filter(|command| !command.trim().is_empty()) else {
-        anyhow::bail!("drill 3 needs SOMA_PG_RESTART (ops/chaos sets it for the cluster it runs)");
+    let command = |c: &Option<String>| c.clone().filter(|command| !command.trim().is_empty());
+    let (Some(stop), Some(start)) = (command(&args.pg_stop), command(&args.pg_start)) else {
+        anyhow::bail!("drill 3 needs SOMA_PG_STOP and SOMA_PG_START (ops/chaos sets them for its own cluster)");
     };
-    let (messages_n, restart_at) = if args.stack.quick { (20, 8) } else { (200, 80) };
+    // One message every 100 ms; the outage outlasts the api's 5 s wait for a connection.
+    let (messages_n, stop_at, outage) =
+        if args.stack.quick { (80, 5, Duration::from_secs(6)) } else { (200, 50, Duration::from_secs(8)) };
     let started = Instant::now();
     let fast = DevProviderOptions {
         time_to_first_token: Duration::from_millis(20),
@@ -275,26 +284,44 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         anyhow::Ok(at)
     };
     let before_restart = started_at().await?;
-    let mut accepted = Vec::new();
-    let mut refused = 0;
-    let mut restarter = None;
+    let mut sends = Vec::new();
+    let mut outage_task = None;
     for i in 0..messages_n {
-        if i == restart_at {
-            let restart = restart.clone();
-            restarter = Some(tokio::task::spawn_blocking(move || {
-                Command::new("bash").arg("-c").arg(&restart).status()
+        if i == stop_at {
+            let (stop, start) = (stop.clone(), start.clone());
+            outage_task = Some(tokio::task::spawn_blocking(move || {
+                let stopped = Command::new("bash").arg("-c").arg(&stop).status()?.success();
+                std::thread::sleep(outage);
+                let started = Command::new("bash").arg("-c").arg(&start).status()?.success();
+                anyhow::ensure!(stopped && started, "stopping or starting PostgreSQL failed");
+                anyhow::Ok(())
             }));
         }
-        match client.post(None, &format!("pg restart {i}"), Some(&format!("pg-{i}"))).await {
-            Ok((202, body)) => accepted.push(body["turn_id"].as_str().unwrap_or_default().to_string()),
-            _ => refused += 1,
-        }
+        // Each message on its own task, so a slow answer does not slow the load.
+        let client = client.clone();
+        sends.push(tokio::spawn(async move {
+            client.post(None, &format!("pg restart {i}"), Some(&format!("pg-{i}"))).await
+        }));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if let Some(restarter) = restarter {
-        anyhow::ensure!(restarter.await??.success(), "the PostgreSQL restart command failed");
+    let (mut accepted, mut refused, mut wrong) = (Vec::new(), 0, Vec::new());
+    for send in sends {
+        match send.await? {
+            Ok((202, body)) => accepted.push(body["turn_id"].as_str().unwrap_or_default().to_string()),
+            Ok((503, body)) if body["code"] == "dependency_unavailable" => refused += 1,
+            Ok((status, body)) => wrong.push(format!("{status} {body}")),
+            Err(err) => wrong.push(err.to_string()),
+        }
+    }
+    if let Some(outage_task) = outage_task {
+        outage_task.await??;
     }
     anyhow::ensure!(started_at().await? != before_restart, "PostgreSQL was not restarted");
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "drill 3: {} messages got neither a 202 nor a 503 with a JSON error: {wrong:?}",
+        wrong.len()
+    );
     let pool = connect_retrying(&stack.database_url).await?;
     let mut counts = Counts { attempted: accepted.len(), ..Default::default() };
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -323,9 +350,9 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "drill 3: {} messages sent, {} accepted (202), {refused} refused during the restart",
-        messages_n,
-        accepted.len()
+        "drill 3: {messages_n} messages sent, {} accepted (202), {refused} refused (503) while PostgreSQL was away for {} s",
+        accepted.len(),
+        outage.as_secs()
     );
     counts.print("drill 3, PostgreSQL restart under load", started.elapsed());
     pool.close().await;
