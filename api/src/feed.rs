@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use futures::Stream;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use soma_core::store::StoredEvent;
@@ -72,11 +73,19 @@ pub struct Feeds {
     store: Store,
     wakeups: Arc<SessionWakeups>,
     feeds: Mutex<HashMap<Uuid, Weak<SessionFeed>>>,
+    capacity: usize,
 }
 
 impl Feeds {
     pub fn new(store: Store, wakeups: Arc<SessionWakeups>) -> Self {
-        Self { store, wakeups, feeds: Mutex::default() }
+        Self { store, wakeups, feeds: Mutex::default(), capacity: BROADCAST_CAPACITY }
+    }
+
+    /// How many events a client may fall behind before it re-reads from the database (tests
+    /// make it tiny to drive that path).
+    pub fn with_broadcast_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
     }
 
     /// The session's feed, started if no client of this process follows it yet. The caller
@@ -96,7 +105,7 @@ impl Feeds {
         if let Some(feed) = feeds.get(&session_id).and_then(Weak::upgrade) {
             return Ok(feed); // another client started it meanwhile
         }
-        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (events, _) = broadcast::channel(self.capacity);
         let task = tokio::spawn(read_new_events(
             self.store.clone(),
             tenant_id.to_string(),
@@ -109,6 +118,50 @@ impl Feeds {
         feeds.retain(|_, feed| feed.strong_count() > 0);
         feeds.insert(session_id, Arc::downgrade(&feed));
         Ok(feed)
+    }
+}
+
+/// One client's events after `after`: first what the database has, then the session's feed,
+/// skipping what was already sent; when the client falls behind the feed it reads from the
+/// database again. Ends when the feed does or when `closing` turns true.
+pub fn follow(
+    store: Store,
+    tenant_id: String,
+    session_id: Uuid,
+    mut after: i64,
+    feed: Arc<SessionFeed>,
+    mut closing: watch::Receiver<bool>,
+) -> impl Stream<Item = Arc<RenderedEvent>> {
+    // Subscribe before the first read: whatever commits after it comes through the feed.
+    let mut live = feed.subscribe();
+    async_stream::stream! {
+        let _feed = feed; // keeps the session's feed running while this client follows it
+        let mut catching_up = true;
+        loop {
+            if catching_up {
+                let page = next_page(&store, &tenant_id, session_id, after).await;
+                catching_up = page.len() as i64 == PAGE;
+                for event in page {
+                    after = event.id;
+                    yield Arc::new(RenderedEvent::render(&event));
+                }
+                continue;
+            }
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) if event.id <= after => {}
+                    Ok(event) => {
+                        after = event.id;
+                        yield event;
+                    }
+                    // Too slow for the broadcast: read what was missed from the database.
+                    Err(broadcast::error::RecvError::Lagged(_)) => catching_up = true,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                // The client reconnects to another (or the restarted) API with Last-Event-ID.
+                _ = async { drop(closing.wait_for(|closing| *closing).await) } => break,
+            }
+        }
     }
 }
 

@@ -11,13 +11,12 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use tokio::sync::broadcast;
 
 use crate::auth::Tenant;
 use crate::error::AppQuery;
-use crate::feed::{PAGE, RenderedEvent, next_page};
+use crate::feed;
 use crate::{ApiContext, ApiError};
 
 #[derive(Debug, Deserialize)]
@@ -44,40 +43,9 @@ pub async fn stream(
         }
         None => None,
     };
-    let mut after = last_event_id.or(query.after).unwrap_or(0);
+    let after = last_event_id.or(query.after).unwrap_or(0);
     let feed = ctx.feeds.feed(&tenant_id, session_id).await?;
-    // Subscribe before the first read: whatever commits after it comes through the feed.
-    let mut live = feed.subscribe();
-    let mut closing = ctx.closing.subscribe();
-    let store = ctx.store.clone();
-    let events = async_stream::stream! {
-        let _feed = feed; // keeps the session's feed running while this client follows it
-        let mut catching_up = true;
-        loop {
-            if catching_up {
-                let page = next_page(&store, &tenant_id, session_id, after).await;
-                catching_up = page.len() as i64 == PAGE;
-                for event in page {
-                    after = event.id;
-                    yield Ok(RenderedEvent::render(&event).to_sse());
-                }
-                continue;
-            }
-            tokio::select! {
-                received = live.recv() => match received {
-                    Ok(event) if event.id <= after => {}
-                    Ok(event) => {
-                        after = event.id;
-                        yield Ok(event.to_sse());
-                    }
-                    // Too slow for the broadcast: read what was missed from the database.
-                    Err(broadcast::error::RecvError::Lagged(_)) => catching_up = true,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                // The client reconnects to another (or the restarted) API with Last-Event-ID.
-                _ = async { drop(closing.wait_for(|closing| *closing).await) } => break,
-            }
-        }
-    };
+    let events = feed::follow(ctx.store.clone(), tenant_id, session_id, after, feed, ctx.closing.subscribe())
+        .map(|event| Ok(event.to_sse()));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat")))
 }

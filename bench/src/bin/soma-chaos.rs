@@ -263,7 +263,9 @@ async fn wait_until(pool: &sqlx::PgPool, condition: &str) -> anyhow::Result<()> 
 async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
     let command = |c: &Option<String>| c.clone().filter(|command| !command.trim().is_empty());
     let (Some(stop), Some(start)) = (command(&args.pg_stop), command(&args.pg_start)) else {
-        anyhow::bail!("drill 3 needs SOMA_PG_STOP and SOMA_PG_START (ops/chaos sets them for its own cluster)");
+        anyhow::bail!(
+            "drill 3 needs SOMA_PG_STOP and SOMA_PG_START (ops/chaos sets them for its own cluster)"
+        );
     };
     // One message every 100 ms; the outage outlasts the api's 5 s wait for a connection.
     let (messages_n, stop_at, outage) =
