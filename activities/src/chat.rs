@@ -57,6 +57,7 @@ impl ChatTurnActivities {
         ctx: ActivityContext,
         turn: TurnRef,
     ) -> Result<(), ActivityError> {
+        // A turn that is gone fails the step at once instead of waiting for ever.
         self.store.turn(&turn).await.map_err(store_failure)?;
         let mut woken = self.wakeups.subscribe(turn.session_id);
         let mut ensured = HashSet::new();
@@ -100,10 +101,9 @@ impl ChatTurnActivities {
         turn: TurnRef,
     ) -> Result<bool, ActivityError> {
         // Both reads at once: this is on the way to the first token.
-        let (row, earlier) =
-            futures::try_join!(async { self.store.turn(&turn).await.map_err(store_failure) }, async {
-                self.store.unfinished_earlier_turns(&turn).await.map_err(retryable)
-            },)?;
+        let read_turn = async { self.store.turn(&turn).await.map_err(store_failure) };
+        let read_earlier = async { self.store.unfinished_earlier_turns(&turn).await.map_err(retryable) };
+        let (row, earlier) = futures::try_join!(read_turn, read_earlier)?;
         if row.status == "queued" && !earlier.is_empty() {
             return Ok(false);
         }
