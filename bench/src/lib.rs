@@ -233,6 +233,19 @@ impl StackClient {
         self.api.events(session_id, after).await
     }
 
+    /// Sends a message (in a new session when `session_id` is `None`) and follows its turn to
+    /// the end on a stream of its own: `(session_id, the turn's last event id)`.
+    pub async fn complete_turn(
+        &self,
+        session_id: Option<&str>,
+        message: &str,
+    ) -> anyhow::Result<(String, i64)> {
+        let (session_id, turn_id, _) = self.send(session_id, message).await?;
+        let mut stream = self.events(&session_id, None).await;
+        let last_id = self.follow_turn(&mut stream, &turn_id, message, Instant::now()).await.last_id;
+        Ok((session_id, last_id))
+    }
+
     /// Follows one turn on `stream` to its end (or until the stream breaks).
     pub async fn follow_turn(
         &self,

@@ -94,10 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
 
     // Warm up: one turn through every part.
-    let (session, turn_id, _) = client.send(None, "warm up").await?;
-    let mut stream = client.events(&session, None).await;
-    client.follow_turn(&mut stream, &turn_id, "warm up", Instant::now()).await;
-    drop(stream);
+    let (session, _) = client.complete_turn(None, "warm up").await?;
     let bench = Bench { stack, client, temporal, cpu, quick: args.stack.quick, session };
 
     let mut rows = Vec::new();
@@ -137,11 +134,14 @@ impl Bench {
         });
     }
 
-    /// Sends a message and follows its turn to the end on a new stream; the turn's last event id.
-    async fn one_turn(&self, session: &str, message: &str) -> anyhow::Result<i64> {
-        let (_, turn_id, _) = self.client.send(Some(session), message).await?;
-        let mut stream = self.client.events(session, None).await;
-        Ok(self.client.follow_turn(&mut stream, &turn_id, message, Instant::now()).await.last_id)
+    /// Waits until a workflow has closed (whatever its outcome).
+    async fn closed(
+        &self,
+        workflow_id: String,
+    ) -> temporalio_client::UntypedWorkflowHandle<temporalio_client::Client> {
+        let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
+        let _ = handle.get_result(Default::default()).await;
+        handle
     }
 
     async fn idle_rss(&self) -> Vec<Row> {
@@ -168,7 +168,7 @@ impl Bench {
             o.extra_words = 20;
         });
         let samples = if self.quick { 10 } else { 40 };
-        let provider_ttft = measure_provider_ttft(&self.stack.provider.base_url(), samples).await?;
+        let mut provider_ttft = measure_provider_ttft(&self.stack.provider.base_url(), samples).await?;
         let mut stream = self.client.events(&self.session, None).await;
         let (mut ttfts, mut delivery) = (Vec::new(), Vec::new());
         let mut floors = Vec::new();
@@ -178,15 +178,14 @@ impl Bench {
                 turn(&self.client, &mut stream, Some(&self.session), &message).await?;
             // The next sample starts once this turn's workflow has closed, not while the
             // server is still recording its end (a user's next message comes seconds later).
-            let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
-            let _ = handle.get_result(Default::default()).await;
+            self.closed(workflow_id).await;
             ttfts.push(ms(followed
                 .first_delta
                 .ok_or_else(|| anyhow::anyhow!("turn {i} streamed no delta"))?));
             delivery.extend(followed.delivery_ms);
             floors.push(self.temporal_floor(i).await?);
         }
-        let provider_p50 = percentile(&mut provider_ttft.clone(), 50.0);
+        let provider_p50 = percentile(&mut provider_ttft, 50.0);
         let (p50, p95) =
             (percentile(&mut ttfts, 50.0) - provider_p50, percentile(&mut ttfts, 95.0) - provider_p50);
         let (floor_p50, floor_p95) = (percentile(&mut floors, 50.0), percentile(&mut floors, 95.0));
@@ -247,9 +246,7 @@ impl Bench {
             self.client.follow_turn(stream, &turn_id, &message, Instant::now()).await;
             session = Some(id);
             if turn_number == 1 || turn_number == 50 {
-                let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id);
-                let _ = handle.get_result(Default::default()).await;
-                let description = handle.describe(Default::default()).await?;
+                let description = self.closed(workflow_id).await.describe(Default::default()).await?;
                 let bytes =
                     description.raw_description.workflow_execution_info.map_or(0, |i| i.history_size_bytes);
                 history_sizes.push(bytes as f64 / 1024.0);
@@ -328,7 +325,7 @@ impl Bench {
     async fn idle_streams(&self) -> anyhow::Result<Row> {
         self.answer_at_once();
         let count = if self.quick { 1_000 } else { 10_000 };
-        let last_id = self.one_turn(&self.session, "idle streams").await?;
+        let (_, last_id) = self.client.complete_turn(Some(&self.session), "idle streams").await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss_before = rss_bytes(self.api_pid());
         let connections = open_idle_streams(self.stack.api_addr, &self.session, last_id, count).await?;
@@ -349,12 +346,7 @@ impl Bench {
         let (sessions, clients_each) = if self.quick { (10, 20) } else { (50, 20) };
         let mut session_ids = Vec::new();
         for s in 0..sessions {
-            let (session, turn_id, _) = self.client.send(None, &format!("active setup {s}")).await?;
-            let mut stream = self.client.events(&session, None).await;
-            let message = format!("active setup {s}");
-            let last_id =
-                self.client.follow_turn(&mut stream, &turn_id, &message, Instant::now()).await.last_id;
-            session_ids.push((session, last_id));
+            session_ids.push(self.client.complete_turn(None, &format!("active setup {s}")).await?);
         }
         self.stack.provider.update_options(|o| {
             o.time_to_first_token = Duration::from_millis(100);
