@@ -1,9 +1,11 @@
-//! Every side effect of the workflows, as activity structs holding their clients.
+//! Every side effect of the workflows, as activity implementations grouped by the client they
+//! hold: `SessionActivitiesImpl` (the store) and `LlmActivitiesImpl` (the provider), each
+//! implementing the definitions of the same name in `soma_workflows::activities`. How their
+//! errors become retries or failures is in [`failure`].
 
-pub mod baseline;
-pub mod chat;
+pub mod failure;
 pub mod llm;
+pub mod session;
 
-pub use baseline::EmptyStepActivities;
-pub use chat::ChatTurnActivities;
-pub use llm::{LlmClient, LlmError};
+pub use llm::{LlmActivitiesImpl, LlmClient, LlmError};
+pub use session::SessionActivitiesImpl;

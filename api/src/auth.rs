@@ -1,6 +1,7 @@
-//! API keys: configured as `tenant:sha256(key)`, so the config never holds a usable key.
-//! A presented key (`X-API-Key`, or `Authorization: Bearer`) is hashed and compared with every
-//! configured hash in constant time.
+//! Who is calling. API keys are configured as `tenant:sha256(key)`, so the config never holds
+//! a usable key; a presented key (`X-API-Key`, or `Authorization: Bearer`) is hashed and
+//! compared with every configured hash in constant time. A caller becomes a [`Principal`]:
+//! its tenant, a subject the audit log names, and what it may do.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -11,8 +12,29 @@ use soma_core::Config;
 
 use crate::{ApiContext, ApiError};
 
+/// What a principal may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every call on its tenant's sessions: what an API key grants.
+    Tenant,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant_id: String,
+    /// Who acted, as audit rows name it: `key:<first 12 hex digits of the key's hash>`.
+    pub subject: String,
+    pub scopes: Vec<Scope>,
+}
+
+struct KeyEntry {
+    tenant_id: String,
+    hash: [u8; 32],
+}
+
 pub struct ApiKeys {
-    entries: Vec<(String, [u8; 32])>,
+    entries: Vec<KeyEntry>,
 }
 
 impl ApiKeys {
@@ -20,10 +42,10 @@ impl ApiKeys {
         let mut entries = Vec::new();
         for entry in config.api_key_entries() {
             let (tenant, hash) = entry.map_err(anyhow::Error::msg)?;
-            let bytes: [u8; 32] = hex::decode(hash)?
+            let hash: [u8; 32] = hex::decode(hash)?
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("api key hash for {tenant} is not 32 bytes"))?;
-            entries.push((tenant.to_string(), bytes));
+            entries.push(KeyEntry { tenant_id: tenant.to_string(), hash });
         }
         Ok(Self { entries })
     }
@@ -32,16 +54,20 @@ impl ApiKeys {
         self.entries.is_empty()
     }
 
-    /// The tenant a key belongs to. Every entry is compared, match or not.
-    pub fn tenant_for(&self, key: &str) -> Option<&str> {
+    /// The principal a key stands for. Every entry is compared, match or not.
+    pub fn principal_for(&self, key: &str) -> Option<Principal> {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
-        for (tenant, expected) in &self.entries {
-            if bool::from(expected.ct_eq(&hash)) {
-                found = Some(tenant.as_str());
+        for entry in &self.entries {
+            if bool::from(entry.hash.ct_eq(&hash)) {
+                found = Some(entry);
             }
         }
-        found
+        found.map(|entry| Principal {
+            tenant_id: entry.tenant_id.clone(),
+            subject: format!("key:{}", &hex::encode(entry.hash)[..12]),
+            scopes: vec![Scope::Tenant],
+        })
     }
 }
 
@@ -50,28 +76,29 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// The caller's tenant, from its API key. Handlers that take it require a key.
-#[derive(Debug, Clone)]
-pub struct Tenant(pub String);
+/// The key a request presents, if any.
+fn presented_key(parts: &Parts) -> Option<&str> {
+    let headers = &parts.headers;
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
 
-impl FromRequestParts<ApiContext> for Tenant {
+/// Handlers that take a `Principal` require a valid API key.
+impl FromRequestParts<ApiContext> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, ApiError> {
-        let headers = &parts.headers;
-        let key = headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-            })
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
-        ctx.keys.tenant_for(key).map(|t| Tenant(t.to_string())).ok_or(ApiError::Unauthorized)
+        let key = presented_key(parts).ok_or(ApiError::Unauthorized)?;
+        ctx.keys.principal_for(key).ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -86,9 +113,11 @@ mod tests {
             ..Config::default()
         };
         let keys = ApiKeys::from_config(&config).unwrap();
-        assert_eq!(keys.tenant_for("k-acme"), Some("acme"));
-        assert_eq!(keys.tenant_for("k-globex"), Some("globex"));
-        assert_eq!(keys.tenant_for("k-other"), None);
-        assert_eq!(keys.tenant_for(""), None);
+        let acme = keys.principal_for("k-acme").unwrap();
+        assert_eq!(acme.tenant_id, "acme");
+        assert_eq!(acme.subject, format!("key:{}", &hash_key("k-acme")[..12]));
+        assert_eq!(keys.principal_for("k-globex").unwrap().tenant_id, "globex");
+        assert!(keys.principal_for("k-other").is_none());
+        assert!(keys.principal_for("").is_none());
     }
 }

@@ -20,6 +20,8 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     PayloadTooLarge { message: String },
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
     #[error("{what} is unavailable")]
     Unavailable { what: &'static str, cause: anyhow::Error },
     #[error("internal error")]
@@ -39,6 +41,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -75,22 +78,3 @@ impl IntoResponse for ApiError {
 /// request id to it.
 #[derive(Clone, Copy)]
 pub struct ErrorBody;
-
-/// `Query<T>` whose rejection is an [`ApiError`], so a bad query string gets the API's JSON
-/// error body like every other bad input.
-pub struct AppQuery<T>(pub T);
-
-impl<T, S> axum::extract::FromRequestParts<S> for AppQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Query(value)| AppQuery(value))
-            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
-    }
-}

@@ -29,21 +29,12 @@ pub struct RenderedEvent {
 }
 
 impl RenderedEvent {
-    /// `data` is `{type, meta, payload}` (DESIGN.md).
-    pub fn render(event: &StoredEvent) -> RenderedEvent {
-        let data = serde_json::json!({
-            "type": event.kind,
-            "meta": {
-                "request_id": event.request_id,
-                "trace_id": event.trace_id,
-                "session_id": event.session_id,
-                "turn_id": event.turn_id,
-                "tenant_id": event.tenant_id,
-                "created_at": event.created_at,
-            },
-            "payload": event.payload,
-        });
-        RenderedEvent { id: event.id, kind: event.kind.clone(), data: data.to_string() }
+    /// `data` is the contract's `EventData`: `{type, meta, payload}`.
+    pub fn render(event: StoredEvent) -> RenderedEvent {
+        let id = event.id;
+        let data = event.into_data();
+        let json = serde_json::to_string(&data).expect("event data serializes");
+        RenderedEvent { id, kind: data.kind, data: json }
     }
 
     pub fn to_sse(&self) -> axum::response::sse::Event {
@@ -143,7 +134,7 @@ pub fn follow(
                 catching_up = page.len() as i64 == PAGE;
                 for event in page {
                     after = event.id;
-                    yield Arc::new(RenderedEvent::render(&event));
+                    yield Arc::new(RenderedEvent::render(event));
                 }
                 continue;
             }
@@ -179,7 +170,7 @@ async fn read_new_events(
         for event in page {
             cursor = event.id;
             // No receivers is fine: a client may be between catch-up and subscribing.
-            let _ = events.send(Arc::new(RenderedEvent::render(&event)));
+            let _ = events.send(Arc::new(RenderedEvent::render(event)));
         }
         if !full && woken.changed().await.is_err() {
             return;

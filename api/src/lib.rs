@@ -3,9 +3,10 @@
 
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod feed;
 pub mod http;
-pub mod request_id;
+pub mod request_ids;
 
 use std::sync::Arc;
 
@@ -47,7 +48,7 @@ impl ApiContext {
 
 /// The whole router, ready to serve.
 pub fn app(ctx: ApiContext) -> Router {
-    http::router(ctx.clone()).layer(axum::middleware::from_fn(request_id::propagate))
+    http::router(ctx.clone()).layer(axum::middleware::from_fn(request_ids::propagate))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests finish and ends

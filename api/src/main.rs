@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use soma_core::cli::CommonArgs;
+use soma_core::cli::{CommonArgs, shutdown_signal};
 
 #[derive(Parser)]
 #[command(about = "Soma Orchestrator HTTP API")]
@@ -39,13 +39,4 @@ async fn main() -> anyhow::Result<()> {
     let ctx = soma_api::ApiContext::new(config, store, temporal).await?;
     soma_api::serve(listener, ctx, shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

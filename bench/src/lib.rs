@@ -2,6 +2,7 @@
 //! worker binaries) on a fresh database and the Temporal dev server, an in-process provider
 //! whose token send times are recorded, and an HTTP/SSE client that follows turns.
 
+pub mod baseline;
 pub mod procs;
 
 use std::collections::HashMap;
@@ -11,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use soma_contract::SessionEvent;
 use soma_devllm::{DevProviderHandle, DevProviderOptions, TokenHook};
-use soma_tests::{ApiClient, SseClient, SseEvent, message_body};
+use soma_tests::{ApiClient, SseClient, SseEvent, fresh_database, message_body};
 
 use procs::Proc;
 
@@ -48,10 +50,12 @@ pub struct StackArgs {
     pub quick: bool,
 }
 
-/// The api, the worker, their database and the provider.
+/// The api, the worker, their database and the provider (and, for the benchmark, the
+/// baseline's worker).
 pub struct Stack {
     pub api: Option<Proc>,
     pub worker: Option<Proc>,
+    pub baseline_worker: Option<Proc>,
     pub provider: DevProviderHandle,
     pub client: StackClient,
     pub api_addr: SocketAddr,
@@ -72,10 +76,10 @@ impl Stack {
         let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| {
             anyhow::anyhow!("SOMA_BENCH_DATABASE_URL is not set: run through ops/bench or ops/chaos")
         })?;
-        let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
+        let temporal_address = soma_core::Config::load(None)?.temporal_address;
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let database = format!("soma_{name}_{run_id}");
-        let database_url = create_database(&admin_url, &database).await?;
+        let database_url = fresh_database(&admin_url, &database).await;
 
         let emits: EmitLog = Arc::default();
         let hook_log = emits.clone();
@@ -106,6 +110,7 @@ impl Stack {
         let mut stack = Stack {
             api: None,
             worker: None,
+            baseline_worker: None,
             provider,
             client,
             api_addr,
@@ -127,6 +132,18 @@ impl Stack {
         self.worker =
             Some(Proc::spawn("worker", &self.bin_dir.join("soma-worker"), &self.env, &self.log_dir)?);
         Ok(())
+    }
+
+    /// Starts the baseline's worker (`soma-bench-worker`), for figures that compare with it.
+    pub fn start_baseline_worker(&mut self) -> anyhow::Result<()> {
+        let binary = self.bin_dir.join("soma-bench-worker");
+        self.baseline_worker = Some(Proc::spawn("baseline-worker", &binary, &self.env, &self.log_dir)?);
+        Ok(())
+    }
+
+    /// The baseline's task queue.
+    pub fn baseline_task_queue(&self) -> String {
+        baseline::task_queue(&self.task_queue)
     }
 
     /// SIGKILLs the worker.
@@ -152,6 +169,7 @@ impl Stack {
     pub async fn finish(mut self) {
         self.api = None;
         self.worker = None;
+        self.baseline_worker = None;
         use sqlx::Connection;
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))
@@ -159,18 +177,6 @@ impl Stack {
                 .await;
         }
     }
-}
-
-async fn create_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
-    use sqlx::Connection;
-    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await?;
-    let mut url = reqwest::Url::parse(admin_url)?;
-    url.set_path(&format!("/{database}"));
-    let store = soma_core::Store::connect_lazy(url.as_str(), 2)?;
-    store.migrate().await?;
-    store.pool().close().await;
-    Ok(url.to_string())
 }
 
 /// What a turn looked like to one SSE client.
@@ -258,24 +264,18 @@ impl StackClient {
         while let Some(event) = stream.next_event(WAIT).await {
             let received = Instant::now();
             followed.last_id = event.id;
-            if event.data["meta"]["turn_id"] != turn_id {
+            if !event.is_of_turn(turn_id) {
                 continue;
             }
-            match event.kind.as_str() {
-                "llm.delta" => {
+            let typed = event.event();
+            match &typed {
+                SessionEvent::LlmDelta(delta) => {
                     followed.first_delta.get_or_insert(received - since);
-                    if let Some(created) = event.data["meta"]["created_at"]
-                        .as_str()
-                        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-                    {
-                        let late = chrono::Utc::now().signed_duration_since(created);
-                        followed
-                            .stored_to_client_ms
-                            .push(late.num_microseconds().unwrap_or(0) as f64 / 1000.0);
-                    }
+                    let late = chrono::Utc::now().signed_duration_since(event.data.meta.created_at);
+                    followed.stored_to_client_ms.push(late.num_microseconds().unwrap_or(0) as f64 / 1000.0);
                     let before =
                         if followed.shown.is_empty() { 0 } else { followed.shown.split(' ').count() };
-                    followed.shown.push_str(event.payload()["text"].as_str().unwrap_or_default());
+                    followed.shown.push_str(&delta.text);
                     let after = followed.shown.split(' ').count();
                     if let Some(times) = self.emits.lock().unwrap().get(message) {
                         for sent in times.iter().take(after).skip(before) {
@@ -283,10 +283,8 @@ impl StackClient {
                         }
                     }
                 }
-                "llm.retry" => followed.shown.clear(),
-                kind @ ("turn.complete" | "turn.failed" | "turn.cancelled") => {
-                    followed.end = Some(kind.to_string())
-                }
+                SessionEvent::LlmRetry(_) => followed.shown.clear(),
+                end if end.ends_turn() => followed.end = Some(end.kind().to_string()),
                 _ => {}
             }
             followed.events.push(event);

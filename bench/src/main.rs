@@ -10,9 +10,9 @@ use clap::Parser;
 use futures::StreamExt;
 use soma_bench::procs::{CpuGroups, Members, rss_bytes};
 use soma_bench::{KEY, Stack, StackArgs, StackClient, ms, percentile};
+use soma_bench::baseline::{EmptySteps, EmptyStepsWorkflow};
 use soma_devllm::DevProviderOptions;
 use soma_tests::SseClient;
-use soma_workflows::baseline::EmptySteps;
 use temporalio_client::{UntypedWorkflow, WorkflowStartOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,15 +77,15 @@ struct Bench {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wants = |figure: Figure| args.only.is_empty() || args.only.contains(&figure);
-    let stack = Stack::start("bench", &args.stack, DevProviderOptions::default()).await?;
+    let mut stack = Stack::start("bench", &args.stack, DevProviderOptions::default()).await?;
+    stack.start_baseline_worker()?;
     let client = stack.client.clone();
-    let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
-    let config = soma_core::Config { temporal_address, ..soma_core::Config::default() };
-    let temporal = soma_core::temporal::connect(&config, Duration::from_secs(10)).await?;
+    let temporal = soma_core::temporal::connect(&soma_core::Config::load(None)?, Duration::from_secs(10)).await?;
     let cpu = CpuGroups {
         groups: vec![
             ("api", Members::Pids(vec![Stack::pid(&stack.api)])),
             ("worker", Members::Pids(vec![Stack::pid(&stack.worker)])),
+            ("baseline worker", Members::Pids(vec![Stack::pid(&stack.baseline_worker)])),
             ("temporal", Members::CommandContains("server start-dev")),
             ("postgres", Members::CommandContains("postgres: ")),
             ("bench", Members::Pids(vec![std::process::id()])),
@@ -221,11 +221,10 @@ impl Bench {
     /// server's (start, a workflow task, its completion, the activity dispatch).
     async fn temporal_floor(&self, i: usize) -> anyhow::Result<f64> {
         let workflow_id = format!("bench-floor/{}/{i}", self.stack.run_id);
-        let options = WorkflowStartOptions::new(self.stack.task_queue.clone(), workflow_id).build();
+        let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
         let steps = EmptySteps { local: 1, regular: 1 };
         let sent = std::time::SystemTime::now();
-        let handle =
-            self.temporal.start_workflow(soma_workflows::EmptyStepsWorkflow::run, steps, options).await?;
+        let handle = self.temporal.start_workflow(EmptyStepsWorkflow::run, steps, options).await?;
         let began_us = handle.get_result(Default::default()).await?;
         let sent_us = sent.duration_since(std::time::UNIX_EPOCH)?.as_micros() as f64;
         Ok((began_us as f64 - sent_us) / 1000.0)
@@ -295,11 +294,10 @@ impl Bench {
         let starts = (0..total).map(|i| {
             let temporal = self.temporal.clone();
             let workflow_id = format!("bench-empty/{}/{i}", self.stack.run_id);
-            let options = WorkflowStartOptions::new(self.stack.task_queue.clone(), workflow_id).build();
+            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
             async move {
-                let handle = temporal
-                    .start_workflow(soma_workflows::EmptyStepsWorkflow::run, EmptySteps::CHAT_TURN, options)
-                    .await?;
+                let handle =
+                    temporal.start_workflow(EmptyStepsWorkflow::run, EmptySteps::CHAT_TURN, options).await?;
                 handle.get_result(Default::default()).await?;
                 anyhow::Ok(())
             }
@@ -405,7 +403,7 @@ impl Bench {
 
 /// The provider's own time to first content token, through the worker's own client.
 async fn measure_provider_ttft(base_url: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
-    let client = soma_activities::LlmClient::new(base_url, "", soma_devllm::MODEL);
+    let client = soma_activities::LlmClient::new(base_url, "", soma_devllm::MODEL, Duration::from_secs(60));
     let mut times = Vec::new();
     for i in 0..samples {
         let messages =

@@ -35,3 +35,13 @@ impl CommonArgs {
         Ok(Some((config, subscriber)))
     }
 }
+
+/// Resolves on SIGINT or SIGTERM: both binaries drain and stop on either.
+pub async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

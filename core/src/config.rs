@@ -60,10 +60,14 @@ pub struct Config {
     pub temporal_namespace: String,
     /// Task queue the chat workflows and activities run on.
     pub task_queue: String,
-    /// OpenAI-compatible base URL (…/v1). The default is the keyless dev provider.
+    /// OpenAI-compatible base URL (…/v1) of the LLM provider. The worker needs one.
     pub llm_base_url: String,
+    /// The provider's key; empty for a keyless provider.
     pub llm_api_key: Secret,
     pub llm_model: String,
+    /// A provider stream silent for this long (before its first token too) has stalled: the
+    /// attempt fails and is retried.
+    pub llm_stall_timeout_ms: u64,
     /// Delta coalescing window before `llm.delta` events are written.
     pub delta_coalesce_ms: u64,
     /// Largest accepted user message, in bytes.
@@ -84,9 +88,10 @@ impl Default for Config {
             temporal_address: "127.0.0.1:7233".into(),
             temporal_namespace: "default".into(),
             task_queue: "soma-chat".into(),
-            llm_base_url: DEV_PROVIDER_BASE_URL.into(),
+            llm_base_url: String::new(),
             llm_api_key: Secret::default(),
-            llm_model: DEV_PROVIDER_MODEL.into(),
+            llm_model: String::new(),
+            llm_stall_timeout_ms: 120_000,
             delta_coalesce_ms: 15,
             max_message_bytes: 32 * 1024,
             api_keys: String::new(),
@@ -95,11 +100,6 @@ impl Default for Config {
         }
     }
 }
-
-/// Where `ops/dev` runs the keyless dev provider.
-pub const DEV_PROVIDER_BASE_URL: &str = "http://127.0.0.1:20021/v1";
-/// The model name the dev provider answers as, so it is never mistaken for a real model.
-pub const DEV_PROVIDER_MODEL: &str = "soma-dev-provider";
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -157,9 +157,17 @@ impl Config {
         })
     }
 
-    /// True when the LLM is the keyless dev provider rather than a real one.
-    pub fn uses_dev_provider(&self) -> bool {
-        self.llm_api_key.is_empty()
+    /// The LLM provider's base URL and model, or why the worker cannot run without them.
+    pub fn llm_provider(&self) -> Result<(&str, &str), ConfigError> {
+        if self.llm_base_url.trim().is_empty() || self.llm_model.trim().is_empty() {
+            return Err(ConfigError(
+                "no LLM provider configured: set llm_base_url and llm_model (SOMA_LLM_BASE_URL, \
+                 SOMA_LLM_MODEL, and SOMA_LLM_API_KEY if it needs a key); `ops/dev up` runs a \
+                 keyless dev provider"
+                    .into(),
+            ));
+        }
+        Ok((self.llm_base_url.trim(), self.llm_model.trim()))
     }
 
     /// The effective configuration as TOML, secrets masked, for `--print-config`.

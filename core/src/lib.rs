@@ -1,5 +1,6 @@
-//! What the api and the worker share: configuration, telemetry, the Temporal connection and
-//! the Postgres store (the only place SQL is written).
+//! Infrastructure the api and the worker share: configuration, telemetry, the Temporal
+//! connection and the Postgres store (the only place SQL is written). It knows no workflow:
+//! the store speaks the contract's types and plain IDs.
 
 pub mod cli;
 pub mod config;

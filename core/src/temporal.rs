@@ -1,13 +1,11 @@
-//! The Temporal connection, made the same way by the api and the worker.
+//! The Temporal connection, made the same way by the api and the worker, and the one way to
+//! start a workflow whose ID policies make a second start a no-op.
 
 use std::time::Duration;
 
-use soma_workflows::{ChatTurnWorkflow, TurnRef};
 use temporalio_client::errors::WorkflowStartError;
-use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
-    WorkflowStartOptions,
-};
+use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, WorkflowStartOptions};
+use temporalio_common::HasWorkflowDefinition;
 
 use crate::config::Config;
 
@@ -35,20 +33,20 @@ pub async fn connect(config: &Config, wait: Duration) -> anyhow::Result<Client> 
     }
 }
 
-/// Starts a turn's `ChatTurnWorkflow` unless it exists already: a running one is reused and a
-/// finished one is never run again, so calling this twice (a retried request, a recovery
-/// sweep) starts at most one workflow.
-pub async fn start_chat_turn(
+/// Starts a workflow unless its ID is taken: with the workflow's own start options (which
+/// reuse a running workflow and reject a closed one's ID), a retried request or a recovery
+/// sweep starts it at most once.
+pub async fn start_once<W>(
     client: &Client,
-    task_queue: &str,
-    workflow_id: &str,
-    turn: TurnRef,
-) -> Result<(), WorkflowStartError> {
-    let options = WorkflowStartOptions::new(task_queue.to_string(), workflow_id.to_string())
-        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
-        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-        .build();
-    match client.start_workflow(ChatTurnWorkflow::run, turn, options).await {
+    workflow: W,
+    input: W::Input,
+    options: WorkflowStartOptions,
+) -> Result<(), WorkflowStartError>
+where
+    W: HasWorkflowDefinition,
+    W::Input: Send,
+{
+    match client.start_workflow(workflow, input, options).await {
         Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
         Err(err) => Err(err),
     }

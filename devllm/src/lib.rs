@@ -2,8 +2,9 @@
 //! (`POST /v1/chat/completions`, `stream: true` as server-sent `data:` chunks ending in
 //! `data: [DONE]`), so the real provider client is what talks to it. It needs no key and
 //! replies deterministically. `ops/dev` runs it when no LLM is configured; the tests run it
-//! in-process with delays and injected failures.
+//! in-process with delays and injected [`Fault`]s.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,8 +20,24 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-/// The model name the dev provider answers as.
+/// The model name the dev provider answers as, so it is never mistaken for a real model.
 pub const MODEL: &str = "soma-dev-provider";
+/// Where `ops/dev` runs it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:20021";
+
+/// A failure the provider injects into a request, as real providers fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status and an OpenAI-style error body; a 429 may say when to come
+    /// back (`Retry-After`, in seconds).
+    Status { status: u16, retry_after_secs: Option<u64> },
+    /// Break the connection after this many tokens.
+    BreakAfter(usize),
+    /// Send a chunk that is not JSON after this many tokens.
+    MalformedAfter(usize),
+    /// Go silent, connection open, after this many tokens, for this long; then go on.
+    StallAfter { tokens: usize, stall: Duration },
+}
 
 /// How the provider behaves; the defaults are what `ops/dev` runs.
 #[derive(Debug, Clone)]
@@ -31,10 +48,10 @@ pub struct DevProviderOptions {
     pub token_interval: Duration,
     /// Extra filler words appended to every reply, for long streams.
     pub extra_words: usize,
-    /// Break the connection after this many tokens …
-    pub fail_after_tokens: Option<usize>,
-    /// … for this many requests (then reply normally).
-    pub failing_requests: usize,
+    /// Fail the first [`faulty_requests`](Self::faulty_requests) requests so …
+    pub fault: Option<Fault>,
+    /// … then reply normally.
+    pub faulty_requests: usize,
     /// Called as each token is sent, for benchmarks that time delivery.
     pub on_token: Option<TokenHook>,
 }
@@ -57,8 +74,8 @@ impl Default for DevProviderOptions {
             time_to_first_token: Duration::from_millis(150),
             token_interval: Duration::from_millis(40),
             extra_words: 0,
-            fail_after_tokens: None,
-            failing_requests: 0,
+            fault: None,
+            faulty_requests: 0,
             on_token: None,
         }
     }
@@ -67,6 +84,14 @@ impl Default for DevProviderOptions {
 struct Provider {
     options: std::sync::Mutex<DevProviderOptions>,
     requests: AtomicUsize,
+    /// Streams sent to their end (`[DONE]`), by the request's `Idempotency-Key`.
+    completed: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl Provider {
+    fn new(options: DevProviderOptions) -> Arc<Provider> {
+        Arc::new(Provider { options: options.into(), requests: AtomicUsize::new(0), completed: Default::default() })
+    }
 }
 
 /// A running provider: its address and how many completions it was asked for.
@@ -85,6 +110,13 @@ impl DevProviderHandle {
         self.provider.requests.load(Ordering::SeqCst)
     }
 
+    /// Streams completed more than once for one `Idempotency-Key` (a client's attempt), with
+    /// their counts: what a crash drill counts as a provider call completed twice.
+    pub fn completed_twice(&self) -> Vec<(String, usize)> {
+        let completed = self.provider.completed.lock().expect("completed lock");
+        completed.iter().filter(|(_, n)| **n > 1).map(|(key, n)| (key.clone(), *n)).collect()
+    }
+
     /// Changes how later requests are answered (a benchmark's phases differ in timing).
     pub fn update_options(&self, change: impl FnOnce(&mut DevProviderOptions)) {
         change(&mut self.provider.options.lock().expect("options lock"));
@@ -94,7 +126,7 @@ impl DevProviderHandle {
 /// Serves the provider on `listener` in a background task.
 pub fn spawn(listener: TcpListener, options: DevProviderOptions) -> std::io::Result<DevProviderHandle> {
     let addr = listener.local_addr()?;
-    let provider = Arc::new(Provider { options: options.into(), requests: AtomicUsize::new(0) });
+    let provider = Provider::new(options);
     let app = router(provider.clone());
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
@@ -106,8 +138,7 @@ pub fn spawn(listener: TcpListener, options: DevProviderOptions) -> std::io::Res
 
 /// Serves the provider until the process ends.
 pub async fn serve(listener: TcpListener, options: DevProviderOptions) -> std::io::Result<()> {
-    let provider = Arc::new(Provider { options: options.into(), requests: AtomicUsize::new(0) });
-    axum::serve(listener, router(provider)).await
+    axum::serve(listener, router(Provider::new(options))).await
 }
 
 fn router(provider: Arc<Provider>) -> Router {
@@ -137,7 +168,11 @@ async fn models() -> Json<serde_json::Value> {
     Json(json!({ "object": "list", "data": [{ "id": MODEL, "object": "model", "owned_by": "soma-dev" }] }))
 }
 
-async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(provider): State<Arc<Provider>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => {
@@ -147,6 +182,12 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
     };
     let number = provider.requests.fetch_add(1, Ordering::SeqCst);
     let options = provider.options.lock().expect("options lock").clone();
+    let fault = options.fault.clone().filter(|_| number < options.faulty_requests);
+    if let Some(Fault::Status { status, retry_after_secs }) = fault {
+        return error_response(status, retry_after_secs);
+    }
+    let idempotency_key =
+        headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let tokens = reply_tokens(&request.messages, options.extra_words);
     let last_user = last_user_message(&request.messages).to_string();
     let model = request.model.unwrap_or_else(|| MODEL.to_string());
@@ -159,7 +200,6 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
         }))
         .into_response();
     }
-    let fail_after = options.fail_after_tokens.filter(|_| number < options.failing_requests);
     let stream = async_stream::stream! {
         tokio::time::sleep(options.time_to_first_token).await;
         yield Ok::<_, std::io::Error>(chunk(&id, &model, json!({ "role": "assistant", "content": "" }), None));
@@ -167,9 +207,16 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
             if index > 0 {
                 tokio::time::sleep(options.token_interval).await;
             }
-            if fail_after == Some(index) {
-                yield Err(std::io::Error::other("dev provider: injected failure"));
-                return;
+            match &fault {
+                Some(Fault::BreakAfter(after)) if *after == index => {
+                    yield Err(std::io::Error::other("dev provider: injected failure"));
+                    return;
+                }
+                Some(Fault::MalformedAfter(after)) if *after == index => {
+                    yield Ok(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n"));
+                }
+                Some(Fault::StallAfter { tokens, stall }) if *tokens == index => tokio::time::sleep(*stall).await,
+                _ => {}
             }
             if let Some(hook) = &options.on_token {
                 (hook.0)(&last_user, index);
@@ -177,6 +224,7 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
             yield Ok(chunk(&id, &model, json!({ "content": token }), None));
         }
         yield Ok(chunk(&id, &model, json!({}), Some("stop")));
+        *provider.completed.lock().expect("completed lock").entry(idempotency_key).or_default() += 1;
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
     Response::builder()
@@ -184,6 +232,22 @@ async fn chat_completions(State(provider): State<Arc<Provider>>, body: Bytes) ->
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// An error as OpenAI-compatible providers send it.
+fn error_response(status: u16, retry_after_secs: Option<u64>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let kind = match status.as_u16() {
+        401 => "invalid_api_key",
+        429 => "rate_limit_exceeded",
+        _ => "server_error",
+    };
+    let body = json!({ "error": { "message": format!("dev provider: injected {status}"), "type": kind } });
+    let mut response = (status, Json(body)).into_response();
+    if let Some(seconds) = retry_after_secs {
+        response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+    }
+    response
 }
 
 fn chunk(id: &str, model: &str, delta: serde_json::Value, finish_reason: Option<&str>) -> Bytes {
@@ -194,25 +258,31 @@ fn chunk(id: &str, model: &str, delta: serde_json::Value, finish_reason: Option<
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-/// The deterministic reply to a conversation, split into word tokens (each but the first
-/// with its leading space, as real providers stream them).
 fn last_user_message(messages: &[ChatMessage]) -> &str {
     messages.iter().rev().find(|m| m.role == "user").and_then(|m| m.content.as_deref()).unwrap_or("")
 }
 
+/// The deterministic reply to a conversation, split into word tokens (each but the first
+/// with its leading space, as real providers stream them).
 fn reply_tokens(messages: &[ChatMessage], extra_words: usize) -> Vec<String> {
-    let last_user = last_user_message(messages);
     let earlier = messages.iter().filter(|m| m.role == "user").count().saturating_sub(1);
-    let mut text = format!(
-        "[soma dev provider] You said: \"{}\" ({earlier} earlier user messages in this session).",
-        last_user.trim()
-    );
-    for n in 0..extra_words {
-        text.push_str(if n % 2 == 0 { " lorem" } else { " ipsum" });
-    }
+    let text = reply_text(last_user_message(messages), earlier, extra_words);
     let mut tokens = Vec::new();
     for (i, word) in text.split(' ').enumerate() {
         tokens.push(if i == 0 { word.to_string() } else { format!(" {word}") });
     }
     tokens
+}
+
+/// The whole reply to `message` after `earlier` user messages: what a client that honours
+/// `llm.retry` must end up showing, token for token.
+pub fn reply_text(message: &str, earlier: usize, extra_words: usize) -> String {
+    let mut text = format!(
+        "[soma dev provider] You said: \"{}\" ({earlier} earlier user messages in this session).",
+        message.trim()
+    );
+    for n in 0..extra_words {
+        text.push_str(if n % 2 == 0 { " lorem" } else { " ipsum" });
+    }
+    text
 }

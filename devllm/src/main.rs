@@ -6,7 +6,7 @@ use clap::Parser;
 #[command(about = "Soma dev provider: a keyless, deterministic OpenAI-compatible LLM stand-in")]
 struct Args {
     /// Address to listen on.
-    #[arg(long, env = "SOMA_DEVLLM_LISTEN", default_value = "127.0.0.1:20021")]
+    #[arg(long, env = "SOMA_DEVLLM_LISTEN", default_value = soma_devllm::DEFAULT_LISTEN)]
     listen: String,
     /// Provider time-to-first-token, in milliseconds.
     #[arg(long, default_value_t = 150)]

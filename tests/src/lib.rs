@@ -15,7 +15,7 @@ use soma_devllm::{DevProviderHandle, DevProviderOptions};
 use uuid::Uuid;
 
 pub use api_client::{ApiClient, message_body};
-pub use sse::{SseClient, SseEvent};
+pub use sse::{SseClient, SseEvent, shown_reply};
 
 pub const KEY_A: &str = "test-key-tenant-a";
 pub const KEY_B: &str = "test-key-tenant-b";
@@ -41,22 +41,29 @@ fn required_env(name: &str) -> String {
 impl TestApp {
     /// Everything a test needs, named after the test for the task queue and database.
     pub async fn spawn(test_name: &str, provider: DevProviderOptions) -> TestApp {
+        Self::spawn_with(test_name, provider, |_| {}).await
+    }
+
+    /// Like [`spawn`](Self::spawn), with the test's own changes to the config.
+    pub async fn spawn_with(
+        test_name: &str,
+        provider: DevProviderOptions,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestApp {
         if std::env::var("TEST_LOG").is_ok() {
             soma_core::telemetry::init_telemetry(LogFormat::Human, "info,temporalio_sdk_core=warn");
         }
         let admin_url = required_env("SOMA_TEST_DATABASE_URL");
-        let temporal_address = std::env::var("TEMPORAL_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7233".into());
         let suffix = Uuid::new_v4().simple().to_string()[..8].to_string();
-        let database = format!("soma_test_{}_{suffix}", test_name.replace('-', "_"));
-        let database_url = create_database(&admin_url, &database).await;
+        let database_url = fresh_database(&admin_url, &format!("soma_test_{test_name}_{suffix}")).await;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let provider = soma_devllm::spawn(listener, provider).unwrap();
 
-        let config = Config {
+        // The environment's Temporal address and defaults; the rest is the test's own.
+        let mut config = Config {
             database_url: soma_core::Secret::new(database_url),
             database_max_connections: 10,
-            temporal_address,
             task_queue: format!("test-{test_name}-{suffix}"),
             llm_base_url: provider.base_url(),
             llm_model: soma_devllm::MODEL.into(),
@@ -67,10 +74,10 @@ impl TestApp {
                 soma_api::auth::hash_key(KEY_A),
                 soma_api::auth::hash_key(KEY_B)
             ),
-            ..Config::default()
+            ..Config::load(None).expect("the environment's config is valid")
         };
+        configure(&mut config);
         let store = Store::connect_lazy(config.database_url.expose(), 10).unwrap();
-        store.migrate().await.expect("migrations apply");
         let temporal = soma_core::temporal::connect(&config, Duration::from_secs(10))
             .await
             .expect("Temporal reachable (ops/test starts it)");
@@ -149,6 +156,16 @@ impl TestApp {
             .collect()
     }
 
+    /// The audit rows about a turn, oldest first: `(action, outcome, actor)`.
+    pub async fn audit(&self, turn_id: &str) -> Vec<(String, String, String)> {
+        let turn_id: Uuid = turn_id.parse().unwrap();
+        sqlx::query_as("SELECT action, outcome, actor FROM audit_log WHERE turn_id = $1 ORDER BY id")
+            .bind(turn_id)
+            .fetch_all(self.store.pool())
+            .await
+            .unwrap()
+    }
+
     /// Rows in a table of the test's database.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
@@ -158,12 +175,21 @@ impl TestApp {
     }
 }
 
-async fn create_database(admin_url: &str, database: &str) -> String {
+/// Creates the database `name` (made a valid identifier) beside `admin_url`'s, applies the
+/// migrations, and returns its URL. Each test and benchmark run gets one of its own.
+pub async fn fresh_database(admin_url: &str, name: &str) -> String {
     use sqlx::Connection;
-    let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("SOMA_TEST_DATABASE_URL reachable");
+    let database: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|err| panic!("the admin database {admin_url} is not reachable: {err}"));
     sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await.unwrap();
     let mut url = reqwest::Url::parse(admin_url).unwrap();
     url.set_path(&format!("/{database}"));
+    let store = Store::connect_lazy(url.as_str(), 2).unwrap();
+    store.migrate().await.expect("migrations apply");
+    store.pool().close().await;
     url.to_string()
 }
 

@@ -1,21 +1,42 @@
-//! A minimal SSE client for the tests: reads `id:`/`event:`/`data:` frames, ignores comments.
+//! A minimal SSE client for the tests and the benchmark: reads `id:`/`event:`/`data:` frames,
+//! ignores comments, and decodes `data:` as the contract's `EventData`.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::Value;
+use soma_contract::{EventData, SessionEvent};
 
 #[derive(Debug, Clone)]
 pub struct SseEvent {
     pub id: i64,
+    /// The SSE `event:` name.
     pub kind: String,
-    pub data: Value,
+    pub data: EventData,
 }
 
 impl SseEvent {
-    pub fn payload(&self) -> &Value {
-        &self.data["payload"]
+    /// The typed event; panics if the frame breaks the contract.
+    pub fn event(&self) -> SessionEvent {
+        self.data.event().unwrap_or_else(|err| panic!("event {} breaks the contract: {err}", self.id))
     }
+
+    /// Whether the event belongs to the turn `turn_id` (as the API returned it).
+    pub fn is_of_turn(&self, turn_id: &str) -> bool {
+        self.data.meta.turn_id.is_some_and(|id| id.to_string() == turn_id)
+    }
+}
+
+/// The reply a client that honours `llm.retry` shows: the deltas after the last retry.
+pub fn shown_reply(events: &[SseEvent]) -> String {
+    let mut shown = String::new();
+    for event in events {
+        match event.event() {
+            SessionEvent::LlmRetry(_) => shown.clear(),
+            SessionEvent::LlmDelta(delta) => shown.push_str(&delta.text),
+            _ => {}
+        }
+    }
+    shown
 }
 
 pub struct SseClient {
@@ -112,5 +133,12 @@ fn parse_frame(frame: &str) -> Option<SseEvent> {
             _ => {}
         }
     }
-    Some(SseEvent { id: id?, kind: kind?, data: serde_json::from_str(&data).ok()? })
+    if data.is_empty() {
+        return None; // a comment (the heartbeat)
+    }
+    let data: EventData =
+        serde_json::from_str(&data).unwrap_or_else(|err| panic!("data is not EventData: {err}: {data}"));
+    let kind = kind?;
+    assert_eq!(kind, data.kind, "`event:` and `data.type` agree");
+    Some(SseEvent { id: id?, kind, data })
 }

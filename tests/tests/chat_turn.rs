@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use serde_json::json;
-use soma_core::store::NewTurn;
-use soma_devllm::DevProviderOptions;
-use soma_tests::{DEADLINE, KEY_A, KEY_B, SseEvent, TestApp};
+use soma_contract::SessionEvent;
+use soma_core::store::{NewTurn, TurnSession};
+use soma_devllm::{DevProviderOptions, Fault};
+use soma_tests::{DEADLINE, KEY_A, KEY_B, SseEvent, TestApp, shown_reply};
 use soma_workflows::ChatTurnWorkflow;
 use temporalio_client::UntypedWorkflow;
 use temporalio_client::WorkflowFetchHistoryOptions;
@@ -34,15 +35,6 @@ fn kinds(events: &[SseEvent]) -> Vec<&str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
 
-/// The reply a client that honours `llm.retry` shows: the deltas after the last retry.
-fn shown_reply(events: &[SseEvent]) -> String {
-    let start = events.iter().rposition(|e| e.kind == "llm.retry").map_or(0, |i| i + 1);
-    events[start..]
-        .iter()
-        .filter(|e| e.kind == "llm.delta")
-        .map(|e| e.payload()["text"].as_str().unwrap())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_streams_deltas_and_stores_the_concatenated_reply() {
@@ -60,11 +52,12 @@ async fn a_turn_streams_deltas_and_stores_the_concatenated_reply() {
     assert!(kinds.len() > 4, "expected several deltas: {kinds:?}");
     assert!(events.windows(2).all(|w| w[0].id < w[1].id), "event ids increase");
     let first = &events[0];
-    assert_eq!(first.data["type"], "message.user");
-    assert_eq!(first.data["meta"]["session_id"], session_id.as_str());
-    assert_eq!(first.data["meta"]["turn_id"], turn_id.as_str());
-    assert_eq!(first.data["meta"]["tenant_id"], "tenant-a");
-    assert_eq!(first.payload()["content"], "Hello there");
+    assert_eq!(first.data.meta.session_id.to_string(), session_id);
+    assert!(first.is_of_turn(&turn_id));
+    assert_eq!(first.data.meta.tenant_id, "tenant-a");
+    assert_eq!(first.data.meta.trace_id.as_ref().map(String::len), Some(32), "the request's trace id");
+    let SessionEvent::MessageUser(user) = first.event() else { panic!("{first:?}") };
+    assert_eq!(user.content, "Hello there");
 
     let reply = shown_reply(&events);
     assert!(reply.contains("Hello there"), "{reply}");
@@ -125,7 +118,7 @@ async fn the_same_idempotency_key_gives_one_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_failure_mid_stream_is_retried_and_answered_once() {
-    let provider = DevProviderOptions { fail_after_tokens: Some(3), failing_requests: 1, ..fast_provider() };
+    let provider = DevProviderOptions { fault: Some(Fault::BreakAfter(3)), faulty_requests: 1, ..fast_provider() };
     let app = TestApp::spawn("provider-failure", provider).await;
     let _worker = app.start_worker();
 
@@ -136,7 +129,8 @@ async fn a_provider_failure_mid_stream_is_retried_and_answered_once() {
     let retry = kinds.iter().position(|k| *k == "llm.retry").expect("an llm.retry event");
     assert!(kinds[..retry].contains(&"llm.delta"), "partial deltas before the retry: {kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "llm.retry").count(), 1);
-    assert_eq!(events[retry].payload()["attempt"], 2);
+    let SessionEvent::LlmRetry(retry) = events[retry].event() else { unreachable!() };
+    assert_eq!(retry.attempt, 2);
     let reply = shown_reply(&events);
     assert!(reply.contains("please survive"), "{reply}");
 
@@ -179,8 +173,8 @@ async fn messages_sent_back_to_back_are_answered_in_order() {
     let first = stream.until("turn.complete", DEADLINE).await;
     let second = stream.until("turn.complete", DEADLINE).await;
 
-    assert!(first.iter().all(|e| e.data["meta"]["turn_id"] == first_turn.as_str()), "turns never interleave");
-    assert!(second.iter().all(|e| e.data["meta"]["turn_id"] == second_turn.as_str()));
+    assert!(first.iter().all(|e| e.is_of_turn(&first_turn)), "turns never interleave");
+    assert!(second.iter().all(|e| e.is_of_turn(&second_turn)));
     let messages = app.messages(&session_id).await;
     let order: Vec<(&str, bool)> = messages.iter().map(|m| (m.0.as_str(), m.1.contains("second"))).collect();
     assert_eq!(order, vec![("user", false), ("assistant", false), ("user", true), ("assistant", true)]);
@@ -323,7 +317,7 @@ async fn cancelling_a_turn_keeps_the_partial_reply() {
     assert_eq!(status, 202, "{body}");
     events.extend(stream.until("turn.cancelled", DEADLINE).await);
     assert!(!kinds(&events).contains(&"turn.complete"));
-    assert!(events.iter().all(|e| e.data["meta"]["turn_id"] == turn_id.as_str()));
+    assert!(events.iter().all(|e| e.is_of_turn(&turn_id)));
 
     let messages = app.messages(&session_id).await;
     assert_eq!(messages.len(), 2, "{messages:?}");
@@ -342,32 +336,44 @@ async fn a_stored_turn_whose_workflow_never_started_is_answered_before_the_next(
     let app = TestApp::spawn("orphan", fast_provider()).await;
     let _worker = app.start_worker();
     // What an API that died between storing a turn and starting its workflow leaves behind.
+    let (session_id, turn_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let orphan = app
         .store
         .accept_turn(&NewTurn {
             tenant_id: "tenant-a",
-            session_id: None,
+            session: TurnSession::New(session_id),
+            turn_id,
+            workflow_id: &ChatTurnWorkflow::workflow_id(session_id, turn_id),
             idempotency_key: None,
             message: "sent just before a crash",
             persona_id: None,
             request_id: "req-before-crash",
+            trace_id: None,
+            actor: "test",
         })
         .await
         .unwrap();
-    sqlx::query("UPDATE turns SET created_at = now() - interval '1 minute'")
+    sqlx::query("UPDATE turns SET created_at = now() - interval '1 minute', updated_at = now() - interval '1 minute'")
         .execute(app.store.pool())
         .await
         .unwrap();
-    let session_id = orphan.session_id.to_string();
+    let session_id = session_id.to_string();
 
     let (_, next_turn, _) = app.send(Some(&session_id), "sent after the crash").await;
     let mut stream = app.events(&session_id, None).await;
     let first = stream.until("turn.complete", DEADLINE).await;
     let second = stream.until("turn.complete", DEADLINE).await;
 
-    assert_eq!(first[0].data["meta"]["turn_id"], orphan.turn_id.to_string().as_str());
-    assert_eq!(second[0].data["meta"]["turn_id"], next_turn.as_str());
+    assert!(first[0].is_of_turn(&orphan.turn.turn_id.to_string()));
+    assert!(second[0].is_of_turn(&next_turn));
     let users: Vec<String> =
         app.messages(&session_id).await.into_iter().filter(|m| m.0 == "user").map(|m| m.1).collect();
     assert_eq!(users, vec!["sent just before a crash", "sent after the crash"]);
+    let recovered = app.audit(&turn_id.to_string()).await;
+    assert!(
+        recovered.iter().any(|(action, outcome, actor)| action == "turn.recover"
+            && outcome.starts_with("started")
+            && actor == "recovery"),
+        "the recovery is audited: {recovered:?}"
+    );
 }

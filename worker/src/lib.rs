@@ -1,5 +1,7 @@
-//! The worker: registers the workflows and their activities on the task queue and runs them
-//! until asked to stop.
+//! The worker: registers the workflows and their activities on the task queue, runs them
+//! until asked to stop, and sweeps for turns that need recovering ([`recovery`]).
+
+pub mod recovery;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,10 +12,13 @@ use temporalio_common::telemetry::TelemetryOptions;
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
-use soma_activities::{ChatTurnActivities, EmptyStepActivities, LlmClient};
+use soma_activities::{LlmActivitiesImpl, LlmClient, SessionActivitiesImpl};
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, SessionWakeups, Store};
-use soma_workflows::{ChatTurnWorkflow, EmptyStepsWorkflow};
+use soma_workflows::ChatTurnWorkflow;
+
+/// How often the recovery sweep runs.
+const RECOVERY_EVERY: Duration = Duration::from_secs(5);
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
@@ -23,22 +28,28 @@ pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<
     Ok(Runtime::from_current_tokio(options)?)
 }
 
-/// Everything the worker's activities hold.
-pub async fn chat_activities(config: &Config, store: Store) -> anyhow::Result<ChatTurnActivities> {
+/// The worker's options: the workflows and activities it runs, on `config.task_queue`.
+pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<WorkerOptions> {
+    let (base_url, model) = config.llm_provider()?;
+    tracing::info!(%base_url, %model, keyed = !config.llm_api_key.is_empty(), "LLM provider");
+    let stall_timeout = Duration::from_millis(config.llm_stall_timeout_ms);
+    let llm = LlmClient::new(base_url, config.llm_api_key.expose(), model, stall_timeout);
     let wakeups = Arc::new(SessionWakeups::default());
     wakeups.start(&store).await?;
-    if config.uses_dev_provider() {
-        tracing::info!(base_url = %config.llm_base_url, model = %config.llm_model,
-            "LLM: soma dev provider (keyless, deterministic replies; set SOMA_LLM_BASE_URL, SOMA_LLM_API_KEY and SOMA_LLM_MODEL for a real one)");
-    } else {
-        tracing::info!(base_url = %config.llm_base_url, model = %config.llm_model, "LLM: OpenAI-compatible provider");
-    }
-    let llm = LlmClient::new(&config.llm_base_url, config.llm_api_key.expose(), &config.llm_model);
-    Ok(ChatTurnActivities::new(store, wakeups, llm, Duration::from_millis(config.delta_coalesce_ms)))
+    let coalesce = Duration::from_millis(config.delta_coalesce_ms);
+    Ok(WorkerOptions::new(config.task_queue.clone())
+        .register_workflow::<ChatTurnWorkflow>()?
+        .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups))
+        .register_activities(LlmActivitiesImpl::new(store, llm, coalesce))
+        // A dead worker's sticky queue is abandoned after this long.
+        .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
+        .graceful_shutdown_period(Duration::from_secs(10))
+        .build())
 }
 
-/// Runs a worker on `config.task_queue` until `shutdown` resolves, then drains gracefully.
-/// The future is `!Send` (the SDK's worker is): run it on the main task or a `LocalSet`.
+/// Runs a worker until `shutdown` resolves, then drains gracefully; sweeps for stuck turns
+/// meanwhile. The future is `!Send` (the SDK's worker is): run it on the main task or a
+/// `LocalSet`.
 pub async fn run(
     runtime: &Runtime,
     config: &Config,
@@ -46,17 +57,9 @@ pub async fn run(
     store: Store,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> anyhow::Result<()> {
-    let activities = chat_activities(config, store).await?;
-    let options = WorkerOptions::new(config.task_queue.clone())
-        .register_workflow::<ChatTurnWorkflow>()?
-        .register_activities(activities)
-        // The benchmark's baseline: the chat turn's number of steps, doing nothing.
-        .register_workflow::<EmptyStepsWorkflow>()?
-        .register_activities(EmptyStepActivities)
-        // A dead worker's sticky queue is abandoned after this long.
-        .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
-        .graceful_shutdown_period(Duration::from_secs(10))
-        .build();
+    let options = worker_options(config, store.clone()).await?;
+    let recovery = recovery::TurnRecovery::new(store, client.clone(), config.task_queue.clone());
+    let sweeping = tokio::spawn(recovery.run(RECOVERY_EVERY));
     let mut worker = Worker::new(runtime, client, options)?;
     let stop = worker.shutdown_handle();
     tokio::task::spawn_local(async move {
@@ -65,6 +68,7 @@ pub async fn run(
         stop();
     });
     tracing::info!(task_queue = %config.task_queue, "worker running");
-    worker.run().await?;
-    Ok(())
+    let result = worker.run().await;
+    sweeping.abort();
+    Ok(result?)
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use soma_core::cli::CommonArgs;
+use soma_core::cli::{CommonArgs, shutdown_signal};
 
 #[derive(Parser)]
 #[command(about = "Soma Orchestrator worker: runs chat workflows and their activities")]
@@ -23,13 +23,4 @@ async fn main() -> anyhow::Result<()> {
     let client = soma_core::temporal::connect(&config, Duration::from_secs(30)).await?;
     let local = tokio::task::LocalSet::new();
     local.run_until(soma_worker::run(&runtime, &config, client, store, shutdown_signal())).await
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

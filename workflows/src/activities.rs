@@ -1,24 +1,21 @@
-//! The chat turn's activities, declared here and implemented in `soma-activities`, so the
-//! workflow code depends on their contract and not on their clients.
+//! The activity definitions: each group is named for the client its implementation holds
+//! (`soma-activities` implements `XActivities` as `XActivitiesImpl`), and operators see the
+//! steps as `XActivities::<step>` in the Temporal UI. Inputs and outputs carry IDs and counts,
+//! never text, so histories stay small.
 #![allow(unreachable_pub)]
 
+use serde::{Deserialize, Serialize};
 use temporalio_macros::activity_definitions;
 use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
 
-use crate::contract::{AssistantMessageInput, FinishTurnInput, StreamOutcome, TurnRef};
+use soma_contract::{TurnOutcome, TurnRef};
 
-/// Activity names as operators see them in the Temporal UI: `ChatActivities::<step>`.
-pub struct ChatActivities;
+/// Session and stream writes: the store.
+pub struct SessionActivities;
 
 #[activity_definitions]
-impl ChatActivities {
-    /// Waits until every earlier turn of the session has finished (turns run in order).
-    #[activity]
-    pub async fn wait_for_earlier_turns(turn: TurnRef) -> Result<(), ActivityError> {
-        unimplemented!()
-    }
-
+impl SessionActivities {
     /// Starts the turn if no earlier turn of the session is unfinished: stores the accepted
     /// user text as a message and emits `message.user`. Returns false, having written
     /// nothing, while earlier turns are still running.
@@ -27,10 +24,9 @@ impl ChatActivities {
         unimplemented!()
     }
 
-    /// Streams the provider's reply into `llm.delta` events; emits `llm.retry` on a retried
-    /// attempt that follows emitted deltas, and `llm.complete` at the end.
+    /// Waits until every earlier turn of the session has finished (turns run in order).
     #[activity]
-    pub async fn stream_llm_reply(turn: TurnRef) -> Result<StreamOutcome, ActivityError> {
+    pub async fn wait_for_earlier_turns(turn: TurnRef) -> Result<(), ActivityError> {
         unimplemented!()
     }
 
@@ -42,27 +38,55 @@ impl ChatActivities {
         unimplemented!()
     }
 
-    /// Records how the turn ended: turn status, `turn.*` event, audit row; wakes later turns.
+    /// Records how the turn ended: turn status, `turn.*` event (and `error`), audit row.
     #[activity]
     pub async fn finish_turn(input: FinishTurnInput) -> Result<(), ActivityError> {
         unimplemented!()
     }
 }
 
-/// The baseline's activity: does nothing, as fast as the worker can, and says when it began.
-pub struct BaselineActivities;
+/// The model: the LLM provider's client (and the store its deltas are written to).
+pub struct LlmActivities;
 
 #[activity_definitions]
-impl BaselineActivities {
-    /// Returns the wall-clock time it began, in microseconds since the Unix epoch.
+impl LlmActivities {
+    /// Streams the provider's reply into `llm.delta` events; emits `llm.retry` on a retried
+    /// attempt that follows streamed deltas, and `llm.complete` at the end.
     #[activity]
-    pub async fn empty_step() -> Result<u64, ActivityError> {
+    pub async fn stream_reply(turn: TurnRef) -> Result<StreamOutcome, ActivityError> {
         unimplemented!()
     }
 }
 
 /// The generated marker types, which `soma-activities` names in `#[activity(definition = …)]`.
 pub mod defs {
-    pub use super::baseline_activities::*;
-    pub use super::chat_activities::*;
+    pub use super::llm_activities::*;
+    pub use super::session_activities::*;
+}
+
+/// What the streaming LLM call reports back: counts, never text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOutcome {
+    /// The activity attempt whose deltas make up the reply.
+    pub attempt: u32,
+    pub delta_count: u32,
+    pub finish_reason: String,
+}
+
+/// Input of `persist_assistant_message`: the reply is assembled from the stored deltas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssistantMessageInput {
+    pub turn: TurnRef,
+    /// How the turn ended; a cut-short reply is stored as `cancelled` or `failed`.
+    pub status: TurnOutcome,
+}
+
+/// Input of `finish_turn`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishTurnInput {
+    pub turn: TurnRef,
+    pub status: TurnOutcome,
+    pub assistant_message_id: Option<Uuid>,
+    /// Why a failed turn failed, in words a user can read.
+    pub reason: Option<String>,
 }

@@ -1,26 +1,34 @@
-//! `ChatTurnWorkflow`: one chat turn, step by step as in DESIGN.md's table.
+//! `ChatTurnWorkflow`: one chat turn, step by step as in the design's table.
 //!
-//! begin turn (persist the user message; while earlier turns run, wait for them first) →
-//! stream LLM reply → persist assistant message → finish turn (`turn.complete`). A cancel request stops the stream, keeps the
-//! partial reply as `cancelled` and ends with `turn.cancelled`; a step that exhausts its
-//! retries ends with `turn.failed`, an `error` event and an audit row, then fails the workflow
-//! so operators see it in the Temporal UI.
+//! begin turn (store the user message; while earlier turns run, wait for them first) →
+//! stream the LLM reply → store the assistant message → finish the turn (`turn.complete`).
+//! A cancel request stops the stream, keeps the partial reply as `cancelled` and ends with
+//! `turn.cancelled`; a step that exhausts its retries ends with `turn.failed`, an `error` event
+//! and an audit row, then fails the workflow so operators see it in the Temporal UI.
 #![allow(unreachable_pub)]
 
-use std::time::Duration;
-
-use temporalio_common::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use temporalio_client::{WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions,
-    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
+    ActivityExecutionError, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
-use crate::activities::ChatActivities;
-use crate::contract::{
-    AssistantMessageInput, ChatTurnInput, ChatTurnOutput, FinishTurnInput, TurnRef, TurnStatus,
-};
+use soma_contract::{TurnOutcome, TurnRef};
+
+use crate::activities::{AssistantMessageInput, FinishTurnInput, LlmActivities, SessionActivities};
+use crate::steps;
+
+/// Input of `ChatTurnWorkflow`.
+pub type ChatTurnInput = TurnRef;
+
+/// Output of `ChatTurnWorkflow`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatTurnOutput {
+    pub status: TurnOutcome,
+    pub assistant_message_id: Option<Uuid>,
+}
 
 #[workflow]
 pub struct ChatTurnWorkflow {
@@ -53,17 +61,17 @@ impl ChatTurnWorkflow {
         // Steps after the conversation run even when the workflow was cancelled: the partial
         // reply and the turn's end must be recorded whatever happened.
         let status = match &ended {
-            Ended::Replied(_) => TurnStatus::Completed,
-            Ended::Cancelled => TurnStatus::Cancelled,
-            Ended::Failed(_) => TurnStatus::Failed,
+            Ended::Replied(_) => TurnOutcome::Completed,
+            Ended::Cancelled => TurnOutcome::Cancelled,
+            Ended::Failed(_) => TurnOutcome::Failed,
         };
         let assistant_message_id = match ended {
             Ended::Replied(id) => id,
             _ => {
                 ctx.execute_activity(
-                    ChatActivities::persist_assistant_message,
+                    SessionActivities::persist_assistant_message,
                     AssistantMessageInput { turn: turn.clone(), status },
-                    cleanup_step(),
+                    steps::database_after_cancel(),
                 )
                 .await?
             }
@@ -73,9 +81,9 @@ impl ChatTurnWorkflow {
             _ => None,
         };
         ctx.execute_activity(
-            ChatActivities::finish_turn,
+            SessionActivities::finish_turn,
             FinishTurnInput { turn, status, assistant_message_id, reason },
-            cleanup_step(),
+            steps::database_after_cancel(),
         )
         .await?;
 
@@ -93,82 +101,34 @@ async fn converse(
     turn: &TurnRef,
 ) -> Result<Option<Uuid>, ActivityExecutionError> {
     // A local activity: no server round trip before the LLM call when the session is idle.
-    while !ctx.execute_local_activity(ChatActivities::begin_turn, turn.clone(), local_db_step()).await? {
-        ctx.execute_activity(ChatActivities::wait_for_earlier_turns, turn.clone(), queue_wait()).await?;
+    while !ctx
+        .execute_local_activity(SessionActivities::begin_turn, turn.clone(), steps::local_database())
+        .await?
+    {
+        ctx.execute_activity(SessionActivities::wait_for_earlier_turns, turn.clone(), steps::wait()).await?;
     }
-    ctx.execute_activity(ChatActivities::stream_llm_reply, turn.clone(), llm_stream()).await?;
+    ctx.execute_activity(LlmActivities::stream_reply, turn.clone(), steps::llm_stream()).await?;
     ctx.execute_activity(
-        ChatActivities::persist_assistant_message,
-        AssistantMessageInput { turn: turn.clone(), status: TurnStatus::Completed },
-        db_step(),
+        SessionActivities::persist_assistant_message,
+        AssistantMessageInput { turn: turn.clone(), status: TurnOutcome::Completed },
+        steps::database(),
     )
     .await
 }
 
-/// Short Postgres writes: retried with backoff for a few minutes, so a database restart
-/// delays a turn rather than failing it.
-fn db_step() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_secs(1))
-                .maximum_interval(Duration::from_secs(20))
-                .maximum_attempts(20)
-                .build(),
-        )
-        .build()
-}
+impl ChatTurnWorkflow {
+    /// The readable workflow ID of a turn: `chat/{session}/{turn}`.
+    pub fn workflow_id(session_id: Uuid, turn_id: Uuid) -> String {
+        format!("chat/{session_id}/{turn_id}")
+    }
 
-/// A short Postgres step run by the workflow's own worker, retried like [`db_step`].
-fn local_db_step() -> LocalActivityOptions {
-    LocalActivityOptions::builder()
-        .start_to_close_timeout(Duration::from_secs(30))
-        .schedule_to_close_timeout(Duration::from_secs(600))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_secs(1))
-                .maximum_interval(Duration::from_secs(20))
-                .build(),
-        )
-        .build()
-}
-
-/// Like [`db_step`], but detached from the workflow's cancellation so that a cancelled turn
-/// still records its end.
-fn cleanup_step() -> ActivityOptions {
-    let mut options = db_step();
-    options.cancellation_token = Some(WorkflowCancellationToken::new());
-    options
-}
-
-/// Waiting for earlier turns of the session may take as long as they do; heartbeats tell a
-/// dead worker from a long wait.
-fn queue_wait() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(24 * 3600))
-        .heartbeat_timeout(Duration::from_secs(10))
-        .cancellation_type(ActivityCancellationType::TryCancel)
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_secs(1))
-                .maximum_interval(Duration::from_secs(10))
-                .build(),
-        )
-        .build()
-}
-
-/// The provider call: heartbeats every few hundred ms, so a dead worker is noticed within the
-/// heartbeat timeout and a cancel request reaches the stream quickly. The workflow waits for
-/// the activity to stop so the partial reply is complete before it is stored.
-fn llm_stream() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(600))
-        .heartbeat_timeout(Duration::from_secs(3))
-        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_secs(1))
-                .maximum_interval(Duration::from_secs(10))
-                .maximum_attempts(5)
-                .build(),
-        )
-        .build()
+    /// How a turn's workflow is started: under its turn's ID, reusing a running one and never
+    /// running a finished one again, so a retried request or a recovery sweep starts at most
+    /// one workflow per turn.
+    pub fn start_options(task_queue: &str, turn: &TurnRef) -> WorkflowStartOptions {
+        WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(turn.session_id, turn.turn_id))
+            .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+            .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+            .build()
+    }
 }

@@ -1,13 +1,12 @@
-//! Deterministic workflow code and the contract types the api and the worker share.
+//! Deterministic workflow code: the workflows, the activity definitions they call, how each
+//! kind of step runs ([`steps`]) and how each workflow is started.
 //!
 //! Nothing here does I/O or reads clocks: side effects live in `soma-activities`, which
-//! implements the activity definitions declared in [`activities`].
+//! implements the definitions in [`activities`]. The types shared with the store and the api
+//! are in `soma-contract`.
 
 pub mod activities;
-pub mod baseline;
 pub mod chat_turn;
-pub mod contract;
+pub mod steps;
 
-pub use baseline::EmptyStepsWorkflow;
-pub use chat_turn::ChatTurnWorkflow;
-pub use contract::*;
+pub use chat_turn::{ChatTurnInput, ChatTurnOutput, ChatTurnWorkflow};

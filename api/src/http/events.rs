@@ -8,14 +8,13 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
-use crate::auth::Tenant;
-use crate::error::AppQuery;
+use crate::extract::{AppQuery, OwnedSession};
 use crate::feed;
 use crate::{ApiContext, ApiError};
 
@@ -26,15 +25,10 @@ pub struct StreamQuery {
 
 pub async fn stream(
     State(ctx): State<ApiContext>,
-    Tenant(tenant_id): Tenant,
-    Path(id): Path<String>,
+    session: OwnedSession,
     AppQuery(query): AppQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let session_id = super::session_id(&id)?;
-    if !ctx.store.session_exists(&tenant_id, session_id).await? {
-        return Err(ApiError::NotFound("session"));
-    }
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => {
             Some(value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
@@ -44,8 +38,10 @@ pub async fn stream(
         None => None,
     };
     let after = last_event_id.or(query.after).unwrap_or(0);
-    let feed = ctx.feeds.feed(&tenant_id, session_id).await?;
-    let events = feed::follow(ctx.store.clone(), tenant_id, session_id, after, feed, ctx.closing.subscribe())
-        .map(|event| Ok(event.to_sse()));
+    let tenant_id = session.principal.tenant_id;
+    let feed = ctx.feeds.feed(&tenant_id, session.session_id).await?;
+    let events =
+        feed::follow(ctx.store.clone(), tenant_id, session.session_id, after, feed, ctx.closing.subscribe())
+            .map(|event| Ok(event.to_sse()));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat")))
 }

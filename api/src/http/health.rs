@@ -1,12 +1,13 @@
 //! Liveness (`/v1/health`: the process answers) and readiness (`/v1/ready`: Postgres and
 //! Temporal answer too).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
 use temporalio_client::tonic::IntoRequest;
 use temporalio_common::protos::temporal::api::workflowservice::v1::GetSystemInfoRequest;
 
@@ -14,11 +15,42 @@ use crate::ApiContext;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok", "service": "soma-api", "version": env!("CARGO_PKG_VERSION") }))
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub service: &'static str,
+    pub version: &'static str,
 }
 
-pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<Value>) {
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    pub checks: BTreeMap<&'static str, Check>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    /// `ok` or `failing`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Check {
+    fn of(result: Result<(), String>) -> Check {
+        match result {
+            Ok(()) => Check { status: "ok", error: None },
+            Err(error) => Check { status: "failing", error: Some(error) },
+        }
+    }
+}
+
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok", service: "soma-api", version: env!("CARGO_PKG_VERSION") })
+}
+
+pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<Readiness>) {
     let postgres = match tokio::time::timeout(CHECK_TIMEOUT, ctx.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),
@@ -36,13 +68,7 @@ pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<Value>) {
         Err(_) => Err("timed out".to_string()),
     };
     let ready = postgres.is_ok() && temporal.is_ok();
-    let show = |check: &Result<(), String>| match check {
-        Ok(()) => json!({ "status": "ok" }),
-        Err(error) => json!({ "status": "failing", "error": error }),
-    };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": { "postgres": show(&postgres), "temporal": show(&temporal) },
-    });
+    let checks = BTreeMap::from([("postgres", Check::of(postgres)), ("temporal", Check::of(temporal))]);
+    let body = Readiness { status: if ready { "ready" } else { "not_ready" }, checks };
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

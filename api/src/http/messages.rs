@@ -2,27 +2,25 @@
 //! The response (202) is sent only once both the turn row and the workflow exist, so an
 //! accepted message survives any single crash; the same Idempotency-Key returns the same turn.
 
-use axum::Extension;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use soma_core::store::{AcceptedTurn, NewTurn};
-use soma_workflows::TurnRef;
+use soma_core::store::{AcceptedTurn, NewTurn, TurnSession};
+use soma_workflows::ChatTurnWorkflow;
 
-use crate::auth::Tenant;
-use crate::request_id::RequestId;
+use crate::auth::Principal;
+use crate::extract::AppJson;
+use crate::request_ids::RequestIds;
 use crate::{ApiContext, ApiError};
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PostMessage {
+pub struct PostMessage {
     session_id: Option<Uuid>,
     message: String,
     persona_id: Option<String>,
@@ -38,14 +36,23 @@ struct AttachmentRef {
     id: Uuid,
 }
 
+/// The 202 body: where the turn is and how to follow it.
+#[derive(Debug, Serialize)]
+pub struct MessageAccepted {
+    pub session_id: Uuid,
+    pub turn_id: Uuid,
+    pub workflow_id: String,
+    /// Always `queued`: the turn runs once the session's earlier turns have.
+    pub status: &'static str,
+}
+
 pub async fn post_message(
     State(ctx): State<ApiContext>,
-    Tenant(tenant_id): Tenant,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    principal: Principal,
+    ids: RequestIds,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request = parse(&body)?;
+    AppJson(request): AppJson<PostMessage>,
+) -> Result<(StatusCode, Json<MessageAccepted>), ApiError> {
     let message = request.message.trim();
     if message.is_empty() {
         return Err(ApiError::bad_request("empty_message", "message must not be empty"));
@@ -63,54 +70,52 @@ pub async fn post_message(
         return Err(ApiError::bad_request("attachments_unsupported", "attachments are not supported yet"));
     }
     let idempotency_key = idempotency_key(&headers)?;
-    if let Some(session_id) = request.session_id {
-        tracing::Span::current().record("session_id", tracing::field::display(session_id));
-    }
-
+    let session = match request.session_id {
+        Some(session_id) => {
+            tracing::Span::current().record("session_id", tracing::field::display(session_id));
+            TurnSession::Existing(session_id)
+        }
+        None => TurnSession::New(Uuid::now_v7()),
+    };
+    let turn_id = Uuid::now_v7();
+    let workflow_id = ChatTurnWorkflow::workflow_id(session.id(), turn_id);
     let accepted = ctx
         .store
         .accept_turn(&NewTurn {
-            tenant_id: &tenant_id,
-            session_id: request.session_id,
+            tenant_id: &principal.tenant_id,
+            session,
+            turn_id,
+            workflow_id: &workflow_id,
             idempotency_key,
             message: &request.message,
             persona_id: request.persona_id.as_deref(),
-            request_id: &request_id,
+            request_id: &ids.request_id,
+            trace_id: Some(&ids.trace_id),
+            actor: &principal.subject,
         })
         .await?;
-    tracing::Span::current().record("session_id", tracing::field::display(accepted.session_id));
-    if let Err(err) = start_workflow(&ctx, &tenant_id, &accepted).await {
+    let turn = &accepted.turn;
+    tracing::Span::current().record("session_id", tracing::field::display(turn.session_id));
+    if let Err(err) = start_workflow(&ctx, &accepted).await {
         if accepted.created {
             // Not accepted after all: take the turn back so it cannot block the session,
             // and so a retry with the same key starts afresh.
-            if let Err(undo) = ctx.store.withdraw_turn(&tenant_id, accepted.turn_id, &request_id).await {
-                tracing::error!(error = %undo, turn_id = %accepted.turn_id, "could not withdraw unstarted turn");
+            if let Err(undo) = ctx.store.withdraw_turn(turn, &principal.subject).await {
+                tracing::error!(error = %undo, turn_id = %turn.turn_id, "could not withdraw unstarted turn");
             }
         }
         return Err(err);
     }
-    tracing::info!(turn_id = %accepted.turn_id, workflow_id = %accepted.workflow_id, new = accepted.created, "turn accepted");
+    tracing::info!(turn_id = %turn.turn_id, workflow_id = %accepted.workflow_id, new = accepted.created, "turn accepted");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "session_id": accepted.session_id,
-            "turn_id": accepted.turn_id,
-            "workflow_id": accepted.workflow_id,
-            "status": "queued",
-        })),
+        Json(MessageAccepted {
+            session_id: turn.session_id,
+            turn_id: turn.turn_id,
+            workflow_id: accepted.workflow_id,
+            status: "queued",
+        }),
     ))
-}
-
-fn parse(body: &[u8]) -> Result<PostMessage, ApiError> {
-    serde_json::from_slice(body).map_err(|err| {
-        use serde_json::error::Category;
-        match err.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {err}"))
-            }
-            Category::Data => ApiError::bad_request("invalid_request", format!("invalid request: {err}")),
-        }
-    })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -130,14 +135,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 }
 
 /// Starts the turn's workflow; starting one that exists already (a retried request) is fine.
-async fn start_workflow(ctx: &ApiContext, tenant_id: &str, accepted: &AcceptedTurn) -> Result<(), ApiError> {
-    let turn = TurnRef {
-        tenant_id: tenant_id.to_string(),
-        session_id: accepted.session_id,
-        turn_id: accepted.turn_id,
-        request_id: accepted.request_id.clone(),
-    };
-    soma_core::temporal::start_chat_turn(&ctx.temporal, &ctx.config.task_queue, &accepted.workflow_id, turn)
+async fn start_workflow(ctx: &ApiContext, accepted: &AcceptedTurn) -> Result<(), ApiError> {
+    let options = ChatTurnWorkflow::start_options(&ctx.config.task_queue, &accepted.turn);
+    soma_core::temporal::start_once(&ctx.temporal, ChatTurnWorkflow::run, accepted.turn.clone(), options)
         .await
         .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
 }

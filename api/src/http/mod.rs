@@ -26,8 +26,3 @@ pub fn router(ctx: ApiContext) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ctx)
 }
-
-/// Parses a path segment as a session id; anything else is simply an unknown session.
-fn session_id(raw: &str) -> Result<uuid::Uuid, crate::ApiError> {
-    raw.parse().map_err(|_| crate::ApiError::NotFound("session"))
-}

@@ -1,30 +1,58 @@
 //! Sessions: the tenant's list, a session's message history, and cancelling its turn.
 
-use axum::extract::{Path, State};
+use axum::Json;
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use temporalio_client::UntypedWorkflow;
-use temporalio_client::WorkflowCancelOptions;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use temporalio_client::{UntypedWorkflow, WorkflowCancelOptions};
 use uuid::Uuid;
 
-use soma_core::store::{AuditEntry, SessionCursor};
+use soma_core::store::{AuditEntry, Message, SessionCursor, SessionSummary};
 
-use crate::auth::Tenant;
-use crate::error::AppQuery;
-use crate::request_id::RequestId;
+use crate::auth::Principal;
+use crate::extract::{AppQuery, OwnedSession};
+use crate::request_ids::RequestIds;
 use crate::{ApiContext, ApiError};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
 
 #[derive(Debug, Deserialize)]
-pub struct Page {
+pub struct SessionsQuery {
     limit: Option<i64>,
     cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesQuery {
+    limit: Option<i64>,
     after: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessagePage {
+    pub session_id: Uuid,
+    pub messages: Vec<Message>,
+    /// Pass as `after` for the next page; null on the last one.
+    pub next_after: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CancelRequested {
+    pub session_id: Uuid,
+    pub turn_id: Uuid,
+    pub workflow_id: String,
+    /// Always `cancelling`: the stream shows `turn.cancelled` once the turn has stopped.
+    pub status: &'static str,
 }
 
 fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -37,16 +65,16 @@ fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
 /// `GET /v1/sessions?limit=&cursor=`: most recently active first; `next_cursor` pages on.
 pub async fn list(
     State(ctx): State<ApiContext>,
-    Tenant(tenant_id): Tenant,
-    AppQuery(page): AppQuery<Page>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = page_size(page.limit)?;
-    let cursor = page.cursor.as_deref().map(decode_cursor).transpose()?;
-    let sessions = ctx.store.list_sessions(&tenant_id, limit, cursor).await?;
+    principal: Principal,
+    AppQuery(query): AppQuery<SessionsQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    let limit = page_size(query.limit)?;
+    let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let sessions = ctx.store.list_sessions(&principal.tenant_id, limit, cursor).await?;
     let next_cursor = (sessions.len() as i64 == limit)
         .then(|| sessions.last().map(|s| encode_cursor(s.updated_at, s.id)))
         .flatten();
-    Ok(Json(json!({ "sessions": sessions, "next_cursor": next_cursor })))
+    Ok(Json(SessionList { sessions, next_cursor }))
 }
 
 fn encode_cursor(updated_at: DateTime<Utc>, id: Uuid) -> String {
@@ -64,49 +92,40 @@ fn decode_cursor(raw: &str) -> Result<SessionCursor, ApiError> {
 /// `GET /v1/sessions/{id}/messages?limit=&after=`: the conversation, oldest first.
 pub async fn messages(
     State(ctx): State<ApiContext>,
-    Tenant(tenant_id): Tenant,
-    Path(id): Path<String>,
-    AppQuery(page): AppQuery<Page>,
-) -> Result<Json<Value>, ApiError> {
-    let session_id = super::session_id(&id)?;
-    let limit = page_size(page.limit)?;
-    if !ctx.store.session_exists(&tenant_id, session_id).await? {
-        return Err(ApiError::NotFound("session"));
-    }
-    let messages = ctx.store.session_messages(&tenant_id, session_id, page.after, limit).await?;
+    session: OwnedSession,
+    AppQuery(query): AppQuery<MessagesQuery>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let limit = page_size(query.limit)?;
+    let tenant_id = &session.principal.tenant_id;
+    let messages = ctx.store.messages(tenant_id, session.session_id, query.after, None, Some(limit)).await?;
     let next_after = (messages.len() as i64 == limit).then(|| messages.last().map(|m| m.id)).flatten();
-    Ok(Json(json!({ "session_id": session_id, "messages": messages, "next_after": next_after })))
+    Ok(Json(MessagePage { session_id: session.session_id, messages, next_after }))
 }
 
 /// `POST /v1/session/{id}/cancel`: cancels the session's running (or next queued) turn. The
 /// stream then shows `turn.cancelled`; the partial reply is kept as `cancelled`.
 pub async fn cancel_turn(
     State(ctx): State<ApiContext>,
-    Tenant(tenant_id): Tenant,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let session_id = super::session_id(&id)?;
-    if !ctx.store.session_exists(&tenant_id, session_id).await? {
-        return Err(ApiError::NotFound("session"));
-    }
-    let turn =
-        ctx.store.oldest_open_turn(&tenant_id, session_id).await?.ok_or_else(|| ApiError::Conflict {
-            code: "no_running_turn",
-            message: "the session has no running or queued turn".into(),
-        })?;
+    session: OwnedSession,
+    ids: RequestIds,
+) -> Result<(StatusCode, Json<CancelRequested>), ApiError> {
+    let OwnedSession { principal, session_id } = session;
+    let turn = ctx.store.oldest_open_turn(&principal.tenant_id, session_id).await?.ok_or_else(|| {
+        ApiError::Conflict { code: "no_running_turn", message: "the session has no running or queued turn".into() }
+    })?;
     let handle = ctx.temporal.get_workflow_handle::<UntypedWorkflow>(turn.workflow_id.clone());
     handle
-        .cancel(WorkflowCancelOptions::builder().reason(format!("cancelled by request {request_id}")).build())
+        .cancel(WorkflowCancelOptions::builder().reason(format!("cancelled by request {}", ids.request_id)).build())
         .await
         .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })?;
     ctx.store
         .audit(&AuditEntry {
-            tenant_id: &tenant_id,
-            request_id: Some(&request_id),
+            tenant_id: &principal.tenant_id,
+            request_id: Some(&ids.request_id),
+            trace_id: Some(&ids.trace_id),
             session_id: Some(session_id),
             turn_id: Some(turn.turn_id),
-            actor: "api",
+            actor: &principal.subject,
             action: "turn.cancel",
             outcome: "requested",
             details: json!({ "workflow_id": turn.workflow_id }),
@@ -115,8 +134,11 @@ pub async fn cancel_turn(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            json!({ "session_id": session_id, "turn_id": turn.turn_id, "workflow_id": turn.workflow_id, "status": "cancelling" }),
-        ),
+        Json(CancelRequested {
+            session_id,
+            turn_id: turn.turn_id,
+            workflow_id: turn.workflow_id,
+            status: "cancelling",
+        }),
     ))
 }

@@ -3,13 +3,14 @@
 //! lost or duplicated. `--quick` runs a few trials of each (the test command does); the full
 //! drills are run by hand through `ops/chaos`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use soma_bench::{Stack, StackArgs, StackClient, WAIT};
+use soma_bench::{FollowedTurn, Stack, StackArgs, StackClient, WAIT};
+use soma_contract::SessionEvent;
 use soma_devllm::DevProviderOptions;
 use soma_tests::SseClient;
 
@@ -56,13 +57,76 @@ fn random_below(n: u64) -> u64 {
     (bytes % u128::from(n.max(1))) as u64
 }
 
+/// Filler words in each reply of the streaming provider.
+const STREAMING_EXTRA_WORDS: usize = 60;
+
 /// A provider slow enough that a drill can strike mid-stream.
 fn streaming_provider() -> DevProviderOptions {
     DevProviderOptions {
         time_to_first_token: Duration::from_millis(50),
         token_interval: Duration::from_millis(25),
-        extra_words: 60,
+        extra_words: STREAMING_EXTRA_WORDS,
         ..Default::default()
+    }
+}
+
+/// What a client saw of one turn, judged against what it should have seen.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// The whole reply once, one end, every event once.
+    Whole,
+    /// Less than the whole reply, or no end.
+    Missing(String),
+    /// Something twice: text, an event id, an end, or the provider's work for one attempt.
+    Twice(String),
+}
+
+/// Judges a turn as its client saw it: `expected` is the reply the provider sends, which a
+/// client that honours `llm.retry` must show exactly once.
+fn judge(followed: &FollowedTurn, expected: &str) -> Seen {
+    let ids: BTreeSet<i64> = followed.events.iter().map(|e| e.id).collect();
+    if ids.len() != followed.events.len() {
+        return Seen::Twice("an event id was delivered twice".into());
+    }
+    let ends = followed.events.iter().filter(|e| e.event().ends_turn()).count();
+    let user_messages = followed.events.iter().filter(|e| matches!(e.event(), SessionEvent::MessageUser(_))).count();
+    if ends > 1 || user_messages > 1 {
+        return Seen::Twice(format!("{ends} turn ends, {user_messages} user messages"));
+    }
+    if followed.end.as_deref() != Some("turn.complete") {
+        return Seen::Missing(format!("the turn ended {:?}", followed.end));
+    }
+    if followed.shown == expected {
+        Seen::Whole
+    } else if followed.shown.len() > expected.len() {
+        Seen::Twice(format!("shown {:?}", followed.shown))
+    } else {
+        Seen::Missing(format!("shown {:?}", followed.shown))
+    }
+}
+
+impl Counts {
+    /// Counts a trial: completed when it was seen whole, else lost or duplicated.
+    fn add(&mut self, trial: impl std::fmt::Display, seen: Seen) {
+        if self.note(trial, seen) {
+            self.completed += 1;
+        }
+    }
+
+    /// Counts what went wrong in a trial, if anything; true when nothing did.
+    fn note(&mut self, trial: impl std::fmt::Display, seen: Seen) -> bool {
+        match seen {
+            Seen::Whole => return true,
+            Seen::Missing(what) => {
+                eprintln!("{trial}: missing: {what}");
+                self.lost += 1;
+            }
+            Seen::Twice(what) => {
+                eprintln!("{trial}: twice: {what}");
+                self.duplicated += 1;
+            }
+        }
+        false
     }
 }
 
@@ -120,30 +184,29 @@ async fn worker_kills(args: &Args) -> anyhow::Result<Counts> {
         // The reply streams for about two seconds; strike somewhere in it.
         let strike = Duration::from_millis(random_below(2_000));
         let follower = tokio::spawn({
-            let client = client.clone();
+            let (client, turn, message) = (client.clone(), turn.clone(), message.clone());
             async move { client.follow_turn(&mut stream, &turn, &message, Instant::now()).await }
         });
         tokio::time::sleep(strike).await;
         stack.kill_worker();
         stack.start_worker()?;
         let followed = follower.await?;
+        let expected = soma_devllm::reply_text(&message, 0, STREAMING_EXTRA_WORDS);
         let stored = messages(&pool, &session).await?;
-        let replies: Vec<&String> = stored.iter().filter(|m| m.0 == "assistant").map(|m| &m.1).collect();
-        match (followed.end.as_deref(), replies.as_slice()) {
-            (Some("turn.complete"), [reply]) if **reply == followed.shown => counts.completed += 1,
-            (Some("turn.complete"), [_]) => {
-                eprintln!(
-                    "trial {trial}: the stream showed {:?}, the store has {:?}",
-                    followed.shown, replies
-                );
-                counts.duplicated += 1;
+        let stored_reply = stored.iter().find(|m| m.0 == "assistant").map(|m| m.1.as_str());
+        // The provider keys each attempt's request `{turn}:{attempt}`.
+        let twice_completed: Vec<_> =
+            stack.provider.completed_twice().into_iter().filter(|(key, _)| key.starts_with(&turn)).collect();
+        let seen = match judge(&followed, &expected) {
+            Seen::Whole if !twice_completed.is_empty() => {
+                Seen::Twice(format!("provider streams completed twice: {twice_completed:?}"))
             }
-            (_, many) if many.len() > 1 => counts.duplicated += 1,
-            (end, _) => {
-                eprintln!("trial {trial}: turn ended {end:?} with {} replies", replies.len());
-                counts.lost += 1;
+            Seen::Whole if stored_reply != Some(expected.as_str()) => {
+                Seen::Missing(format!("the stored reply is {stored_reply:?}"))
             }
-        }
+            seen => seen,
+        };
+        counts.add(format!("trial {trial}"), seen);
     }
     counts.print("drill 1, worker SIGKILL mid-stream", started.elapsed());
     pool.close().await;
@@ -307,9 +370,12 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (mut accepted, mut refused, mut wrong) = (Vec::new(), 0, Vec::new());
-    for send in sends {
+    for (i, send) in sends.into_iter().enumerate() {
         match send.await? {
-            Ok((202, body)) => accepted.push(body["turn_id"].as_str().unwrap_or_default().to_string()),
+            Ok((202, body)) => {
+                let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
+                accepted.push((field("session_id"), field("turn_id"), format!("pg restart {i}")));
+            }
             Ok((503, body)) if body["code"] == "dependency_unavailable" => refused += 1,
             Ok((status, body)) => wrong.push(format!("{status} {body}")),
             Err(err) => wrong.push(err.to_string()),
@@ -324,32 +390,21 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         "drill 3: {} messages got neither a 202 nor a 503 with a JSON error: {wrong:?}",
         wrong.len()
     );
-    let pool = connect_retrying(&stack.database_url).await?;
+    // Every accepted message, as a client reading its session's stream sees it.
     let mut counts = Counts { attempted: accepted.len(), ..Default::default() };
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT t.id::text, t.status, (SELECT count(*) FROM messages m WHERE m.turn_id = t.id AND m.role = 'assistant')
-             FROM turns t",
-        )
-        .fetch_all(&pool)
-        .await?;
-        let by_id: HashMap<String, (String, i64)> =
-            rows.into_iter().map(|(id, status, replies)| (id, (status, replies))).collect();
-        let finished = accepted
-            .iter()
-            .filter(|id| by_id.get(*id).is_some_and(|(status, _)| status == "completed"))
-            .count();
-        if finished == accepted.len() || Instant::now() > deadline {
-            counts.completed = accepted
-                .iter()
-                .filter(|id| by_id.get(*id).is_some_and(|(s, r)| s == "completed" && *r == 1))
-                .count();
-            counts.duplicated = by_id.values().filter(|(_, replies)| *replies > 1).count();
-            counts.lost = accepted.len() - finished;
-            break;
+    let judged: Vec<(String, Seen)> = futures::stream::iter(accepted.iter().map(|(session, turn, message)| {
+        let client = client.clone();
+        async move {
+            let mut stream = client.events(session, None).await;
+            let followed = client.follow_turn(&mut stream, turn, message, Instant::now()).await;
+            (format!("turn {turn}"), judge(&followed, &soma_devllm::reply_text(message, 0, 0)))
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    }))
+    .buffer_unordered(20)
+    .collect()
+    .await;
+    for (turn, seen) in judged {
+        counts.add(turn, seen);
     }
     println!(
         "drill 3: {messages_n} messages sent, {} accepted (202), {refused} refused (503) while PostgreSQL was away for {} s",
@@ -357,7 +412,6 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         outage.as_secs()
     );
     counts.print("drill 3, PostgreSQL restart under load", started.elapsed());
-    pool.close().await;
     stack.finish().await;
     Ok(counts)
 }
@@ -389,30 +443,40 @@ async fn idempotency_storm(args: &Args) -> anyhow::Result<Counts> {
         async move { client.post(None, "storm", Some("one-key")).await }
     });
     let results: Vec<_> = futures::stream::iter(posts).buffer_unordered(n).collect().await;
-    let mut turns = BTreeSet::new();
+    let mut answers = BTreeSet::new();
     let mut counts = Counts { attempted: n, ..Default::default() };
     for result in results {
         match result {
             Ok((202, body)) => {
                 counts.completed += 1;
-                turns.insert(body["turn_id"].as_str().unwrap_or_default().to_string());
+                let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
+                answers.insert((field("session_id"), field("turn_id")));
             }
             Ok((status, body)) => eprintln!("storm: {status} {body}"),
             Err(err) => eprintln!("storm: {err}"),
         }
     }
-    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM turns").fetch_one(&pool).await?;
-    wait_until(&pool, "SELECT count(*) = 1 FROM messages WHERE role = 'assistant'").await?;
-    counts.duplicated = (stored as usize).saturating_sub(1) + turns.len().saturating_sub(1);
-    counts.lost = usize::from(stored == 0);
+    // What clients could see twice: different turns in the answers, the provider asked more
+    // than once, the turn's stream showing it twice.
+    counts.duplicated = answers.len().saturating_sub(1);
+    let Some((session, turn)) = answers.first() else {
+        counts.lost = 1;
+        counts.print("drill 4, concurrent POSTs with one Idempotency-Key", started.elapsed());
+        stack.finish().await;
+        return Ok(counts);
+    };
+    let mut stream = client.events(session, None).await;
+    let followed = client.follow_turn(&mut stream, turn, "storm", Instant::now()).await;
+    // The 202s were counted as completed above; the stream only adds what is missing or twice.
+    counts.note("storm", judge(&followed, &soma_devllm::reply_text("storm", 0, 0)));
+    let provider_calls = stack.provider.requests();
+    counts.duplicated += provider_calls.saturating_sub(1);
     println!(
-        "drill 4: {} of {n} POSTs got 202, {} distinct turn ids, {stored} stored turns",
+        "drill 4: {} of {n} POSTs got 202, {} distinct turns answered, the provider asked {provider_calls} time(s)",
         counts.completed,
-        turns.len()
+        answers.len()
     );
     counts.print("drill 4, concurrent POSTs with one Idempotency-Key", started.elapsed());
-    pool.close().await;
     stack.finish().await;
     Ok(counts)
 }

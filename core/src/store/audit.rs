@@ -3,15 +3,18 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use soma_contract::TurnRef;
+
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct AuditEntry<'a> {
     pub tenant_id: &'a str,
     pub request_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
     pub session_id: Option<Uuid>,
     pub turn_id: Option<Uuid>,
-    /// `api`, `worker`, or an operator's name.
+    /// Who acted: the principal of an API request (`key:…`), `worker`, or a maintenance job.
     pub actor: &'a str,
     pub action: &'a str,
     pub outcome: &'a str,
@@ -20,23 +23,52 @@ pub struct AuditEntry<'a> {
     pub dedupe_key: Option<String>,
 }
 
-impl AuditEntry<'_> {
+impl<'a> AuditEntry<'a> {
+    /// An entry about a turn, under the request and trace that accepted it.
+    pub fn for_turn(
+        turn: &'a TurnRef,
+        actor: &'a str,
+        action: &'a str,
+        outcome: &'a str,
+        details: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            tenant_id: &turn.tenant_id,
+            request_id: Some(&turn.request_id),
+            trace_id: turn.trace_id.as_deref(),
+            session_id: Some(turn.session_id),
+            turn_id: Some(turn.turn_id),
+            actor,
+            action,
+            outcome,
+            details,
+            dedupe_key: None,
+        }
+    }
+
+    /// Written at most once per key: for entries an activity (retried) or a sweep (repeated)
+    /// makes.
+    pub fn once(self, dedupe_key: String) -> Self {
+        AuditEntry { dedupe_key: Some(dedupe_key), ..self }
+    }
+
     pub async fn insert<'e>(&self, executor: impl PgExecutor<'e>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_log (tenant_id, request_id, session_id, turn_id, actor, action,
+        sqlx::query!(
+            "INSERT INTO audit_log (tenant_id, request_id, trace_id, session_id, turn_id, actor, action,
                                     outcome, details, dedupe_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (dedupe_key) DO NOTHING",
+            self.tenant_id,
+            self.request_id,
+            self.trace_id,
+            self.session_id,
+            self.turn_id,
+            self.actor,
+            self.action,
+            self.outcome,
+            &self.details,
+            self.dedupe_key,
         )
-        .bind(self.tenant_id)
-        .bind(self.request_id)
-        .bind(self.session_id)
-        .bind(self.turn_id)
-        .bind(self.actor)
-        .bind(self.action)
-        .bind(self.outcome)
-        .bind(&self.details)
-        .bind(&self.dedupe_key)
         .execute(executor)
         .await?;
         Ok(())

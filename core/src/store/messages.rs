@@ -1,27 +1,28 @@
-//! `messages`: the conversation as users and the LLM see it.
+//! `messages`: the conversation as users and the LLM see it. Messages are in turn order, and
+//! within a turn in the order they were stored.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use soma_workflows::TurnRef;
+use soma_contract::{MessageStatus, Role};
 
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Message {
     pub id: Uuid,
     pub turn_id: Uuid,
-    pub role: String,
+    pub role: Role,
     pub content: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub created_at: DateTime<Utc>,
 }
 
 /// One line of the conversation as sent to the LLM.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationLine {
-    pub role: String,
+    pub role: Role,
     pub content: String,
 }
 
@@ -29,71 +30,76 @@ impl Store {
     /// Stores a turn's message for `role` once; a retry returns the first one's ID.
     pub async fn insert_message(
         &self,
-        turn: &TurnRef,
-        role: &str,
+        tenant_id: &str,
+        session_id: Uuid,
+        turn_id: Uuid,
+        role: Role,
         content: &str,
-        status: &str,
+        status: MessageStatus,
     ) -> Result<Uuid, StoreError> {
-        let id: Uuid = sqlx::query_scalar(
-            "WITH ins AS (
-                INSERT INTO messages (id, tenant_id, session_id, turn_id, role, content, status)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
-                ON CONFLICT (turn_id, role) DO NOTHING
-                RETURNING id)
-             SELECT id FROM ins
-             UNION ALL
-             SELECT id FROM messages WHERE turn_id = $4 AND role = $5
-             LIMIT 1",
+        Ok(sqlx::query_scalar!(
+            r#"WITH ins AS (
+                   INSERT INTO messages (id, tenant_id, session_id, turn_id, role, content, status)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT (turn_id, role) DO NOTHING
+                   RETURNING id)
+               SELECT id AS "id!" FROM ins
+               UNION ALL
+               SELECT id FROM messages WHERE turn_id = $4 AND role = $5 AND tenant_id = $2
+               LIMIT 1"#,
+            Uuid::now_v7(),
+            tenant_id,
+            session_id,
+            turn_id,
+            role as Role,
+            content,
+            status as MessageStatus,
         )
-        .bind(Uuid::now_v7())
-        .bind(&turn.tenant_id)
-        .bind(turn.session_id)
-        .bind(turn.turn_id)
-        .bind(role)
-        .bind(content)
-        .bind(status)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(id)
+        .await?)
     }
 
-    /// The session's messages, oldest first, after the message `after` (exclusive).
-    pub async fn session_messages(
+    /// The session's messages in conversation order: after the message `after` (exclusive;
+    /// from the start when `None`), up to and including the turn `until` (to the end when
+    /// `None`), at most `limit` (all when `None`).
+    pub async fn messages(
         &self,
         tenant_id: &str,
         session_id: Uuid,
         after: Option<Uuid>,
-        limit: i64,
+        until: Option<Uuid>,
+        limit: Option<i64>,
     ) -> Result<Vec<Message>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT m.id, m.turn_id, m.role, m.content, m.status, m.created_at
-             FROM messages m JOIN turns t ON t.id = m.turn_id
-             WHERE m.session_id = $1 AND m.tenant_id = $2
-               AND ($3::uuid IS NULL OR (t.seq, m.role = 'assistant') >
-                    (SELECT t2.seq, m2.role = 'assistant' FROM messages m2 JOIN turns t2 ON t2.id = m2.turn_id WHERE m2.id = $3))
-             ORDER BY t.seq, m.role = 'assistant'
-             LIMIT $4",
+        Ok(sqlx::query_as!(
+            Message,
+            r#"SELECT m.id, m.turn_id, m.role AS "role: Role", m.content,
+                      m.status AS "status: MessageStatus", m.created_at
+               FROM messages m JOIN turns t ON t.id = m.turn_id
+               WHERE m.session_id = $1 AND m.tenant_id = $2
+                 AND ($3::uuid IS NULL OR (t.seq, m.created_at, m.id) >
+                      (SELECT t2.seq, m2.created_at, m2.id FROM messages m2 JOIN turns t2 ON t2.id = m2.turn_id
+                       WHERE m2.id = $3 AND m2.tenant_id = $2))
+                 AND ($4::uuid IS NULL OR t.seq <= (SELECT seq FROM turns WHERE id = $4 AND tenant_id = $2))
+               ORDER BY t.seq, m.created_at, m.id
+               LIMIT $5"#,
+            session_id,
+            tenant_id,
+            after,
+            until,
+            limit,
         )
-        .bind(session_id)
-        .bind(tenant_id)
-        .bind(after)
-        .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// The conversation up to and including `turn`, in order, for the LLM call.
-    pub async fn conversation_until(&self, turn: &TurnRef) -> Result<Vec<ConversationLine>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT m.role, m.content FROM messages m JOIN turns t ON t.id = m.turn_id
-             WHERE m.session_id = $1 AND m.tenant_id = $2
-               AND t.seq <= (SELECT seq FROM turns WHERE id = $3 AND tenant_id = $2)
-             ORDER BY t.seq, m.role = 'assistant'",
-        )
-        .bind(turn.session_id)
-        .bind(&turn.tenant_id)
-        .bind(turn.turn_id)
-        .fetch_all(&self.pool)
-        .await?)
+    /// The conversation up to and including `turn_id`, for the LLM call.
+    pub async fn conversation_until(
+        &self,
+        tenant_id: &str,
+        session_id: Uuid,
+        turn_id: Uuid,
+    ) -> Result<Vec<ConversationLine>, StoreError> {
+        let messages = self.messages(tenant_id, session_id, None, Some(turn_id), None).await?;
+        Ok(messages.into_iter().map(|m| ConversationLine { role: m.role, content: m.content }).collect())
     }
 }

@@ -1,6 +1,8 @@
-//! The Postgres store: every query the api and the activities run, one module per table.
-//! Writes are keyed (unique keys, `ON CONFLICT DO NOTHING`) so a retried activity cannot
-//! duplicate them (DESIGN.md, principle 2). Every query is scoped by tenant.
+//! The Postgres store: every query the api, the activities and the maintenance jobs run, one
+//! module per table, each written once and checked against the schema at compile time
+//! (`sqlx::query!` with the offline data in `.sqlx/`). Writes are keyed (unique keys,
+//! `ON CONFLICT DO NOTHING`) so a retried activity cannot duplicate them. Queries made for a
+//! tenant's request or turn are scoped by its tenant; the recovery sweep reads across tenants.
 
 mod audit;
 mod events;
@@ -14,10 +16,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use audit::AuditEntry;
-pub use events::{EVENTS_CHANNEL, NewEvent, StoredEvent};
+pub use events::{EVENTS_CHANNEL, StoredEvent};
 pub use messages::{ConversationLine, Message};
 pub use sessions::{SessionCursor, SessionSummary};
-pub use turns::{AcceptedTurn, EarlierTurn, NewTurn, OpenTurn, TurnRow};
+pub use turns::{AcceptedTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession};
 
 /// Errors a caller can act on; anything else is a database failure.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,13 @@ pub enum StoreError {
     TurnNotFound,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether trying again may succeed (a database failure) or cannot (a missing row).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Database(_))
+    }
 }
 
 /// Handle on the database; cheap to clone.
@@ -49,10 +58,6 @@ impl Store {
         Ok(Self { pool })
     }
 
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -64,7 +69,7 @@ impl Store {
 
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query!("SELECT 1 AS one").fetch_one(&self.pool).await?;
         Ok(())
     }
 }

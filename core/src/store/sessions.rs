@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
     pub id: Uuid,
     pub persona_id: Option<String>,
@@ -24,13 +24,13 @@ pub struct SessionCursor {
 
 impl Store {
     pub async fn session_exists(&self, tenant_id: &str, session_id: Uuid) -> Result<bool, StoreError> {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2")
-                .bind(session_id)
-                .bind(tenant_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+        Ok(sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2) AS "exists!""#,
+            session_id,
+            tenant_id,
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// The tenant's sessions, most recently active first, `limit` at a time.
@@ -40,19 +40,19 @@ impl Store {
         limit: i64,
         after: Option<SessionCursor>,
     ) -> Result<Vec<SessionSummary>, StoreError> {
-        let rows = sqlx::query_as(
+        Ok(sqlx::query_as!(
+            SessionSummary,
             "SELECT id, persona_id, turn_count, created_at, updated_at FROM sessions
              WHERE tenant_id = $1
                AND ($2::timestamptz IS NULL OR (updated_at, id) < ($2, $3))
              ORDER BY updated_at DESC, id DESC
              LIMIT $4",
+            tenant_id,
+            after.map(|c| c.updated_at),
+            after.map(|c| c.id),
+            limit,
         )
-        .bind(tenant_id)
-        .bind(after.map(|c| c.updated_at))
-        .bind(after.map(|c| c.id))
-        .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows)
+        .await?)
     }
 }

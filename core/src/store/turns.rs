@@ -1,59 +1,79 @@
-//! `turns`: accepted messages waiting for, or being answered by, a `ChatTurnWorkflow`.
+//! `turns`: accepted messages waiting for, or being answered by, their workflow.
+
+use std::time::Duration;
 
 use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use soma_workflows::{TurnRef, TurnStatus, chat_workflow_id};
+use soma_contract::{TurnRef, TurnStatus};
 
 use super::{AuditEntry, Store, StoreError};
 
-/// A message to accept as a new turn.
+/// Which session a new turn goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnSession {
+    /// Start a session with this (fresh) id.
+    New(Uuid),
+    /// Continue the tenant's session.
+    Existing(Uuid),
+}
+
+impl TurnSession {
+    pub fn id(self) -> Uuid {
+        match self {
+            TurnSession::New(id) | TurnSession::Existing(id) => id,
+        }
+    }
+}
+
+/// A message to accept as a new turn. The caller chooses the IDs (the workflow ID derives
+/// from them); a repeated Idempotency-Key returns the first turn's instead.
 #[derive(Debug, Clone)]
 pub struct NewTurn<'a> {
     pub tenant_id: &'a str,
-    /// `None` starts a new session.
-    pub session_id: Option<Uuid>,
+    pub session: TurnSession,
+    pub turn_id: Uuid,
+    pub workflow_id: &'a str,
     pub idempotency_key: Option<&'a str>,
     pub message: &'a str,
     pub persona_id: Option<&'a str>,
     pub request_id: &'a str,
+    pub trace_id: Option<&'a str>,
+    /// Who sent it, for the audit row.
+    pub actor: &'a str,
 }
 
 /// The accepted turn. `created` is false when an Idempotency-Key matched an earlier turn.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptedTurn {
-    pub session_id: Uuid,
-    pub turn_id: Uuid,
+    pub turn: TurnRef,
     pub workflow_id: String,
-    pub request_id: String,
-    #[sqlx(default)]
     pub created: bool,
 }
 
 /// What an activity reads about its turn.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct TurnRow {
     pub seq: i32,
     pub user_message: String,
     pub persona_id: Option<String>,
-    pub status: String,
-}
-
-/// An unfinished turn ahead of another in its session.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct EarlierTurn {
-    pub turn_id: Uuid,
-    pub workflow_id: String,
-    pub request_id: String,
-    pub age_seconds: f64,
+    pub status: TurnStatus,
 }
 
 /// A turn that has not finished, with the workflow that runs it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct OpenTurn {
     pub turn_id: Uuid,
     pub workflow_id: String,
+}
+
+/// An open turn that has not moved for a while, for the recovery sweep.
+#[derive(Debug, Clone)]
+pub struct StalledTurn {
+    pub turn: TurnRef,
+    pub workflow_id: String,
+    pub status: TurnStatus,
 }
 
 impl Store {
@@ -65,28 +85,27 @@ impl Store {
             return Ok(existing);
         }
         let mut tx = self.pool.begin().await?;
-        let (session_id, seq) = match new.session_id {
-            Some(session_id) => (session_id, next_turn_seq(&mut tx, new.tenant_id, session_id).await?),
-            None => (create_session(&mut tx, new.tenant_id, new.persona_id).await?, 1),
+        let (session_id, seq) = match new.session {
+            TurnSession::Existing(id) => (id, next_turn_seq(&mut tx, new.tenant_id, id).await?),
+            TurnSession::New(id) => (create_session(&mut tx, new.tenant_id, id, new.persona_id).await?, 1),
         };
-        let turn_id = Uuid::now_v7();
-        let workflow_id = chat_workflow_id(session_id, turn_id);
-        let inserted: Option<Uuid> = sqlx::query_scalar(
+        let inserted = sqlx::query_scalar!(
             "INSERT INTO turns (id, tenant_id, session_id, seq, idempotency_key, user_message,
-                                persona_id, request_id, workflow_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                persona_id, request_id, trace_id, workflow_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
              RETURNING id",
+            new.turn_id,
+            new.tenant_id,
+            session_id,
+            seq,
+            new.idempotency_key,
+            new.message,
+            new.persona_id,
+            new.request_id,
+            new.trace_id,
+            new.workflow_id,
         )
-        .bind(turn_id)
-        .bind(new.tenant_id)
-        .bind(session_id)
-        .bind(seq)
-        .bind(new.idempotency_key)
-        .bind(new.message)
-        .bind(new.persona_id)
-        .bind(new.request_id)
-        .bind(&workflow_id)
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -97,119 +116,125 @@ impl Store {
         AuditEntry {
             tenant_id: new.tenant_id,
             request_id: Some(new.request_id),
+            trace_id: new.trace_id,
             session_id: Some(session_id),
-            turn_id: Some(turn_id),
-            actor: "api",
+            turn_id: Some(new.turn_id),
+            actor: new.actor,
             action: "turn.accept",
             outcome: "accepted",
-            details: json!({ "seq": seq, "workflow_id": workflow_id, "message_bytes": new.message.len() }),
+            details: json!({ "seq": seq, "workflow_id": new.workflow_id, "message_bytes": new.message.len() }),
             dedupe_key: None,
         }
         .insert(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(AcceptedTurn {
-            session_id,
-            turn_id,
-            workflow_id,
-            request_id: new.request_id.to_string(),
+            turn: TurnRef {
+                tenant_id: new.tenant_id.to_string(),
+                session_id,
+                turn_id: new.turn_id,
+                request_id: new.request_id.to_string(),
+                trace_id: new.trace_id.map(str::to_string),
+            },
+            workflow_id: new.workflow_id.to_string(),
             created: true,
         })
     }
 
     async fn turn_by_idempotency_key(&self, new: &NewTurn<'_>) -> Result<Option<AcceptedTurn>, StoreError> {
         let Some(key) = new.idempotency_key else { return Ok(None) };
-        Ok(sqlx::query_as(
-            "SELECT session_id, id AS turn_id, workflow_id, request_id FROM turns
+        let row = sqlx::query!(
+            "SELECT session_id, id, workflow_id, request_id, trace_id FROM turns
              WHERE tenant_id = $1 AND idempotency_key = $2",
+            new.tenant_id,
+            key,
         )
-        .bind(new.tenant_id)
-        .bind(key)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        Ok(row.map(|row| AcceptedTurn {
+            turn: TurnRef {
+                tenant_id: new.tenant_id.to_string(),
+                session_id: row.session_id,
+                turn_id: row.id,
+                request_id: row.request_id,
+                trace_id: row.trace_id,
+            },
+            workflow_id: row.workflow_id,
+            created: false,
+        }))
     }
 
-    pub async fn turn(&self, turn: &TurnRef) -> Result<TurnRow, StoreError> {
-        sqlx::query_as(
-            "SELECT seq, user_message, persona_id, status FROM turns
-             WHERE id = $1 AND tenant_id = $2",
+    pub async fn turn(&self, tenant_id: &str, turn_id: Uuid) -> Result<TurnRow, StoreError> {
+        sqlx::query_as!(
+            TurnRow,
+            r#"SELECT seq, user_message, persona_id, status AS "status: TurnStatus" FROM turns
+               WHERE id = $1 AND tenant_id = $2"#,
+            turn_id,
+            tenant_id,
         )
-        .bind(turn.turn_id)
-        .bind(&turn.tenant_id)
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::TurnNotFound)
     }
 
-    /// The turns accepted before this one that have not finished yet.
-    pub async fn unfinished_earlier_turns(&self, turn: &TurnRef) -> Result<Vec<EarlierTurn>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id AS turn_id, workflow_id, request_id,
-                    extract(epoch FROM now() - created_at)::float8 AS age_seconds
-             FROM turns
-             WHERE session_id = $1 AND tenant_id = $2
-               AND seq < (SELECT seq FROM turns WHERE id = $3 AND tenant_id = $2)
-               AND status IN ('queued', 'running')
-             ORDER BY seq",
+    /// Whether a turn accepted before this one in its session has not finished yet.
+    pub async fn has_unfinished_earlier_turns(&self, tenant_id: &str, turn_id: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar!(
+            r#"SELECT EXISTS (
+                   SELECT 1 FROM open_turns earlier JOIN turns this ON this.id = $1 AND this.tenant_id = $2
+                   WHERE earlier.session_id = this.session_id AND earlier.tenant_id = $2
+                     AND earlier.seq < this.seq) AS "exists!""#,
+            turn_id,
+            tenant_id,
         )
-        .bind(turn.session_id)
-        .bind(&turn.tenant_id)
-        .bind(turn.turn_id)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?)
     }
 
-    pub async fn mark_turn_running(&self, turn: &TurnRef) -> Result<(), StoreError> {
-        sqlx::query(
+    pub async fn mark_turn_running(&self, tenant_id: &str, turn_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query!(
             "UPDATE turns SET status = 'running', updated_at = now()
              WHERE id = $1 AND tenant_id = $2 AND status = 'queued'",
+            turn_id,
+            tenant_id,
         )
-        .bind(turn.turn_id)
-        .bind(&turn.tenant_id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn set_turn_status(&self, turn: &TurnRef, status: TurnStatus) -> Result<(), StoreError> {
-        sqlx::query("UPDATE turns SET status = $3, updated_at = now() WHERE id = $1 AND tenant_id = $2")
-            .bind(turn.turn_id)
-            .bind(&turn.tenant_id)
-            .bind(status.as_str())
-            .execute(&self.pool)
-            .await?;
+    pub async fn set_turn_status(
+        &self,
+        tenant_id: &str,
+        turn_id: Uuid,
+        status: TurnStatus,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE turns SET status = $3, updated_at = now() WHERE id = $1 AND tenant_id = $2",
+            turn_id,
+            tenant_id,
+            status as TurnStatus,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Takes back a turn whose workflow could not be started (the client got an error, not a
     /// 202), so it neither blocks the session nor answers a retried Idempotency-Key.
-    pub async fn withdraw_turn(
-        &self,
-        tenant_id: &str,
-        turn_id: Uuid,
-        request_id: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn withdraw_turn(&self, turn: &TurnRef, actor: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let session_id: Option<Uuid> = sqlx::query_scalar(
-            "DELETE FROM turns WHERE id = $1 AND tenant_id = $2 AND status = 'queued' RETURNING session_id",
+        let withdrawn = sqlx::query_scalar!(
+            "DELETE FROM turns WHERE id = $1 AND tenant_id = $2 AND status = 'queued' RETURNING id",
+            turn.turn_id,
+            turn.tenant_id,
         )
-        .bind(turn_id)
-        .bind(tenant_id)
         .fetch_optional(&mut *tx)
         .await?;
-        AuditEntry {
-            tenant_id,
-            request_id: Some(request_id),
-            session_id,
-            turn_id: Some(turn_id),
-            actor: "api",
-            action: "turn.accept",
-            outcome: "withdrawn: workflow could not be started",
-            details: json!({}),
-            dedupe_key: None,
-        }
-        .insert(&mut *tx)
-        .await?;
+        let details = json!({ "withdrawn": withdrawn.is_some() });
+        AuditEntry::for_turn(turn, actor, "turn.accept", "withdrawn: workflow could not be started", details)
+            .insert(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -220,31 +245,65 @@ impl Store {
         tenant_id: &str,
         session_id: Uuid,
     ) -> Result<Option<OpenTurn>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id AS turn_id, workflow_id FROM turns
-             WHERE session_id = $1 AND tenant_id = $2 AND status IN ('queued', 'running')
-             ORDER BY seq LIMIT 1",
+        Ok(sqlx::query_as!(
+            OpenTurn,
+            r#"SELECT id AS "turn_id!", workflow_id AS "workflow_id!" FROM open_turns
+               WHERE session_id = $1 AND tenant_id = $2
+               ORDER BY seq LIMIT 1"#,
+            session_id,
+            tenant_id,
         )
-        .bind(session_id)
-        .bind(tenant_id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Open turns of every tenant that have not changed for `quiet_for`, oldest first: a turn
+    /// whose workflow never started, or whose workflow ended without recording its end.
+    pub async fn stalled_turns(&self, quiet_for: Duration, limit: i64) -> Result<Vec<StalledTurn>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT tenant_id AS "tenant_id!", session_id AS "session_id!", id AS "id!",
+                      request_id AS "request_id!", trace_id, workflow_id AS "workflow_id!",
+                      status AS "status!: TurnStatus"
+               FROM open_turns
+               WHERE updated_at < now() - make_interval(secs => $1)
+               ORDER BY updated_at LIMIT $2"#,
+            quiet_for.as_secs_f64(),
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StalledTurn {
+                turn: TurnRef {
+                    tenant_id: row.tenant_id,
+                    session_id: row.session_id,
+                    turn_id: row.id,
+                    request_id: row.request_id,
+                    trace_id: row.trace_id,
+                },
+                workflow_id: row.workflow_id,
+                status: row.status,
+            })
+            .collect())
     }
 }
 
 async fn create_session(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: &str,
+    session_id: Uuid,
     persona_id: Option<&str>,
 ) -> Result<Uuid, StoreError> {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO sessions (id, tenant_id, persona_id, turn_count) VALUES ($1, $2, $3, 1)")
-        .bind(id)
-        .bind(tenant_id)
-        .bind(persona_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(id)
+    sqlx::query!(
+        "INSERT INTO sessions (id, tenant_id, persona_id, turn_count) VALUES ($1, $2, $3, 1)",
+        session_id,
+        tenant_id,
+        persona_id,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(session_id)
 }
 
 /// Locks the session row and takes the next turn number: accepted order is this order.
@@ -253,12 +312,12 @@ async fn next_turn_seq(
     tenant_id: &str,
     session_id: Uuid,
 ) -> Result<i32, StoreError> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "UPDATE sessions SET turn_count = turn_count + 1, updated_at = now()
          WHERE id = $1 AND tenant_id = $2 RETURNING turn_count",
+        session_id,
+        tenant_id,
     )
-    .bind(session_id)
-    .bind(tenant_id)
     .fetch_optional(&mut **tx)
     .await?
     .ok_or(StoreError::SessionNotFound)

@@ -17,12 +17,32 @@ pub enum LlmChunk {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
-    /// Worth retrying: connection trouble, 429, 5xx, a stream cut short.
-    #[error("LLM provider unavailable: {0}")]
-    Transient(String),
+    /// Worth retrying: connection trouble, 429, 5xx, a stream cut short or stalled, a garbled
+    /// chunk. `retry_after` is the provider's own `Retry-After`, if it sent one.
+    #[error("LLM provider unavailable: {message}")]
+    Transient { message: String, retry_after: Option<Duration> },
     /// Retrying will not help: bad key, bad request, unknown model.
     #[error("LLM provider rejected the request: {0}")]
     Rejected(String),
+}
+
+impl LlmError {
+    fn transient(message: impl Into<String>) -> Self {
+        LlmError::Transient { message: message.into(), retry_after: None }
+    }
+}
+
+impl crate::failure::Failure for LlmError {
+    fn is_transient(&self) -> bool {
+        matches!(self, LlmError::Transient { .. })
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LlmError::Transient { retry_after, .. } => *retry_after,
+            LlmError::Rejected(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,13 +57,15 @@ pub struct LlmClient {
     base_url: String,
     api_key: String,
     model: String,
+    /// Longest silence tolerated inside a stream (before its first token too) before it
+    /// counts as stalled and the attempt fails, to be retried.
+    stall_timeout: Duration,
 }
 
-/// Longest silence tolerated inside a stream before it counts as broken.
-const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 impl LlmClient {
-    pub fn new(base_url: &str, api_key: &str, model: &str) -> Self {
+    /// `stall_timeout` should be generous: reasoning models may think for a long time before
+    /// their first token.
+    pub fn new(base_url: &str, api_key: &str, model: &str, stall_timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
@@ -54,6 +76,7 @@ impl LlmClient {
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key: api_key.to_string(),
             model: model.to_string(),
+            stall_timeout,
         }
     }
 
@@ -75,23 +98,32 @@ impl LlmClient {
         if !self.api_key.is_empty() {
             request = request.bearer_auth(&self.api_key);
         }
-        let response = request.send().await.map_err(|e| LlmError::Transient(e.to_string()))?;
+        let response = tokio::time::timeout(self.stall_timeout, request.send())
+            .await
+            .map_err(|_| LlmError::transient(format!("no response within {:?}", self.stall_timeout)))?
+            .map_err(|e| LlmError::transient(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let body = response.text().await.unwrap_or_default();
             let message = format!("HTTP {status}: {}", body.chars().take(500).collect::<String>());
             return Err(if status.as_u16() == 429 || status.is_server_error() {
-                LlmError::Transient(message)
+                LlmError::Transient { message, retry_after }
             } else {
                 LlmError::Rejected(message)
             });
         }
-        Ok(parse_sse(response.bytes_stream()))
+        Ok(parse_sse(response.bytes_stream(), self.stall_timeout))
     }
 }
 
 /// Turns the response body into chunks. Lines are buffered across network reads.
-fn parse_sse<B, E>(body: B) -> impl Stream<Item = Result<LlmChunk, LlmError>> + Send
+fn parse_sse<B, E>(body: B, stall_timeout: Duration) -> impl Stream<Item = Result<LlmChunk, LlmError>> + Send
 where
     B: Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
     E: std::fmt::Display,
@@ -103,7 +135,7 @@ where
         done: bool,
     }
     let state = State { body: Box::pin(body), buffer: Vec::new(), pending: Default::default(), done: false };
-    futures::stream::unfold(state, |mut state| async move {
+    futures::stream::unfold(state, move |mut state| async move {
         loop {
             if let Some(chunk) = state.pending.pop_front() {
                 return Some((Ok(chunk), state));
@@ -111,19 +143,20 @@ where
             if state.done {
                 return None;
             }
-            let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, state.body.next()).await;
+            let next = tokio::time::timeout(stall_timeout, state.body.next()).await;
             let bytes = match next {
                 Err(_) => {
                     state.done = true;
-                    return Some((Err(LlmError::Transient("stream idle too long".into())), state));
+                    let message = format!("the stream stalled: nothing for {stall_timeout:?}");
+                    return Some((Err(LlmError::transient(message)), state));
                 }
                 Ok(None) => {
                     state.done = true;
-                    return Some((Err(LlmError::Transient("stream ended before [DONE]".into())), state));
+                    return Some((Err(LlmError::transient("stream ended before [DONE]")), state));
                 }
                 Ok(Some(Err(err))) => {
                     state.done = true;
-                    return Some((Err(LlmError::Transient(format!("stream broken: {err}"))), state));
+                    return Some((Err(LlmError::transient(format!("stream broken: {err}"))), state));
                 }
                 Ok(Some(Ok(bytes))) => bytes,
             };
@@ -159,9 +192,9 @@ fn parse_line(line: &str) -> Result<Option<Line>, LlmError> {
         return Ok(Some(Line::Done));
     }
     let value: Value = serde_json::from_str(data)
-        .map_err(|e| LlmError::Transient(format!("malformed stream chunk: {e}")))?;
+        .map_err(|e| LlmError::transient(format!("malformed stream chunk: {e}")))?;
     if let Some(error) = value.get("error") {
-        return Err(LlmError::Transient(format!("provider error in stream: {error}")));
+        return Err(LlmError::transient(format!("provider error in stream: {error}")));
     }
     let mut chunks = Vec::new();
     if let Some(choice) = value.get("choices").and_then(|c| c.get(0)) {
@@ -190,7 +223,7 @@ mod tests {
             )),
             Ok(bytes::Bytes::from("data: [DONE]\n\n")),
         ]);
-        let chunks: Vec<_> = parse_sse(body).collect().await;
+        let chunks: Vec<_> = parse_sse(body, Duration::from_secs(5)).collect().await;
         let chunks: Vec<_> = chunks.into_iter().map(Result::unwrap).collect();
         assert_eq!(
             chunks,
@@ -203,8 +236,8 @@ mod tests {
         let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(
             "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
         ))]);
-        let chunks: Vec<_> = parse_sse(body).collect().await;
+        let chunks: Vec<_> = parse_sse(body, Duration::from_secs(5)).collect().await;
         assert!(matches!(chunks[0], Ok(LlmChunk::Delta(_))));
-        assert!(matches!(chunks[1], Err(LlmError::Transient(_))));
+        assert!(matches!(chunks[1], Err(LlmError::Transient { .. })));
     }
 }

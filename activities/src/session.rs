@@ -1,0 +1,167 @@
+//! `SessionActivities`: a turn's writes to its session (messages, statuses, events, audit),
+//! holding the store. Each is safe to run more than once: every write is keyed by the turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use uuid::Uuid;
+
+use soma_contract::events::{ErrorCode, ErrorEvent, TurnEnd, UserMessage};
+use soma_contract::{MessageStatus, Role, SessionEvent, TurnRef, TurnStatus};
+use soma_core::store::{AuditEntry, Store};
+use soma_core::SessionWakeups;
+use soma_workflows::activities::{AssistantMessageInput, FinishTurnInput, defs};
+
+use crate::failure::Classify;
+
+/// How long a wait goes without re-reading, if no wake-up comes; also its heartbeat period.
+const WAIT_RECHECK: Duration = Duration::from_secs(2);
+
+/// Who the audit log names for what the workflows do.
+pub const WORKER_ACTOR: &str = "worker";
+
+pub struct SessionActivitiesImpl {
+    store: Store,
+    wakeups: Arc<SessionWakeups>,
+}
+
+impl SessionActivitiesImpl {
+    /// `wakeups` must be listening (`SessionWakeups::start`) for waits to end promptly.
+    pub fn new(store: Store, wakeups: Arc<SessionWakeups>) -> Self {
+        Self { store, wakeups }
+    }
+}
+
+#[activities]
+impl SessionActivitiesImpl {
+    #[activity(definition = defs::BeginTurn)]
+    pub async fn begin_turn(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        turn: TurnRef,
+    ) -> Result<bool, ActivityError> {
+        // Both reads at once: this is on the way to the first token.
+        let (row, earlier_unfinished) = futures::try_join!(
+            async { self.store.turn(&turn.tenant_id, turn.turn_id).await.classify() },
+            async { self.store.has_unfinished_earlier_turns(&turn.tenant_id, turn.turn_id).await.classify() },
+        )?;
+        if row.status == TurnStatus::Queued && earlier_unfinished {
+            return Ok(false);
+        }
+        self.store.mark_turn_running(&turn.tenant_id, turn.turn_id).await.classify()?;
+        let message_id = self
+            .store
+            .insert_message(
+                &turn.tenant_id,
+                turn.session_id,
+                turn.turn_id,
+                Role::User,
+                &row.user_message,
+                MessageStatus::Complete,
+            )
+            .await
+            .classify()?;
+        let event = SessionEvent::MessageUser(UserMessage {
+            message_id,
+            role: Role::User,
+            content: row.user_message,
+            persona_id: row.persona_id,
+            seq: row.seq,
+        });
+        self.store.append_events(&turn.scope(), &[event]).await.classify()?;
+        Ok(true)
+    }
+
+    #[activity(definition = defs::WaitForEarlierTurns)]
+    pub async fn wait_for_earlier_turns(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        turn: TurnRef,
+    ) -> Result<(), ActivityError> {
+        // A turn that is gone fails the step at once instead of waiting for ever.
+        self.store.turn(&turn.tenant_id, turn.turn_id).await.classify()?;
+        // Subscribe before reading: a turn that finishes after the read wakes us.
+        let mut woken = self.wakeups.subscribe(turn.session_id);
+        while self.store.has_unfinished_earlier_turns(&turn.tenant_id, turn.turn_id).await.classify()? {
+            ctx.record_heartbeat(()).await?;
+            // A finishing turn appends its `turn.*` event, which wakes us; the timeout is only
+            // a backstop (and keeps heartbeats flowing).
+            tokio::select! {
+                _ = ctx.cancelled() => return Err(ActivityError::cancelled()),
+                _ = woken.changed() => {}
+                _ = tokio::time::sleep(WAIT_RECHECK) => {}
+            }
+        }
+        Ok(())
+    }
+
+    #[activity(definition = defs::PersistAssistantMessage)]
+    pub async fn persist_assistant_message(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: AssistantMessageInput,
+    ) -> Result<Option<Uuid>, ActivityError> {
+        let turn = &input.turn;
+        let text =
+            self.store.streamed_reply(&turn.tenant_id, turn.session_id, turn.turn_id).await.classify()?;
+        if text.is_empty() && input.status != soma_contract::TurnOutcome::Completed {
+            return Ok(None);
+        }
+        let id = self
+            .store
+            .insert_message(
+                &turn.tenant_id,
+                turn.session_id,
+                turn.turn_id,
+                Role::Assistant,
+                &text,
+                MessageStatus::from(input.status),
+            )
+            .await
+            .classify()?;
+        Ok(Some(id))
+    }
+
+    #[activity(definition = defs::FinishTurn)]
+    pub async fn finish_turn(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: FinishTurnInput,
+    ) -> Result<(), ActivityError> {
+        record_turn_end(&self.store, &input, WORKER_ACTOR).await.classify()
+    }
+}
+
+/// Records how a turn ended: its status, then its `error` (if it failed) and `turn.*` events,
+/// then an audit row. Each write is keyed, so recording the same end again changes nothing.
+/// Also used by the recovery sweep for turns whose workflow ended without doing it.
+pub async fn record_turn_end(
+    store: &Store,
+    input: &FinishTurnInput,
+    actor: &str,
+) -> Result<(), soma_core::store::StoreError> {
+    let turn = &input.turn;
+    // Status first: the event below wakes the session's next turn, which reads it.
+    store.set_turn_status(&turn.tenant_id, turn.turn_id, TurnStatus::from(input.status)).await?;
+    let mut events = Vec::new();
+    if input.status == soma_contract::TurnOutcome::Failed {
+        events.push(SessionEvent::Error(ErrorEvent {
+            code: ErrorCode::TurnFailed,
+            message: input.reason.clone().unwrap_or_else(|| "the turn failed".into()),
+        }));
+    }
+    events.push(SessionEvent::turn_end(TurnEnd {
+        status: input.status,
+        assistant_message_id: input.assistant_message_id,
+        reason: input.reason.clone(),
+    }));
+    store.append_events(&turn.scope(), &events).await?;
+    tracing::info!(session_id = %turn.session_id, turn_id = %turn.turn_id, request_id = %turn.request_id,
+                   status = %input.status, reason = input.reason.as_deref(), "turn finished");
+    let details = json!({ "reason": input.reason, "assistant_message_id": input.assistant_message_id });
+    let entry = AuditEntry::for_turn(turn, actor, "turn.finish", input.status.as_str(), details);
+    store.audit(&entry.once(format!("{}:turn.finish", turn.turn_id))).await
+}

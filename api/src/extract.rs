@@ -1,0 +1,88 @@
+//! Extractors whose rejections are [`ApiError`]s, so every bad input gets the API's JSON error
+//! body: a JSON body, a query string, and a session that must belong to the caller.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::{ApiContext, ApiError};
+
+/// A JSON request body: 415 without a JSON content type, 400 `invalid_json` when it does not
+/// parse, 400 `invalid_request` when it has the wrong shape.
+pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim();
+                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let body = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { message: "the request body is too large".into() }
+            } else {
+                ApiError::bad_request("invalid_body", rejection.body_text())
+            }
+        })?;
+        serde_json::from_slice(&body).map(AppJson).map_err(|err| {
+            use serde_json::error::Category;
+            match err.classify() {
+                Category::Syntax | Category::Eof | Category::Io => {
+                    ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {err}"))
+                }
+                Category::Data => ApiError::bad_request("invalid_request", format!("invalid request: {err}")),
+            }
+        })
+    }
+}
+
+/// A query string: 400 `invalid_query` when it does not parse.
+pub struct AppQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| AppQuery(value))
+            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+    }
+}
+
+/// The session named by the route's `{id}`, belonging to the caller's tenant: anything else,
+/// including another tenant's session or an id that is not a UUID, is 404 `session_not_found`.
+pub struct OwnedSession {
+    pub principal: Principal,
+    pub session_id: Uuid,
+}
+
+impl FromRequestParts<ApiContext> for OwnedSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, ctx).await?;
+        let Path(raw) = Path::<String>::from_request_parts(parts, ctx)
+            .await
+            .map_err(|_| ApiError::NotFound("session"))?;
+        let session_id: Uuid = raw.parse().map_err(|_| ApiError::NotFound("session"))?;
+        if !ctx.store.session_exists(&principal.tenant_id, session_id).await? {
+            return Err(ApiError::NotFound("session"));
+        }
+        tracing::Span::current().record("session_id", tracing::field::display(session_id));
+        Ok(OwnedSession { principal, session_id })
+    }
+}

@@ -1,0 +1,287 @@
+//! The session event contract: every event a session's stream carries, with its payload.
+//!
+//! Activities append [`SessionEvent`]s; the store keeps each as its kind, its JSON payload and a
+//! dedupe key ([`SessionEvent::dedupe_key`]); the api sends each as an SSE frame whose `data:`
+//! is an [`EventData`] (`{type, meta, payload}`); clients decode it back with
+//! [`EventData::event`]. The table in `docs/architecture.md` is checked against
+//! [`SessionEvent::examples`], so it cannot drift from this file.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::status::{Role, TurnOutcome};
+
+/// Declares [`SessionEvent`] from a table of `"kind" => Variant(Payload)`, so each kind's name
+/// is written once: serde's tag, [`SessionEvent::kind`] and [`SessionEvent::KINDS`] all use it.
+macro_rules! session_events {
+    ($($(#[$doc:meta])* $kind:literal => $variant:ident($payload:ty),)+) => {
+        /// An event on a session's stream. Serialized as `{"type": kind, "payload": …}`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "payload")]
+        pub enum SessionEvent {
+            $($(#[$doc])* #[serde(rename = $kind)] $variant($payload),)+
+        }
+
+        impl SessionEvent {
+            /// Every kind, in the order of the contract.
+            pub const KINDS: &'static [&'static str] = &[$($kind,)+];
+
+            /// The SSE `event:` name, stored as `session_events.kind`.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SessionEvent::$variant(_) => $kind,)+
+                }
+            }
+        }
+    };
+}
+
+session_events! {
+    /// The user's message, stored and about to be answered.
+    "message.user" => MessageUser(UserMessage),
+    /// A piece of the reply as the provider streams it (coalesced over a few ms).
+    "llm.delta" => LlmDelta(LlmDelta),
+    /// The provider call is being retried: drop the partial reply shown so far.
+    "llm.retry" => LlmRetry(LlmRetry),
+    /// The provider finished streaming an attempt.
+    "llm.complete" => LlmComplete(LlmComplete),
+    /// The turn ended with its reply stored.
+    "turn.complete" => TurnComplete(TurnEnd),
+    /// The turn failed after its retries; an `error` event says why.
+    "turn.failed" => TurnFailed(TurnEnd),
+    /// The turn was cancelled; the partial reply is kept as `cancelled`.
+    "turn.cancelled" => TurnCancelled(TurnEnd),
+    /// Something the user should know went wrong.
+    "error" => Error(ErrorEvent),
+}
+
+/// `message.user`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMessage {
+    pub message_id: Uuid,
+    pub role: Role,
+    pub content: String,
+    pub persona_id: Option<String>,
+    /// The turn's place in its session, from 1.
+    pub seq: i32,
+}
+
+/// `llm.delta`. Within one attempt, `index` counts from 0 without gaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmDelta {
+    pub text: String,
+    pub attempt: u32,
+    pub index: u32,
+}
+
+/// `llm.retry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmRetry {
+    /// The attempt that starts now; its deltas replace the earlier ones.
+    pub attempt: u32,
+    pub discard_partial: bool,
+    pub reason: String,
+}
+
+/// `llm.complete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmComplete {
+    pub attempt: u32,
+    pub delta_count: u32,
+    pub finish_reason: String,
+    pub model: String,
+}
+
+/// `turn.complete`, `turn.failed` and `turn.cancelled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnEnd {
+    pub status: TurnOutcome,
+    pub assistant_message_id: Option<Uuid>,
+    /// Why a failed turn failed, in words a user can read.
+    pub reason: Option<String>,
+}
+
+/// `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEvent {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Stable codes of `error` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A step of the turn failed for good (its retries ran out, or the provider refused).
+    TurnFailed,
+}
+
+/// Where an event belongs and what caused it: what is stored beside its kind and payload.
+#[derive(Debug, Clone, Copy)]
+pub struct EventScope<'a> {
+    pub tenant_id: &'a str,
+    pub session_id: Uuid,
+    pub turn_id: Option<Uuid>,
+    pub request_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+}
+
+impl SessionEvent {
+    /// The event that tells a stream's reader how a turn ended.
+    pub fn turn_end(end: TurnEnd) -> SessionEvent {
+        match end.status {
+            TurnOutcome::Completed => SessionEvent::TurnComplete(end),
+            TurnOutcome::Failed => SessionEvent::TurnFailed(end),
+            TurnOutcome::Cancelled => SessionEvent::TurnCancelled(end),
+        }
+    }
+
+    /// Whether this is the last event of its turn.
+    pub fn ends_turn(&self) -> bool {
+        matches!(
+            self,
+            SessionEvent::TurnComplete(_) | SessionEvent::TurnFailed(_) | SessionEvent::TurnCancelled(_)
+        )
+    }
+
+    /// What makes an append idempotent: the same event appended again (by a retried activity)
+    /// has the same key and is skipped. Keys are unique within the turn (or, for events outside
+    /// a turn, the session); a turn has one end whichever way it ends.
+    pub fn dedupe_key(&self, scope: &EventScope<'_>) -> String {
+        let subject = scope.turn_id.unwrap_or(scope.session_id);
+        match self {
+            SessionEvent::LlmDelta(delta) => format!("{subject}:llm.delta:{}:{}", delta.attempt, delta.index),
+            SessionEvent::LlmRetry(retry) => format!("{subject}:llm.retry:{}", retry.attempt),
+            SessionEvent::LlmComplete(complete) => format!("{subject}:llm.complete:{}", complete.attempt),
+            SessionEvent::TurnComplete(_) | SessionEvent::TurnFailed(_) | SessionEvent::TurnCancelled(_) => {
+                format!("{subject}:turn.end")
+            }
+            SessionEvent::MessageUser(_) | SessionEvent::Error(_) => format!("{subject}:{}", self.kind()),
+        }
+    }
+
+    /// The payload as stored (`session_events.payload`).
+    pub fn payload(&self) -> Value {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut tagged)) => tagged.remove("payload").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    /// Reads a stored or received event back from its kind and payload.
+    pub fn from_parts(kind: &str, payload: Value) -> Result<SessionEvent, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "type": kind, "payload": payload }))
+    }
+
+    /// One event of each kind, for the documentation and its check.
+    pub fn examples() -> Vec<SessionEvent> {
+        let id = Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0001);
+        let end = |status| TurnEnd { status, assistant_message_id: Some(id), reason: None };
+        vec![
+            SessionEvent::MessageUser(UserMessage {
+                message_id: id,
+                role: Role::User,
+                content: "What is Temporal?".into(),
+                persona_id: None,
+                seq: 1,
+            }),
+            SessionEvent::LlmDelta(LlmDelta { text: "Temporal is".into(), attempt: 1, index: 0 }),
+            SessionEvent::LlmRetry(LlmRetry {
+                attempt: 2,
+                discard_partial: true,
+                reason: "the provider stream was interrupted; restarting the reply".into(),
+            }),
+            SessionEvent::LlmComplete(LlmComplete {
+                attempt: 2,
+                delta_count: 14,
+                finish_reason: "stop".into(),
+                model: "gpt-4o-mini".into(),
+            }),
+            SessionEvent::TurnComplete(end(TurnOutcome::Completed)),
+            SessionEvent::TurnFailed(TurnEnd {
+                status: TurnOutcome::Failed,
+                assistant_message_id: None,
+                reason: Some("LLM provider rejected the request: HTTP 401".into()),
+            }),
+            SessionEvent::TurnCancelled(end(TurnOutcome::Cancelled)),
+            SessionEvent::Error(ErrorEvent {
+                code: ErrorCode::TurnFailed,
+                message: "LLM provider rejected the request: HTTP 401".into(),
+            }),
+        ]
+    }
+
+    /// The contract as a markdown table: kind, what it means, an example payload.
+    pub fn markdown_table() -> String {
+        let mut table = String::from("| kind | example payload |\n|---|---|\n");
+        for event in SessionEvent::examples() {
+            table.push_str(&format!("| `{}` | `{}` |\n", event.kind(), event.payload()));
+        }
+        table
+    }
+}
+
+/// Who and what an event belongs to, as sent in every event's `data.meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub request_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub session_id: Uuid,
+    pub turn_id: Option<Uuid>,
+    pub tenant_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The SSE `data:` of every event: `{type, meta, payload}`. `type` repeats the SSE `event:`
+/// name so a client reading raw frames can dispatch on it. The payload is kept as JSON so an
+/// api passes on kinds newer than itself untouched; [`EventData::event`] decodes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventData {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub meta: EventMeta,
+    pub payload: Value,
+}
+
+impl EventData {
+    /// The typed event.
+    pub fn event(&self) -> Result<SessionEvent, serde_json::Error> {
+        SessionEvent::from_parts(&self.kind, self.payload.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_an_example_that_round_trips() {
+        let examples = SessionEvent::examples();
+        let kinds: Vec<&str> = examples.iter().map(SessionEvent::kind).collect();
+        assert_eq!(kinds, SessionEvent::KINDS, "one example per kind, in contract order");
+        for event in examples {
+            let back = SessionEvent::from_parts(event.kind(), event.payload()).unwrap();
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn a_turn_has_one_end_and_attempts_do_not_collide() {
+        let turn = Uuid::new_v4();
+        let scope =
+            EventScope { tenant_id: "t", session_id: Uuid::new_v4(), turn_id: Some(turn), request_id: None, trace_id: None };
+        let end = |status| SessionEvent::turn_end(TurnEnd { status, assistant_message_id: None, reason: None });
+        assert_eq!(end(TurnOutcome::Completed).dedupe_key(&scope), end(TurnOutcome::Cancelled).dedupe_key(&scope));
+        let delta = |attempt, index| SessionEvent::LlmDelta(LlmDelta { text: "x".into(), attempt, index });
+        assert_ne!(delta(1, 0).dedupe_key(&scope), delta(2, 0).dedupe_key(&scope));
+        assert_ne!(delta(1, 0).dedupe_key(&scope), delta(1, 1).dedupe_key(&scope));
+        assert!(delta(1, 0).dedupe_key(&scope).starts_with(&turn.to_string()));
+    }
+
+    #[test]
+    fn an_unknown_kind_is_an_error_not_a_guess() {
+        assert!(SessionEvent::from_parts("llm.nonsense", serde_json::json!({})).is_err());
+    }
+}

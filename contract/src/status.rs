@@ -1,0 +1,126 @@
+//! Statuses and roles, complete enums. Stored as checked `TEXT` columns (the migrations list
+//! the same values), read and written through `sqlx::Type` with the `sqlx` feature.
+
+use serde::{Deserialize, Serialize};
+
+/// Declares a status enum: serde and the database see the same snake_case names.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+        #[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The name stored in the database and sent on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Where a turn is: accepted and waiting, being answered, or ended.
+    pub enum TurnStatus {
+        /// Accepted; waits for the session's earlier turns.
+        Queued => "queued",
+        /// Its user message is stored and the reply is being made.
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+}
+
+text_enum! {
+    /// How a turn ended: the terminal [`TurnStatus`]es.
+    pub enum TurnOutcome {
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+}
+
+text_enum! {
+    /// Whether a stored message is whole.
+    pub enum MessageStatus {
+        Complete => "complete",
+        /// A reply cut short by a cancel request: what was streamed before it.
+        Cancelled => "cancelled",
+        /// A reply cut short by a failure: what was streamed before it.
+        Failed => "failed",
+    }
+}
+
+text_enum! {
+    /// Who wrote a message.
+    pub enum Role {
+        User => "user",
+        Assistant => "assistant",
+    }
+}
+
+impl TurnStatus {
+    /// Queued and running turns hold their session: later turns wait for them.
+    pub fn is_open(self) -> bool {
+        matches!(self, TurnStatus::Queued | TurnStatus::Running)
+    }
+}
+
+impl From<TurnOutcome> for TurnStatus {
+    fn from(outcome: TurnOutcome) -> Self {
+        match outcome {
+            TurnOutcome::Completed => TurnStatus::Completed,
+            TurnOutcome::Failed => TurnStatus::Failed,
+            TurnOutcome::Cancelled => TurnStatus::Cancelled,
+        }
+    }
+}
+
+impl From<TurnOutcome> for MessageStatus {
+    /// The status of the reply a turn that ended so leaves behind.
+    fn from(outcome: TurnOutcome) -> Self {
+        match outcome {
+            TurnOutcome::Completed => MessageStatus::Complete,
+            TurnOutcome::Failed => MessageStatus::Failed,
+            TurnOutcome::Cancelled => MessageStatus::Cancelled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_and_database_names_agree() {
+        for status in TurnStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for status in MessageStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for role in Role::ALL {
+            assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());
+        }
+        for outcome in TurnOutcome::ALL {
+            assert_eq!(TurnStatus::from(*outcome).as_str(), outcome.as_str());
+        }
+    }
+}

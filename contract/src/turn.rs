@@ -1,0 +1,34 @@
+//! What identifies a turn wherever it goes: workflow inputs, activities, events, audit rows.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::events::EventScope;
+
+/// Everything an activity needs to find a turn's data and to say which request caused it.
+/// Workflow inputs carry this, never message text (so a turn's history stays small).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnRef {
+    pub tenant_id: String,
+    pub session_id: Uuid,
+    pub turn_id: Uuid,
+    /// The request that accepted the turn; carried into events and audit rows.
+    pub request_id: String,
+    /// The accepting request's trace (W3C trace id, 32 hex digits). Histories recorded before
+    /// it existed have none.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+}
+
+impl TurnRef {
+    /// Where the turn's events go.
+    pub fn scope(&self) -> EventScope<'_> {
+        EventScope {
+            tenant_id: &self.tenant_id,
+            session_id: self.session_id,
+            turn_id: Some(self.turn_id),
+            request_id: Some(&self.request_id),
+            trace_id: self.trace_id.as_deref(),
+        }
+    }
+}

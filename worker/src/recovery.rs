@@ -1,0 +1,140 @@
+//! The turn-recovery sweep: a periodic job in every worker that finds open turns which will
+//! never move on their own, and moves them. Two ways a turn gets stuck:
+//!
+//! - its workflow never started: an api stored the turn and died before starting it (its
+//!   client saw no 202). The sweep starts it, so it is answered, in order, before the
+//!   session's later turns (which wait for it).
+//! - its workflow ended without recording the turn's end: an operator terminated it, or it
+//!   timed out. The sweep records the turn as failed (an `error` and a `turn.failed` event,
+//!   an audit row), so the session's later turns are not blocked for ever.
+//!
+//! Every worker sweeps; starting a workflow and recording an end are both idempotent, so
+//! several sweeps at once do no harm. Each action is logged and audited (actor `recovery`).
+
+use std::time::Duration;
+
+use serde_json::json;
+use temporalio_client::errors::WorkflowInteractionError;
+use temporalio_client::{Client, UntypedWorkflow, WorkflowExecutionStatus};
+
+use soma_activities::session::record_turn_end;
+use soma_contract::TurnOutcome;
+use soma_core::Store;
+use soma_core::store::{AuditEntry, StalledTurn};
+use soma_workflows::ChatTurnWorkflow;
+use soma_workflows::activities::FinishTurnInput;
+
+/// The audit log's name for what the sweep does.
+const ACTOR: &str = "recovery";
+/// An open turn that has not changed for this long is looked at.
+pub const QUIET_FOR: Duration = Duration::from_secs(10);
+/// At most this many turns per sweep, oldest first.
+const BATCH: i64 = 200;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Open turns that had not moved, each looked up in Temporal.
+    pub examined: usize,
+    /// Turns whose workflow was missing and is now started.
+    pub started: usize,
+    /// Turns whose workflow had ended without them, now recorded as failed.
+    pub failed: usize,
+}
+
+pub struct TurnRecovery {
+    store: Store,
+    temporal: Client,
+    task_queue: String,
+}
+
+impl TurnRecovery {
+    pub fn new(store: Store, temporal: Client, task_queue: String) -> Self {
+        Self { store, temporal, task_queue }
+    }
+
+    /// Sweeps every `every` until the process ends. A failed sweep is logged and tried again.
+    pub async fn run(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.sweep().await {
+                Ok(report) if report.started + report.failed > 0 => {
+                    tracing::info!(?report, "turn recovery sweep");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "turn recovery sweep failed; will try again"),
+            }
+        }
+    }
+
+    /// One pass over the open turns that have not moved for [`QUIET_FOR`].
+    pub async fn sweep(&self) -> anyhow::Result<SweepReport> {
+        let mut report = SweepReport::default();
+        for stalled in self.store.stalled_turns(QUIET_FOR, BATCH).await? {
+            report.examined += 1;
+            let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(stalled.workflow_id.clone());
+            match handle.describe(Default::default()).await {
+                Err(WorkflowInteractionError::NotFound(_)) => {
+                    self.start(&stalled).await?;
+                    report.started += 1;
+                }
+                Err(err) => return Err(err.into()),
+                Ok(description) => {
+                    let status = description.status();
+                    if is_closed(status) && self.fail(&stalled, status).await? {
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn start(&self, stalled: &StalledTurn) -> anyhow::Result<()> {
+        let options = ChatTurnWorkflow::start_options(&self.task_queue, &stalled.turn);
+        soma_core::temporal::start_once(&self.temporal, ChatTurnWorkflow::run, stalled.turn.clone(), options)
+            .await?;
+        let turn = &stalled.turn;
+        tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, workflow_id = %stalled.workflow_id,
+                       "started the workflow of a turn that had none");
+        self.audit(stalled, "started: its workflow had never started", json!({})).await
+    }
+
+    /// Records the turn as failed if it is still open now that its workflow has ended.
+    /// Returns whether it was.
+    async fn fail(&self, stalled: &StalledTurn, status: WorkflowExecutionStatus) -> anyhow::Result<bool> {
+        let turn = &stalled.turn;
+        // Read again: the workflow records a normal end before it closes, so a turn still open
+        // now that its workflow is closed will never be finished by it.
+        if !self.store.turn(&turn.tenant_id, turn.turn_id).await?.status.is_open() {
+            return Ok(false);
+        }
+        let reason = format!("the turn's workflow ended without finishing it ({status:?}); nothing more will happen");
+        let input = FinishTurnInput {
+            turn: turn.clone(),
+            status: TurnOutcome::Failed,
+            assistant_message_id: None,
+            reason: Some(reason.clone()),
+        };
+        record_turn_end(&self.store, &input, ACTOR).await?;
+        tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, workflow_id = %stalled.workflow_id,
+                       ?status, "recorded a turn whose workflow had ended as failed");
+        self.audit(stalled, "failed: its workflow had ended", json!({ "workflow_status": format!("{status:?}") }))
+            .await?;
+        Ok(true)
+    }
+
+    async fn audit(&self, stalled: &StalledTurn, outcome: &str, details: serde_json::Value) -> anyhow::Result<()> {
+        let turn = &stalled.turn;
+        let entry = AuditEntry::for_turn(turn, ACTOR, "turn.recover", outcome, details);
+        self.store.audit(&entry.once(format!("{}:turn.recover", turn.turn_id))).await?;
+        Ok(())
+    }
+}
+
+fn is_closed(status: WorkflowExecutionStatus) -> bool {
+    use WorkflowExecutionStatus::*;
+    matches!(status, Completed | Failed | Canceled | Terminated | TimedOut)
+}

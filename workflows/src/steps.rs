@@ -1,0 +1,68 @@
+//! How each kind of step runs: timeouts, retries, heartbeats and cancellation, named for what
+//! the step does so a workflow reads like the design's table. Every workflow takes its
+//! activity options from here.
+
+use std::time::Duration;
+
+use temporalio_common::RetryPolicy;
+use temporalio_sdk::{ActivityCancellationType, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken};
+
+/// Exponential backoff (coefficient 2) from `initial` to `max` between attempts; `attempts`
+/// caps the tries (0: retry until the step's schedule-to-close timeout, if any).
+fn backoff(initial: Duration, max: Duration, attempts: u32) -> RetryPolicy {
+    RetryPolicy::builder().initial_interval(initial).maximum_interval(max).maximum_attempts(attempts).build()
+}
+
+/// Postgres steps back off from 1 s to 20 s, so a database restart of a few minutes delays a
+/// turn rather than failing it.
+fn database_retry(attempts: u32) -> RetryPolicy {
+    backoff(Duration::from_secs(1), Duration::from_secs(20), attempts)
+}
+
+const DATABASE_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A short Postgres step.
+pub fn database() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(DATABASE_STEP_TIMEOUT).retry_policy(database_retry(20)).build()
+}
+
+/// A short Postgres step run by the workflow's own worker, with no server round trip before
+/// it: for steps on the way to the first token. Retried like [`database`], bounded by time
+/// (a local activity's attempts all happen inside one schedule-to-close window).
+pub fn local_database() -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .start_to_close_timeout(DATABASE_STEP_TIMEOUT)
+        .schedule_to_close_timeout(Duration::from_secs(600))
+        .retry_policy(database_retry(0))
+        .build()
+}
+
+/// [`database`], detached from the workflow's cancellation: the steps that record how a
+/// cancelled workflow ended must still run.
+pub fn database_after_cancel() -> ActivityOptions {
+    let mut options = database();
+    options.cancellation_token = Some(WorkflowCancellationToken::new());
+    options
+}
+
+/// Waiting on something else (earlier turns of the session) for as long as it takes;
+/// heartbeats tell a dead worker from a long wait.
+pub fn wait() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(24 * 3600))
+        .heartbeat_timeout(Duration::from_secs(10))
+        .cancellation_type(ActivityCancellationType::TryCancel)
+        .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), 0))
+        .build()
+}
+
+/// The provider call: heartbeats every few hundred ms, so a dead worker or a stalled provider
+/// is noticed within the heartbeat timeout and a cancel request reaches the stream quickly.
+/// The workflow waits for the activity to stop, so the partial reply is complete before it is
+/// stored. Five attempts; a refusal (bad key, bad request) is not retried at all.
+pub fn llm_stream() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(600))
+        .heartbeat_timeout(Duration::from_secs(3))
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), 5))
+        .build()
+}
