@@ -4,8 +4,12 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${SOMA_STATE_DIR:-$ROOT/.soma}
 VENV=$ROOT/.venv
-# A fixed target dir outside the clone, so fresh clones (CI) reuse the build cache.
+# A fixed target dir outside the clone, so fresh clones (CI) reuse the build cache; tools the
+# scripts install with cargo live beside it.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/soma-orchestrator/target}
+TOOLS=${SOMA_TOOLS_DIR:-$HOME/.cache/soma-orchestrator/tools}
+# The sqlx-cli matching the sqlx in Cargo.lock.
+SQLX_CLI_VERSION=0.8.6
 
 TEMPORAL_PORT=${SOMA_TEMPORAL_PORT:-7233}
 TEMPORAL_UI_PORT=${SOMA_TEMPORAL_UI_PORT:-8233}
@@ -174,6 +178,37 @@ pg_ctl_command() {
   else
     printf '%q ' "$bin/pg_ctl" "${args[@]}"
     printf '>/dev/null'
+  fi
+}
+
+# sqlx-cli, which checks the committed query data (.sqlx/) against the migrations.
+ensure_sqlx_cli() {
+  SQLX=$TOOLS/bin/sqlx
+  if ! { [ -x "$SQLX" ] && "$SQLX" --version 2>/dev/null | grep -qF " $SQLX_CLI_VERSION"; }; then
+    log "installing sqlx-cli $SQLX_CLI_VERSION into $TOOLS (cargo install, a minute or two)"
+    cargo install sqlx-cli --version "$SQLX_CLI_VERSION" --no-default-features --features postgres,rustls \
+      --locked --quiet --root "$TOOLS" || die "could not install sqlx-cli"
+  fi
+}
+
+# query_data check|prepare: runs `cargo sqlx prepare --workspace` against a fresh database the
+# migrations build. `prepare` rewrites .sqlx/ (after changing a query or a migration); `check`
+# fails when .sqlx/ does not hold exactly the queries the code makes against that schema, and
+# prints one "query data:" result line.
+query_data() {
+  ensure_sqlx_cli
+  local db=soma_test_query_data url flags=()
+  [ "$1" = check ] && flags=(--check)
+  url=${SOMA_PG_ADMIN_URL%/*}/$db
+  psql "$SOMA_PG_ADMIN_URL" -qc "drop database if exists $db with (force)" -c "create database $db" >/dev/null
+  if DATABASE_URL=$url "$SQLX" migrate run --source "$ROOT/migrations" >/dev/null &&
+     (cd "$ROOT" && DATABASE_URL=$url PATH="$TOOLS/bin:$PATH" cargo sqlx prepare --workspace "${flags[@]}"); then
+    if [ "$1" = check ]; then echo "query data: 1 passed, 0 failed"; fi
+  else
+    if [ "$1" = check ]; then
+      echo "query data: 0 passed, 1 failed (after changing a query or a migration: ops/prepare-queries)"
+    fi
+    return 1
   fi
 }
 

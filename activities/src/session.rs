@@ -10,7 +10,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
 
 use soma_contract::events::{ErrorCode, ErrorEvent, TurnEnd, UserMessage};
-use soma_contract::{MessageStatus, Role, SessionEvent, TurnRef, TurnStatus};
+use soma_contract::{MessageStatus, Role, SessionEvent, TurnOutcome, TurnRef, TurnStatus};
 use soma_core::store::{AuditEntry, Store};
 use soma_core::SessionWakeups;
 use soma_workflows::activities::{AssistantMessageInput, FinishTurnInput, defs};
@@ -104,25 +104,7 @@ impl SessionActivitiesImpl {
         _ctx: ActivityContext,
         input: AssistantMessageInput,
     ) -> Result<Option<Uuid>, ActivityError> {
-        let turn = &input.turn;
-        let text =
-            self.store.streamed_reply(&turn.tenant_id, turn.session_id, turn.turn_id).await.classify()?;
-        if text.is_empty() && input.status != soma_contract::TurnOutcome::Completed {
-            return Ok(None);
-        }
-        let id = self
-            .store
-            .insert_message(
-                &turn.tenant_id,
-                turn.session_id,
-                turn.turn_id,
-                Role::Assistant,
-                &text,
-                MessageStatus::from(input.status),
-            )
-            .await
-            .classify()?;
-        Ok(Some(id))
+        store_reply(&self.store, &input.turn, input.status).await.classify()
     }
 
     #[activity(definition = defs::FinishTurn)]
@@ -135,19 +117,41 @@ impl SessionActivitiesImpl {
     }
 }
 
-/// Records how a turn ended: its status, then its `error` (if it failed) and `turn.*` events,
-/// then an audit row. Each write is keyed, so recording the same end again changes nothing.
-/// Also used by the recovery sweep for turns whose workflow ended without doing it.
+/// Stores the reply the newest attempt streamed as the turn's assistant message, once. A turn
+/// cut short keeps what was streamed (as `cancelled` or `failed`), or no message if nothing
+/// was. Also used by the recovery sweep for turns whose workflow ended without doing it.
+pub async fn store_reply(
+    store: &Store,
+    turn: &TurnRef,
+    outcome: TurnOutcome,
+) -> Result<Option<Uuid>, soma_core::store::StoreError> {
+    let text = store.streamed_reply(&turn.tenant_id, turn.session_id, turn.turn_id).await?;
+    if text.is_empty() && outcome != TurnOutcome::Completed {
+        return Ok(None);
+    }
+    let status = MessageStatus::from(outcome);
+    let id =
+        store.insert_message(&turn.tenant_id, turn.session_id, turn.turn_id, Role::Assistant, &text, status).await?;
+    Ok(Some(id))
+}
+
+/// Records how a turn ended: its status, an audit row, then its `error` (if it failed) and
+/// `turn.*` events, last, so a client that sees the end finds everything else recorded. Each
+/// write is keyed, so recording the same end again changes nothing. Also used by the recovery
+/// sweep for turns whose workflow ended without doing it.
 pub async fn record_turn_end(
     store: &Store,
     input: &FinishTurnInput,
     actor: &str,
 ) -> Result<(), soma_core::store::StoreError> {
     let turn = &input.turn;
-    // Status first: the event below wakes the session's next turn, which reads it.
+    // Status first: the events below wake the session's next turn, which reads it.
     store.set_turn_status(&turn.tenant_id, turn.turn_id, TurnStatus::from(input.status)).await?;
+    let details = json!({ "reason": input.reason, "assistant_message_id": input.assistant_message_id });
+    let entry = AuditEntry::for_turn(turn, actor, "turn.finish", input.status.as_str(), details);
+    store.audit(&entry.once(format!("{}:turn.finish", turn.turn_id))).await?;
     let mut events = Vec::new();
-    if input.status == soma_contract::TurnOutcome::Failed {
+    if input.status == TurnOutcome::Failed {
         events.push(SessionEvent::Error(ErrorEvent {
             code: ErrorCode::TurnFailed,
             message: input.reason.clone().unwrap_or_else(|| "the turn failed".into()),
@@ -161,7 +165,5 @@ pub async fn record_turn_end(
     store.append_events(&turn.scope(), &events).await?;
     tracing::info!(session_id = %turn.session_id, turn_id = %turn.turn_id, request_id = %turn.request_id,
                    status = %input.status, reason = input.reason.as_deref(), "turn finished");
-    let details = json!({ "reason": input.reason, "assistant_message_id": input.assistant_message_id });
-    let entry = AuditEntry::for_turn(turn, actor, "turn.finish", input.status.as_str(), details);
-    store.audit(&entry.once(format!("{}:turn.finish", turn.turn_id))).await
+    Ok(())
 }

@@ -70,6 +70,11 @@ pub struct Config {
     pub llm_stall_timeout_ms: u64,
     /// Delta coalescing window before `llm.delta` events are written.
     pub delta_coalesce_ms: u64,
+    /// How often each worker sweeps for turns that need recovering.
+    pub turn_recovery_interval_ms: u64,
+    /// An open turn that has not changed for this long is looked at by the sweep: started if
+    /// its workflow never was, recorded as failed if its workflow ended without it.
+    pub turn_recovery_quiet_ms: u64,
     /// Largest accepted user message, in bytes.
     pub max_message_bytes: usize,
     /// API keys as `tenant_id:sha256_hex_of_key`, comma separated. Only hashes are stored.
@@ -93,6 +98,8 @@ impl Default for Config {
             llm_model: String::new(),
             llm_stall_timeout_ms: 120_000,
             delta_coalesce_ms: 15,
+            turn_recovery_interval_ms: 5_000,
+            turn_recovery_quiet_ms: 10_000,
             max_message_bytes: 32 * 1024,
             api_keys: String::new(),
             log_format: LogFormat::Human,

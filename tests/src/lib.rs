@@ -9,8 +9,11 @@ pub mod sse;
 use std::time::Duration;
 
 use serde_json::Value;
+use soma_contract::TurnRef;
 use soma_core::config::LogFormat;
+use soma_core::store::{NewTurn, TurnSession};
 use soma_core::{Config, Store};
+use soma_workflows::ChatTurnWorkflow;
 use soma_devllm::{DevProviderHandle, DevProviderOptions};
 use uuid::Uuid;
 
@@ -154,6 +157,25 @@ impl TestApp {
                 (field("role"), field("content"), field("status"))
             })
             .collect()
+    }
+
+    /// Stores a turn for tenant A as the api would, without starting its workflow: what an
+    /// api that died before starting it leaves behind, or a turn for an activity test.
+    pub async fn store_turn(&self, session: TurnSession, message: &str) -> TurnRef {
+        let turn_id = Uuid::now_v7();
+        let new = NewTurn {
+            tenant_id: "tenant-a",
+            session,
+            turn_id,
+            workflow_id: &ChatTurnWorkflow::workflow_id(session.id(), turn_id),
+            idempotency_key: None,
+            message,
+            persona_id: None,
+            request_id: "stored-by-test",
+            trace_id: None,
+            actor: "test",
+        };
+        self.store.accept_turn(&new).await.expect("turn stored").turn
     }
 
     /// The audit rows about a turn, oldest first: `(action, outcome, actor)`.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use soma_contract::SessionEvent;
-use soma_core::store::{NewTurn, TurnSession};
+use soma_core::store::TurnSession;
 use soma_devllm::{DevProviderOptions, Fault};
 use soma_tests::{DEADLINE, KEY_A, KEY_B, SseEvent, TestApp, shown_reply};
 use soma_workflows::ChatTurnWorkflow;
@@ -336,23 +336,8 @@ async fn a_stored_turn_whose_workflow_never_started_is_answered_before_the_next(
     let app = TestApp::spawn("orphan", fast_provider()).await;
     let _worker = app.start_worker();
     // What an API that died between storing a turn and starting its workflow leaves behind.
-    let (session_id, turn_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let orphan = app
-        .store
-        .accept_turn(&NewTurn {
-            tenant_id: "tenant-a",
-            session: TurnSession::New(session_id),
-            turn_id,
-            workflow_id: &ChatTurnWorkflow::workflow_id(session_id, turn_id),
-            idempotency_key: None,
-            message: "sent just before a crash",
-            persona_id: None,
-            request_id: "req-before-crash",
-            trace_id: None,
-            actor: "test",
-        })
-        .await
-        .unwrap();
+    let orphan = app.store_turn(TurnSession::New(uuid::Uuid::now_v7()), "sent just before a crash").await;
+    let (session_id, turn_id) = (orphan.session_id, orphan.turn_id);
     sqlx::query("UPDATE turns SET created_at = now() - interval '1 minute', updated_at = now() - interval '1 minute'")
         .execute(app.store.pool())
         .await
@@ -364,7 +349,7 @@ async fn a_stored_turn_whose_workflow_never_started_is_answered_before_the_next(
     let first = stream.until("turn.complete", DEADLINE).await;
     let second = stream.until("turn.complete", DEADLINE).await;
 
-    assert!(first[0].is_of_turn(&orphan.turn.turn_id.to_string()));
+    assert!(first[0].is_of_turn(&turn_id.to_string()));
     assert!(second[0].is_of_turn(&next_turn));
     let users: Vec<String> =
         app.messages(&session_id).await.into_iter().filter(|m| m.0 == "user").map(|m| m.1).collect();

@@ -10,7 +10,7 @@ use soma_api::feed::{Feeds, follow};
 use soma_contract::events::LlmDelta;
 use soma_contract::{SessionEvent, TurnRef};
 use soma_core::SessionWakeups;
-use soma_core::store::{NewTurn, TurnSession};
+use soma_core::store::TurnSession;
 use soma_tests::{DEADLINE, TestApp};
 
 fn delta(n: u32) -> Vec<SessionEvent> {
@@ -31,23 +31,7 @@ async fn a_client_that_falls_behind_the_broadcast_catches_up_from_the_database()
     let app = TestApp::spawn("lagging_client", Default::default()).await;
     let store = app.store.clone();
     // A stored turn to hang events on; no workflow is started for it.
-    let (session_id, turn_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let accepted = store
-        .accept_turn(&NewTurn {
-            tenant_id: "tenant-a",
-            session: TurnSession::New(session_id),
-            turn_id,
-            workflow_id: "never-started",
-            idempotency_key: None,
-            message: "feed test",
-            persona_id: None,
-            request_id: "feed-test",
-            trace_id: None,
-            actor: "test",
-        })
-        .await
-        .unwrap();
-    let turn: TurnRef = accepted.turn;
+    let turn: TurnRef = app.store_turn(TurnSession::New(uuid::Uuid::now_v7()), "feed test").await;
     let wakeups = Arc::new(SessionWakeups::default());
     wakeups.start(&store).await.unwrap();
     // Room for two events: a client that misses more than that has lagged.

@@ -17,9 +17,6 @@ use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, SessionWakeups, Store};
 use soma_workflows::ChatTurnWorkflow;
 
-/// How often the recovery sweep runs.
-const RECOVERY_EVERY: Duration = Duration::from_secs(5);
-
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
     let telemetry = TelemetryOptions::builder().maybe_subscriber_override(subscriber).build();
@@ -58,8 +55,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + 'static,
 ) -> anyhow::Result<()> {
     let options = worker_options(config, store.clone()).await?;
-    let recovery = recovery::TurnRecovery::new(store, client.clone(), config.task_queue.clone());
-    let sweeping = tokio::spawn(recovery.run(RECOVERY_EVERY));
+    let quiet_for = Duration::from_millis(config.turn_recovery_quiet_ms);
+    let recovery = recovery::TurnRecovery::new(store, client.clone(), config.task_queue.clone(), quiet_for);
+    let sweeping = tokio::spawn(recovery.run(Duration::from_millis(config.turn_recovery_interval_ms)));
     let mut worker = Worker::new(runtime, client, options)?;
     let stop = worker.shutdown_handle();
     tokio::task::spawn_local(async move {

@@ -17,7 +17,7 @@ use serde_json::json;
 use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{Client, UntypedWorkflow, WorkflowExecutionStatus};
 
-use soma_activities::session::record_turn_end;
+use soma_activities::session::{record_turn_end, store_reply};
 use soma_contract::TurnOutcome;
 use soma_core::Store;
 use soma_core::store::{AuditEntry, StalledTurn};
@@ -26,8 +26,6 @@ use soma_workflows::activities::FinishTurnInput;
 
 /// The audit log's name for what the sweep does.
 const ACTOR: &str = "recovery";
-/// An open turn that has not changed for this long is looked at.
-pub const QUIET_FOR: Duration = Duration::from_secs(10);
 /// At most this many turns per sweep, oldest first.
 const BATCH: i64 = 200;
 
@@ -46,11 +44,13 @@ pub struct TurnRecovery {
     store: Store,
     temporal: Client,
     task_queue: String,
+    /// An open turn that has not changed for this long is looked at.
+    quiet_for: Duration,
 }
 
 impl TurnRecovery {
-    pub fn new(store: Store, temporal: Client, task_queue: String) -> Self {
-        Self { store, temporal, task_queue }
+    pub fn new(store: Store, temporal: Client, task_queue: String, quiet_for: Duration) -> Self {
+        Self { store, temporal, task_queue, quiet_for }
     }
 
     /// Sweeps every `every` until the process ends. A failed sweep is logged and tried again.
@@ -69,10 +69,10 @@ impl TurnRecovery {
         }
     }
 
-    /// One pass over the open turns that have not moved for [`QUIET_FOR`].
+    /// One pass over the open turns that have not moved for a while.
     pub async fn sweep(&self) -> anyhow::Result<SweepReport> {
         let mut report = SweepReport::default();
-        for stalled in self.store.stalled_turns(QUIET_FOR, BATCH).await? {
+        for stalled in self.store.stalled_turns(self.quiet_for, BATCH).await? {
             report.examined += 1;
             let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(stalled.workflow_id.clone());
             match handle.describe(Default::default()).await {
@@ -93,13 +93,14 @@ impl TurnRecovery {
     }
 
     async fn start(&self, stalled: &StalledTurn) -> anyhow::Result<()> {
+        self.audit(stalled, "started: its workflow had never started", json!({})).await?;
         let options = ChatTurnWorkflow::start_options(&self.task_queue, &stalled.turn);
         soma_core::temporal::start_once(&self.temporal, ChatTurnWorkflow::run, stalled.turn.clone(), options)
             .await?;
         let turn = &stalled.turn;
         tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, workflow_id = %stalled.workflow_id,
                        "started the workflow of a turn that had none");
-        self.audit(stalled, "started: its workflow had never started", json!({})).await
+        Ok(())
     }
 
     /// Records the turn as failed if it is still open now that its workflow has ended.
@@ -115,14 +116,15 @@ impl TurnRecovery {
         let input = FinishTurnInput {
             turn: turn.clone(),
             status: TurnOutcome::Failed,
-            assistant_message_id: None,
-            reason: Some(reason.clone()),
+            assistant_message_id: store_reply(&self.store, turn, TurnOutcome::Failed).await?,
+            reason: Some(reason),
         };
+        // Audited first: the turn's end event, last, tells clients everything is recorded.
+        self.audit(stalled, "failed: its workflow had ended", json!({ "workflow_status": format!("{status:?}") }))
+            .await?;
         record_turn_end(&self.store, &input, ACTOR).await?;
         tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, workflow_id = %stalled.workflow_id,
                        ?status, "recorded a turn whose workflow had ended as failed");
-        self.audit(stalled, "failed: its workflow had ended", json!({ "workflow_status": format!("{status:?}") }))
-            .await?;
         Ok(true)
     }
 

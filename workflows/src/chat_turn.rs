@@ -77,7 +77,7 @@ impl ChatTurnWorkflow {
             }
         };
         let reason = match &ended {
-            Ended::Failed(err) => Some(err.to_string()),
+            Ended::Failed(err) => Some(failure_reason(err)),
             _ => None,
         };
         ctx.execute_activity(
@@ -93,6 +93,21 @@ impl ChatTurnWorkflow {
             Ended::Failed(err) => Err((*err).into()),
         }
     }
+}
+
+/// Why a step failed, in the words of its deepest cause: the activity's own error ("LLM
+/// provider rejected the request: HTTP 401 …") or the timeout that ended it, rather than the
+/// wrapper's "Activity task failed". This is what the user reads in the `error` event.
+fn failure_reason(err: &ActivityExecutionError) -> String {
+    let mut failure = err.failure();
+    let mut deepest = None;
+    while let Some(current) = failure {
+        if !current.message.is_empty() {
+            deepest = Some(current.message.clone());
+        }
+        failure = current.cause.as_deref();
+    }
+    deepest.unwrap_or_else(|| err.to_string())
 }
 
 /// The steps a cancel request may interrupt. Returns the assistant message's ID.

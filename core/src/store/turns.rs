@@ -221,7 +221,8 @@ impl Store {
     }
 
     /// Takes back a turn whose workflow could not be started (the client got an error, not a
-    /// 202), so it neither blocks the session nor answers a retried Idempotency-Key.
+    /// 202), so it neither blocks the session nor answers a retried Idempotency-Key; a session
+    /// the turn started goes with it.
     pub async fn withdraw_turn(&self, turn: &TurnRef, actor: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let withdrawn = sqlx::query_scalar!(
@@ -230,6 +231,14 @@ impl Store {
             turn.tenant_id,
         )
         .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "DELETE FROM sessions s WHERE s.id = $1 AND s.tenant_id = $2
+               AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.session_id = s.id)",
+            turn.session_id,
+            turn.tenant_id,
+        )
+        .execute(&mut *tx)
         .await?;
         let details = json!({ "withdrawn": withdrawn.is_some() });
         AuditEntry::for_turn(turn, actor, "turn.accept", "withdrawn: workflow could not be started", details)
