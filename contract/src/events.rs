@@ -16,12 +16,12 @@ use crate::status::{Role, TurnOutcome};
 /// Declares [`SessionEvent`] from a table of `"kind" => Variant(Payload)`, so each kind's name
 /// is written once: serde's tag, [`SessionEvent::kind`] and [`SessionEvent::KINDS`] all use it.
 macro_rules! session_events {
-    ($($(#[$doc:meta])* $kind:literal => $variant:ident($payload:ty),)+) => {
+    ($($(#[doc = $doc:literal])+ $kind:literal => $variant:ident($payload:ty),)+) => {
         /// An event on a session's stream. Serialized as `{"type": kind, "payload": …}`.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(tag = "type", content = "payload")]
         pub enum SessionEvent {
-            $($(#[$doc])* #[serde(rename = $kind)] $variant($payload),)+
+            $($(#[doc = $doc])+ #[serde(rename = $kind)] $variant($payload),)+
         }
 
         impl SessionEvent {
@@ -32,6 +32,13 @@ macro_rules! session_events {
             pub fn kind(&self) -> &'static str {
                 match self {
                     $(SessionEvent::$variant(_) => $kind,)+
+                }
+            }
+
+            /// What the event means (its doc comment), for the documentation.
+            pub fn description(&self) -> &'static str {
+                match self {
+                    $(SessionEvent::$variant(_) => concat!($($doc),+),)+
                 }
             }
         }
@@ -213,11 +220,13 @@ impl SessionEvent {
         ]
     }
 
-    /// The contract as a markdown table: kind, what it means, an example payload.
+    /// The contract as a markdown table: kind, what it means, an example payload. The
+    /// documentation holds this table; a test fails when the two differ.
     pub fn markdown_table() -> String {
-        let mut table = String::from("| kind | example payload |\n|---|---|\n");
+        let mut table = String::from("| kind | meaning | example payload |\n|---|---|---|\n");
         for event in SessionEvent::examples() {
-            table.push_str(&format!("| `{}` | `{}` |\n", event.kind(), event.payload()));
+            let meaning = event.description().trim();
+            table.push_str(&format!("| `{}` | {meaning} | `{}` |\n", event.kind(), event.payload()));
         }
         table
     }
@@ -278,6 +287,17 @@ mod tests {
         assert_ne!(delta(1, 0).dedupe_key(&scope), delta(2, 0).dedupe_key(&scope));
         assert_ne!(delta(1, 0).dedupe_key(&scope), delta(1, 1).dedupe_key(&scope));
         assert!(delta(1, 0).dedupe_key(&scope).starts_with(&turn.to_string()));
+    }
+
+    #[test]
+    fn the_documentation_shows_the_contract_as_it_is() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/architecture.md");
+        let docs = std::fs::read_to_string(path).expect("docs/architecture.md exists");
+        let table = SessionEvent::markdown_table();
+        assert!(
+            docs.contains(&table),
+            "docs/architecture.md must hold the event table exactly as the contract makes it; put this in it:\n\n{table}"
+        );
     }
 
     #[test]
