@@ -54,6 +54,14 @@ impl Failure for StoreError {
     }
 }
 
+/// Calls to Temporal itself (cancelling a workflow, say): the server being away is transient,
+/// a payload it cannot read is not.
+impl Failure for temporalio_client::errors::WorkflowInteractionError {
+    fn is_transient(&self) -> bool {
+        !matches!(self, Self::PayloadConversion(_))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,10 +10,13 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
 
 use soma_contract::events::{ErrorCode, ErrorEvent, TurnEnd, UserMessage};
-use soma_contract::{MessageStatus, Role, SessionEvent, TurnOutcome, TurnRef, TurnStatus};
-use soma_core::store::{AuditEntry, Store};
+use soma_contract::events::SessionDeleted;
+use soma_contract::{MessageStatus, Role, SessionEvent, SessionRef, TurnOutcome, TurnRef, TurnStatus};
 use soma_core::SessionWakeups;
+use soma_core::store::{AuditEntry, Requester, Store, StoreError};
 use soma_workflows::activities::{AssistantMessageInput, FinishTurnInput, defs};
+use temporalio_client::errors::WorkflowInteractionError;
+use temporalio_client::{UntypedWorkflow, WorkflowCancelOptions};
 
 use crate::failure::Classify;
 
@@ -32,6 +35,26 @@ impl SessionActivitiesImpl {
     /// `wakeups` must be listening (`SessionWakeups::start`) for waits to end promptly.
     pub fn new(store: Store, wakeups: Arc<SessionWakeups>) -> Self {
         Self { store, wakeups }
+    }
+
+    /// Waits, heartbeating, while `still()` holds: re-checked whenever the session has news
+    /// (a turn's end event wakes it) and every few seconds as a backstop.
+    async fn wait_while<F, Fut>(&self, ctx: &ActivityContext, session_id: Uuid, still: F) -> Result<(), ActivityError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<bool, StoreError>>,
+    {
+        // Subscribe before reading: news that comes after the read wakes us.
+        let mut woken = self.wakeups.subscribe(session_id);
+        while still().await.classify()? {
+            ctx.record_heartbeat(()).await?;
+            tokio::select! {
+                _ = ctx.cancelled() => return Err(ActivityError::cancelled()),
+                _ = woken.changed() => {}
+                _ = tokio::time::sleep(WAIT_RECHECK) => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -83,19 +106,8 @@ impl SessionActivitiesImpl {
     ) -> Result<(), ActivityError> {
         // A turn that is gone fails the step at once instead of waiting for ever.
         self.store.turn(&turn.tenant_id, turn.turn_id).await.classify()?;
-        // Subscribe before reading: a turn that finishes after the read wakes us.
-        let mut woken = self.wakeups.subscribe(turn.session_id);
-        while self.store.has_unfinished_earlier_turns(&turn.tenant_id, turn.turn_id).await.classify()? {
-            ctx.record_heartbeat(()).await?;
-            // A finishing turn appends its `turn.*` event, which wakes us; the timeout is only
-            // a backstop (and keeps heartbeats flowing).
-            tokio::select! {
-                _ = ctx.cancelled() => return Err(ActivityError::cancelled()),
-                _ = woken.changed() => {}
-                _ = tokio::time::sleep(WAIT_RECHECK) => {}
-            }
-        }
-        Ok(())
+        self.wait_while(&ctx, turn.session_id, || self.store.has_unfinished_earlier_turns(&turn.tenant_id, turn.turn_id))
+            .await
     }
 
     #[activity(definition = defs::PersistAssistantMessage)]
@@ -114,6 +126,66 @@ impl SessionActivitiesImpl {
         input: FinishTurnInput,
     ) -> Result<(), ActivityError> {
         record_turn_end(&self.store, &input, WORKER_ACTOR).await.classify()
+    }
+
+    #[activity(definition = defs::CancelOpenTurns)]
+    pub async fn cancel_open_turns(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        session: SessionRef,
+    ) -> Result<u32, ActivityError> {
+        let open = self.store.open_turns(&session.tenant_id, session.session_id).await.classify()?;
+        let client = ctx.client();
+        for turn in &open {
+            let reason = format!("the session is being deleted (request {})", session.request_id);
+            let cancel = client
+                .get_workflow_handle::<UntypedWorkflow>(turn.workflow_id.clone())
+                .cancel(WorkflowCancelOptions::builder().reason(reason).build())
+                .await;
+            match cancel {
+                // Already closed: it has recorded its end, or the recovery sweep will.
+                Ok(()) | Err(WorkflowInteractionError::NotFound(_)) => {}
+                Err(err) => return Err(err).classify(),
+            }
+        }
+        Ok(open.len() as u32)
+    }
+
+    #[activity(definition = defs::WaitForOpenTurns)]
+    pub async fn wait_for_open_turns(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        session: SessionRef,
+    ) -> Result<(), ActivityError> {
+        self.wait_while(&ctx, session.session_id, || {
+            self.store.session_has_open_turn(&session.tenant_id, session.session_id)
+        })
+        .await
+    }
+
+    #[activity(definition = defs::AnnounceSessionDeleted)]
+    pub async fn announce_session_deleted(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        session: SessionRef,
+    ) -> Result<(), ActivityError> {
+        let event = SessionEvent::SessionDeleted(SessionDeleted {});
+        self.store.append_events(&session.scope(), &[event]).await.classify()?;
+        Ok(())
+    }
+
+    #[activity(definition = defs::PurgeSession)]
+    pub async fn purge_session(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        session: SessionRef,
+    ) -> Result<bool, ActivityError> {
+        let by = Requester {
+            actor: &session.actor,
+            request_id: &session.request_id,
+            trace_id: session.trace_id.as_deref(),
+        };
+        self.store.purge_session(&session.tenant_id, session.session_id, by).await.classify()
     }
 }
 

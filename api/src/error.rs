@@ -1,5 +1,5 @@
-//! The API's one error type. Every error is a JSON body `{code, message, request_id}` with a
-//! stable `code`; a 5xx logs its cause and shows none of it.
+//! The API's one error type. Every error is a JSON body `{code, message, request_id}` (the
+//! contract's `ErrorBody`) with a stable `code`; a 5xx logs its cause and shows none of it.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -8,20 +8,29 @@ use serde_json::json;
 
 use soma_core::store::StoreError;
 
+use crate::stream_token::TokenRefusal;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("missing or invalid API key")]
     Unauthorized,
+    #[error("{}", match .0 {
+        TokenRefusal::Invalid => "the stream token is not valid for this session",
+        TokenRefusal::Expired => "the stream token has expired: mint a new one and resume with ?after=",
+    })]
+    StreamToken(TokenRefusal),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     PayloadTooLarge { message: String },
-    #[error("the body must be JSON (Content-Type: application/json)")]
-    UnsupportedMediaType,
+    #[error("the body must be {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("{what} is unavailable")]
     Unavailable { what: &'static str, cause: anyhow::Error },
     #[error("internal error")]
@@ -33,15 +42,22 @@ impl ApiError {
         Self::BadRequest { code, message: message.into() }
     }
 
+    pub fn session_busy() -> Self {
+        Self::Conflict { code: "session_busy", message: "a turn of this session is running".into() }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::StreamToken(TokenRefusal::Invalid) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::StreamToken(TokenRefusal::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
             Self::NotFound("session") => (StatusCode::NOT_FOUND, "session_not_found"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -53,6 +69,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::SessionNotFound => Self::NotFound("session"),
             StoreError::TurnNotFound => Self::NotFound("turn"),
+            StoreError::SessionBusy => Self::session_busy(),
             StoreError::Database(cause) => Self::Unavailable { what: "the database", cause: cause.into() },
         }
     }

@@ -10,6 +10,22 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::{ApiContext, ApiError};
 
+/// The session id in a route's `{id}`; anything that is not a UUID is an unknown session.
+async fn session_in_path(parts: &mut Parts, ctx: &ApiContext) -> Result<Uuid, ApiError> {
+    let Path(raw) =
+        Path::<String>::from_request_parts(parts, ctx).await.map_err(|_| ApiError::NotFound("session"))?;
+    raw.parse().map_err(|_| ApiError::NotFound("session"))
+}
+
+/// 404 unless `tenant_id` has the session; names it in the request's log line.
+async fn ensure_session(ctx: &ApiContext, tenant_id: &str, session_id: Uuid) -> Result<(), ApiError> {
+    if !ctx.store.session_exists(tenant_id, session_id).await? {
+        return Err(ApiError::NotFound("session"));
+    }
+    tracing::Span::current().record("session_id", tracing::field::display(session_id));
+    Ok(())
+}
+
 /// A JSON request body: 415 without a JSON content type, 400 `invalid_json` when it does not
 /// parse, 400 `invalid_request` when it has the wrong shape.
 pub struct AppJson<T>(pub T);
@@ -28,7 +44,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
                 mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
             });
         if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
+            return Err(ApiError::UnsupportedMediaType("JSON (Content-Type: application/json)"));
         }
         let body = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -75,14 +91,38 @@ impl FromRequestParts<ApiContext> for OwnedSession {
 
     async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, ApiError> {
         let principal = Principal::from_request_parts(parts, ctx).await?;
-        let Path(raw) = Path::<String>::from_request_parts(parts, ctx)
-            .await
-            .map_err(|_| ApiError::NotFound("session"))?;
-        let session_id: Uuid = raw.parse().map_err(|_| ApiError::NotFound("session"))?;
-        if !ctx.store.session_exists(&principal.tenant_id, session_id).await? {
-            return Err(ApiError::NotFound("session"));
-        }
-        tracing::Span::current().record("session_id", tracing::field::display(session_id));
+        let session_id = session_in_path(parts, ctx).await?;
+        ensure_session(ctx, &principal.tenant_id, session_id).await?;
         Ok(OwnedSession { principal, session_id })
+    }
+}
+
+/// A reader of the session named by the route's `{id}`: an API key of its tenant, or a stream
+/// token minted for exactly this session (`?token=`, for `EventSource`, which cannot send
+/// headers). The token opens this stream and nothing else: no other route takes it.
+pub struct SessionReader {
+    pub tenant_id: String,
+    pub session_id: Uuid,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+impl FromRequestParts<ApiContext> for SessionReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, ApiError> {
+        let session_id = session_in_path(parts, ctx).await?;
+        let AppQuery(TokenQuery { token }) = AppQuery::from_request_parts(parts, ctx).await?;
+        let tenant_id = match token {
+            Some(token) => {
+                ctx.stream_tokens.verify(&token, session_id, chrono::Utc::now()).map_err(ApiError::StreamToken)?
+            }
+            None => Principal::from_request_parts(parts, ctx).await?.tenant_id,
+        };
+        ensure_session(ctx, &tenant_id, session_id).await?;
+        Ok(SessionReader { tenant_id, session_id })
     }
 }

@@ -37,6 +37,11 @@ impl RenderedEvent {
         RenderedEvent { id, kind: data.kind, data: json }
     }
 
+    /// Whether it is the last event of its session's stream (`session.deleted`).
+    pub fn ends_stream(&self) -> bool {
+        soma_contract::SessionEvent::kind_ends_stream(&self.kind)
+    }
+
     pub fn to_sse(&self) -> axum::response::sse::Event {
         axum::response::sse::Event::default().id(self.id.to_string()).event(&self.kind).data(&self.data)
     }
@@ -114,7 +119,8 @@ impl Feeds {
 
 /// One client's events after `after`: first what the database has, then the session's feed,
 /// skipping what was already sent; when the client falls behind the feed it reads from the
-/// database again. Ends when the feed does or when `closing` turns true.
+/// database again. Ends after the session's last event (`session.deleted`), when the feed
+/// ends, or when `closing` turns true.
 pub fn follow(
     store: Store,
     tenant_id: String,
@@ -134,7 +140,12 @@ pub fn follow(
                 catching_up = page.len() as i64 == PAGE;
                 for event in page {
                     after = event.id;
-                    yield Arc::new(RenderedEvent::render(event));
+                    let rendered = Arc::new(RenderedEvent::render(event));
+                    let last = rendered.ends_stream();
+                    yield rendered;
+                    if last {
+                        return;
+                    }
                 }
                 continue;
             }
@@ -143,7 +154,11 @@ pub fn follow(
                     Ok(event) if event.id <= after => {}
                     Ok(event) => {
                         after = event.id;
+                        let last = event.ends_stream();
                         yield event;
+                        if last {
+                            return;
+                        }
                     }
                     // Too slow for the broadcast: read what was missed from the database.
                     Err(broadcast::error::RecvError::Lagged(_)) => catching_up = true,

@@ -6,7 +6,9 @@ pub mod error;
 pub mod extract;
 pub mod feed;
 pub mod http;
+pub mod openapi;
 pub mod request_ids;
+pub mod stream_token;
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ pub struct ApiContext {
     pub temporal: Client,
     pub feeds: Arc<feed::Feeds>,
     pub keys: Arc<ApiKeys>,
+    pub stream_tokens: Arc<stream_token::StreamTokens>,
     /// Flips to true when the server shuts down, so open event streams end (graceful
     /// shutdown waits for every connection, and an SSE stream never ends by itself).
     pub closing: tokio::sync::watch::Sender<bool>,
@@ -42,13 +45,20 @@ impl ApiContext {
         wakeups.start(&store).await?;
         let closing = tokio::sync::watch::Sender::new(false);
         let feeds = Arc::new(feed::Feeds::new(store.clone(), wakeups));
-        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, closing })
+        let stream_tokens = Arc::new(stream_token::StreamTokens::from_config(&config));
+        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, stream_tokens, closing })
     }
 }
 
 /// The whole router, ready to serve.
 pub fn app(ctx: ApiContext) -> Router {
-    http::router(ctx.clone()).layer(axum::middleware::from_fn(request_ids::propagate))
+    let (router, _) = http::router(ctx);
+    router.layer(axum::middleware::from_fn(request_ids::propagate))
+}
+
+/// The OpenAPI document the api serves at `/openapi.json`.
+pub fn openapi_document(ctx: ApiContext) -> utoipa::openapi::OpenApi {
+    http::router(ctx).1
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests finish and ends

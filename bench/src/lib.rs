@@ -14,11 +14,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use soma_contract::SessionEvent;
 use soma_devllm::{DevProviderHandle, DevProviderOptions, TokenHook};
-use soma_tests::{ApiClient, SseClient, SseEvent, fresh_database, message_body};
+use soma_client::{Client, EventStream, SseEvent};
+use soma_tests::fresh_database;
 
 use procs::Proc;
 
 pub const KEY: &str = "soma-bench-key";
+/// A key of another tenant, for checks that one tenant cannot reach another's sessions.
+pub const OTHER_TENANT_KEY: &str = "soma-bench-other-tenant-key";
 pub const WAIT: Duration = Duration::from_secs(120);
 
 /// When the provider sent each token, by the message that asked for it.
@@ -70,11 +73,12 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Reads `SOMA_BENCH_DATABASE_URL` and `TEMPORAL_ADDRESS` (set by ops/bench, ops/chaos).
+    /// Reads `SOMA_BENCH_DATABASE_URL` and `TEMPORAL_ADDRESS` (set by ops/bench, ops/chaos,
+    /// ops/test).
     pub async fn start(name: &str, args: &StackArgs, provider: DevProviderOptions) -> anyhow::Result<Stack> {
         let (bin_dir, log_dir) = (args.bin_dir.clone(), args.log_dir.clone());
         let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| {
-            anyhow::anyhow!("SOMA_BENCH_DATABASE_URL is not set: run through ops/bench or ops/chaos")
+            anyhow::anyhow!("SOMA_BENCH_DATABASE_URL is not set: run through ops/bench, ops/chaos or ops/test")
         })?;
         let temporal_address = soma_core::Config::load(None)?.temporal_address;
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
@@ -101,12 +105,22 @@ impl Stack {
             ("SOMA_TASK_QUEUE", task_queue.clone()),
             ("SOMA_LLM_BASE_URL", provider.base_url()),
             ("SOMA_LLM_MODEL", soma_devllm::MODEL.to_string()),
-            ("SOMA_API_KEYS", format!("bench:{}", soma_api::auth::hash_key(KEY))),
+            (
+                "SOMA_API_KEYS",
+                format!(
+                    "bench:{},other:{}",
+                    soma_api::auth::hash_key(KEY),
+                    soma_api::auth::hash_key(OTHER_TENANT_KEY)
+                ),
+            ),
+            // One secret for every api process of the stack, so a restarted api takes the
+            // stream tokens the one before it minted.
+            ("SOMA_STREAM_TOKEN_SECRET", uuid::Uuid::new_v4().to_string()),
             ("SOMA_LISTEN_ADDR", api_addr.to_string()),
             ("SOMA_LOG_FILTER", "warn".to_string()),
         ];
         std::fs::create_dir_all(&log_dir)?;
-        let client = StackClient { api: ApiClient::new(format!("http://{api_addr}"), KEY), emits };
+        let client = StackClient { api: Client::new(&format!("http://{api_addr}"), KEY), emits };
         let mut stack = Stack {
             api: None,
             worker: None,
@@ -198,7 +212,7 @@ pub struct FollowedTurn {
 
 #[derive(Clone)]
 pub struct StackClient {
-    pub api: ApiClient,
+    pub api: Client,
     pub emits: EmitLog,
 }
 
@@ -206,7 +220,7 @@ impl StackClient {
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(response) = self.api.http.get(format!("{}/v1/ready", self.api.api_url)).send().await
+            if let Ok(response) = self.api.request(reqwest::Method::GET, "/v1/ready").send().await
                 && response.status().is_success()
             {
                 return Ok(());
@@ -216,14 +230,18 @@ impl StackClient {
         }
     }
 
-    /// `POST /v1/session/message` → `(status, body)`.
-    pub async fn post(
-        &self,
-        session_id: Option<&str>,
-        message: &str,
-        idempotency_key: Option<&str>,
-    ) -> anyhow::Result<(u16, Value)> {
-        Ok(self.api.post_message(message_body(session_id, message).to_string(), idempotency_key).await?)
+    /// `POST /v1/session/message` in a new session → `(status, body)`, whatever the status.
+    pub async fn post(&self, message: &str, idempotency_key: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .api
+            .request(reqwest::Method::POST, "/v1/session/message")
+            .json(&serde_json::json!({ "message": message }));
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// Sends a message; `(session_id, turn_id, workflow_id)` or an error unless 202.
@@ -232,11 +250,13 @@ impl StackClient {
         session_id: Option<&str>,
         message: &str,
     ) -> anyhow::Result<(String, String, String)> {
-        self.api.send(session_id, message).await
+        let session = session_id.map(str::parse).transpose()?;
+        let accepted = self.api.say(session, message).await?;
+        Ok((accepted.session_id.to_string(), accepted.turn_id.to_string(), accepted.workflow_id))
     }
 
-    pub async fn events(&self, session_id: &str, after: Option<i64>) -> SseClient {
-        self.api.events(session_id, after).await
+    pub async fn events(&self, session_id: &str, after: Option<i64>) -> EventStream {
+        self.api.events(session_id.parse().expect("a session id"), after).await.expect("the event stream opens")
     }
 
     /// Sends a message (in a new session when `session_id` is `None`) and follows its turn to
@@ -255,7 +275,7 @@ impl StackClient {
     /// Follows one turn on `stream` to its end (or until the stream breaks).
     pub async fn follow_turn(
         &self,
-        stream: &mut SseClient,
+        stream: &mut EventStream,
         turn_id: &str,
         message: &str,
         since: Instant,
@@ -267,7 +287,7 @@ impl StackClient {
             if !event.is_of_turn(turn_id) {
                 continue;
             }
-            let typed = event.event();
+            let Some(typed) = event.typed() else { continue };
             match &typed {
                 SessionEvent::LlmDelta(delta) => {
                     followed.first_delta.get_or_insert(received - since);

@@ -12,7 +12,7 @@ use soma_bench::procs::{CpuGroups, Members, rss_bytes};
 use soma_bench::{KEY, Stack, StackArgs, StackClient, ms, percentile};
 use soma_bench::baseline::{EmptySteps, EmptyStepsWorkflow};
 use soma_devllm::DevProviderOptions;
-use soma_tests::SseClient;
+use soma_client::EventStream;
 use temporalio_client::{UntypedWorkflow, WorkflowStartOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -53,7 +53,7 @@ fn row(figure: &str, measured: String, target: &str, ok: Option<bool>) -> Row {
 /// Sends a message and follows its turn to the end on `stream`.
 async fn turn(
     client: &StackClient,
-    stream: &mut SseClient,
+    stream: &mut EventStream,
     session: Option<&str>,
     message: &str,
 ) -> anyhow::Result<(String, soma_bench::FollowedTurn, String)> {
@@ -234,7 +234,7 @@ impl Bench {
     async fn history_size(&self) -> anyhow::Result<Row> {
         self.answer_at_once();
         let mut history_sizes = Vec::new();
-        let (mut session, mut stream) = (None::<String>, None::<SseClient>);
+        let (mut session, mut stream) = (None::<String>, None::<EventStream>);
         for turn_number in 1..=50 {
             let message = format!("history turn {turn_number}");
             let (id, turn_id, workflow_id) = self.client.send(session.as_deref(), &message).await?;

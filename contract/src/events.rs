@@ -19,6 +19,7 @@ macro_rules! session_events {
     ($($(#[doc = $doc:literal])+ $kind:literal => $variant:ident($payload:ty),)+) => {
         /// An event on a session's stream. Serialized as `{"type": kind, "payload": …}`.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(tag = "type", content = "payload")]
         pub enum SessionEvent {
             $($(#[doc = $doc])+ #[serde(rename = $kind)] $variant($payload),)+
@@ -62,10 +63,15 @@ session_events! {
     "turn.cancelled" => TurnCancelled(TurnEnd),
     /// Something the user should know went wrong.
     "error" => Error(ErrorEvent),
+    /// The conversation was cleared (`POST /v1/sessions/{id}/reset`); the session goes on.
+    "session.reset" => SessionReset(ConversationReset),
+    /// The session was deleted: the last event of its stream, which then ends.
+    "session.deleted" => SessionDeleted(SessionDeleted),
 }
 
 /// `message.user`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserMessage {
     pub message_id: Uuid,
     pub role: Role,
@@ -77,6 +83,7 @@ pub struct UserMessage {
 
 /// `llm.delta`. Within one attempt, `index` counts from 0 without gaps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LlmDelta {
     pub text: String,
     pub attempt: u32,
@@ -85,6 +92,7 @@ pub struct LlmDelta {
 
 /// `llm.retry`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LlmRetry {
     /// The attempt that starts now; its deltas replace the earlier ones.
     pub attempt: u32,
@@ -94,6 +102,7 @@ pub struct LlmRetry {
 
 /// `llm.complete`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LlmComplete {
     pub attempt: u32,
     pub delta_count: u32,
@@ -103,6 +112,7 @@ pub struct LlmComplete {
 
 /// `turn.complete`, `turn.failed` and `turn.cancelled`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TurnEnd {
     pub status: TurnOutcome,
     pub assistant_message_id: Option<Uuid>,
@@ -112,6 +122,7 @@ pub struct TurnEnd {
 
 /// `error`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorEvent {
     pub code: ErrorCode,
     pub message: String,
@@ -119,11 +130,24 @@ pub struct ErrorEvent {
 
 /// Stable codes of `error` events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A step of the turn failed for good (its retries ran out, or the provider refused).
     TurnFailed,
 }
+
+/// `session.reset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConversationReset {
+    pub removed_messages: i64,
+}
+
+/// `session.deleted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionDeleted {}
 
 /// Where an event belongs and what caused it: what is stored beside its kind and payload.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +167,17 @@ impl SessionEvent {
             TurnOutcome::Failed => SessionEvent::TurnFailed(end),
             TurnOutcome::Cancelled => SessionEvent::TurnCancelled(end),
         }
+    }
+
+    /// Whether this is the last event of its session's stream.
+    pub fn ends_stream(&self) -> bool {
+        matches!(self, SessionEvent::SessionDeleted(_))
+    }
+
+    /// Whether an event of this kind is the last of its session's stream, for readers that
+    /// pass events on without decoding them.
+    pub fn kind_ends_stream(kind: &str) -> bool {
+        kind == SessionEvent::SessionDeleted(SessionDeleted {}).kind()
     }
 
     /// Whether this is the last event of its turn.
@@ -165,7 +200,13 @@ impl SessionEvent {
             SessionEvent::TurnComplete(_) | SessionEvent::TurnFailed(_) | SessionEvent::TurnCancelled(_) => {
                 format!("{subject}:turn.end")
             }
-            SessionEvent::MessageUser(_) | SessionEvent::Error(_) => format!("{subject}:{}", self.kind()),
+            // A session may be reset many times: once per request.
+            SessionEvent::SessionReset(_) => {
+                format!("{subject}:session.reset:{}", scope.request_id.unwrap_or_default())
+            }
+            SessionEvent::MessageUser(_) | SessionEvent::Error(_) | SessionEvent::SessionDeleted(_) => {
+                format!("{subject}:{}", self.kind())
+            }
         }
     }
 
@@ -217,6 +258,8 @@ impl SessionEvent {
                 code: ErrorCode::TurnFailed,
                 message: "LLM provider rejected the request: HTTP 401".into(),
             }),
+            SessionEvent::SessionReset(ConversationReset { removed_messages: 6 }),
+            SessionEvent::SessionDeleted(SessionDeleted {}),
         ]
     }
 
@@ -234,6 +277,7 @@ impl SessionEvent {
 
 /// Who and what an event belongs to, as sent in every event's `data.meta`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventMeta {
     pub request_id: Option<String>,
     pub trace_id: Option<String>,
@@ -247,6 +291,7 @@ pub struct EventMeta {
 /// name so a client reading raw frames can dispatch on it. The payload is kept as JSON so an
 /// api passes on kinds newer than itself untouched; [`EventData::event`] decodes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventData {
     #[serde(rename = "type")]
     pub kind: String,

@@ -10,6 +10,7 @@ macro_rules! text_enum {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         #[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+

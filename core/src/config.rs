@@ -79,6 +79,16 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// API keys as `tenant_id:sha256_hex_of_key`, comma separated. Only hashes are stored.
     pub api_keys: String,
+    /// Signs stream tokens. Every api process behind one address needs the same secret; when
+    /// it is empty each process makes a random one (tokens then work only on the process that
+    /// minted them).
+    pub stream_token_secret: Secret,
+    /// How long a stream token opens its session's stream for.
+    pub stream_token_ttl_secs: u64,
+    /// Origins a browser UI may call the API from (CORS), comma separated; none by default.
+    pub cors_allowed_origins: String,
+    /// The Temporal UI's base URL, shown to UIs for links to a turn's workflow; none by default.
+    pub temporal_ui_url: String,
     pub log_format: LogFormat,
     /// `tracing` filter, e.g. `info,soma_api=debug`.
     pub log_filter: String,
@@ -102,6 +112,10 @@ impl Default for Config {
             turn_recovery_quiet_ms: 10_000,
             max_message_bytes: 32 * 1024,
             api_keys: String::new(),
+            stream_token_secret: Secret::default(),
+            stream_token_ttl_secs: 300,
+            cors_allowed_origins: String::new(),
+            temporal_ui_url: String::new(),
             log_format: LogFormat::Human,
             log_filter: "info".into(),
         }
@@ -148,6 +162,17 @@ impl Config {
         if self.max_message_bytes == 0 {
             return Err(ConfigError("max_message_bytes must be positive".into()));
         }
+        if self.stream_token_ttl_secs == 0 {
+            return Err(ConfigError("stream_token_ttl_secs must be positive".into()));
+        }
+        for origin in self.cors_origins() {
+            let valid = url::Url::parse(origin).is_ok_and(|u| u.origin().ascii_serialization() == origin);
+            if !valid {
+                return Err(ConfigError(format!(
+                    "cors_allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
+                )));
+            }
+        }
         for entry in self.api_key_entries() {
             let (tenant, hash) = entry.map_err(ConfigError)?;
             if tenant.is_empty() || hash.len() != 64 {
@@ -155,6 +180,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The origins in `cors_allowed_origins`.
+    pub fn cors_origins(&self) -> impl Iterator<Item = &str> {
+        self.cors_allowed_origins.split(',').map(str::trim).filter(|o| !o.is_empty())
     }
 
     /// `(tenant_id, sha256_hex)` pairs from `api_keys`.

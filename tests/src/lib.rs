@@ -3,22 +3,18 @@
 //! (`TEMPORAL_ADDRESS`), an in-process API on port 0, workers it can start and kill, and the
 //! dev provider with the delays and failures it asks for. `ops/test` sets the environment.
 
-pub mod api_client;
-pub mod sse;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use soma_contract::TurnRef;
+use soma_client::{Client, EventStream, SseEvent};
+use soma_contract::{SessionEvent, TurnRef};
 use soma_core::config::LogFormat;
-use soma_core::store::{NewTurn, TurnSession};
+use soma_core::store::{NewTurn, Requester, TurnSession};
 use soma_core::{Config, Store};
 use soma_workflows::ChatTurnWorkflow;
 use soma_devllm::{DevProviderHandle, DevProviderOptions};
 use uuid::Uuid;
 
-pub use api_client::{ApiClient, message_body};
-pub use sse::{SseClient, SseEvent, shown_reply};
 
 pub const KEY_A: &str = "test-key-tenant-a";
 pub const KEY_B: &str = "test-key-tenant-b";
@@ -30,7 +26,7 @@ pub struct TestApp {
     pub config: Config,
     pub store: Store,
     /// The API as tenant A; `api.with_key(KEY_B)` for tenant B.
-    pub api: ApiClient,
+    pub api: Client,
     pub provider: DevProviderHandle,
     pub temporal: temporalio_client::Client,
 }
@@ -87,7 +83,7 @@ impl TestApp {
 
         let ctx = soma_api::ApiContext::new(config.clone(), store.clone(), temporal.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = ApiClient::new(format!("http://{}", listener.local_addr().unwrap()), KEY_A);
+        let api = Client::new(&format!("http://{}", listener.local_addr().unwrap()), KEY_A);
         tokio::spawn(soma_api::serve(listener, ctx, std::future::pending()));
 
         TestApp { config, store, api, provider, temporal }
@@ -104,59 +100,50 @@ impl TestApp {
         self.post_message_raw(KEY_A, body.to_string(), idempotency_key).await
     }
 
-    pub async fn post_message_raw(
-        &self,
-        key: &str,
-        body: String,
-        idempotency_key: Option<&str>,
-    ) -> (u16, Value) {
-        self.api.with_key(key).post_message(body, idempotency_key).await.unwrap()
+    /// `POST /v1/session/message` with a raw body, as whoever `key` is.
+    pub async fn post_message_raw(&self, key: &str, body: String, idempotency_key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .api
+            .with_key(key)
+            .request(reqwest::Method::POST, "/v1/session/message")
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(idempotency_key) = idempotency_key {
+            request = request.header("Idempotency-Key", idempotency_key);
+        }
+        status_and_json(request.send().await.unwrap()).await
     }
 
     /// Sends a message and returns `(session_id, turn_id, workflow_id)`; panics unless 202.
     pub async fn send(&self, session_id: Option<&str>, message: &str) -> (String, String, String) {
-        self.api.send(session_id, message).await.unwrap()
+        let session = session_id.map(|id| id.parse().unwrap());
+        let accepted = self.api.say(session, message).await.unwrap_or_else(|err| panic!("not accepted: {err}"));
+        (accepted.session_id.to_string(), accepted.turn_id.to_string(), accepted.workflow_id)
     }
 
     /// `POST /v1/session/{id}/cancel` as tenant A.
     pub async fn cancel(&self, session_id: &str) -> (u16, Value) {
-        let url = format!("{}/v1/session/{session_id}/cancel", self.api.api_url);
-        let response = self.api.http.post(url).header("X-API-Key", KEY_A).send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.call(KEY_A, reqwest::Method::POST, &format!("/v1/session/{session_id}/cancel")).await
     }
 
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let url = format!("{}{path}", self.api.api_url);
-        let response = self.api.http.get(url).header("X-API-Key", key).send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.call(key, reqwest::Method::GET, path).await
+    }
+
+    /// Any call without a body, as whoever `key` is: `(status, JSON body or null)`.
+    pub async fn call(&self, key: &str, method: reqwest::Method, path: &str) -> (u16, Value) {
+        status_and_json(self.api.with_key(key).request(method, path).send().await.unwrap()).await
     }
 
     /// Opens the session's event stream as tenant A, after event `last_event_id`.
-    pub async fn events(&self, session_id: &str, last_event_id: Option<i64>) -> SseClient {
-        self.api.events(session_id, last_event_id).await
+    pub async fn events(&self, session_id: &str, last_event_id: Option<i64>) -> EventStream {
+        self.api.events(session_id.parse().unwrap(), last_event_id).await.expect("the event stream opens")
     }
 
-    /// Opens the session's event stream with `?after=` instead of `Last-Event-ID`.
-    pub async fn get_events_after(&self, session_id: &str, after: i64) -> SseClient {
-        let url = format!("{}?after={after}", self.api.events_url(session_id));
-        SseClient::connect(&self.api.http, &url, KEY_A, None).await
-    }
-
-    /// The session's stored messages as `(role, content, status)`.
+    /// The session's stored messages as `(role, content, status)`, read through the API.
     pub async fn messages(&self, session_id: &str) -> Vec<(String, String, String)> {
-        let (status, body) = self.get(KEY_A, &format!("/v1/sessions/{session_id}/messages")).await;
-        assert_eq!(status, 200, "{body}");
-        body["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                let field = |name: &str| m[name].as_str().unwrap().to_string();
-                (field("role"), field("content"), field("status"))
-            })
-            .collect()
+        let messages = self.api.all_messages(session_id.parse().unwrap()).await.expect("messages readable");
+        messages.into_iter().map(|m| (m.role.to_string(), m.content, m.status.to_string())).collect()
     }
 
     /// Stores a turn for tenant A as the api would, without starting its workflow: what an
@@ -171,9 +158,8 @@ impl TestApp {
             idempotency_key: None,
             message,
             persona_id: None,
-            request_id: "stored-by-test",
-            trace_id: None,
-            actor: "test",
+            refuse_if_busy: false,
+            by: Requester { actor: "test", request_id: "stored-by-test", trace_id: None },
         };
         self.store.accept_turn(&new).await.expect("turn stored").turn
     }
@@ -195,6 +181,74 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// What the tests expect of a session's stream: events up to a kind, or a number of them, in
+/// a bounded time, else a panic saying what came.
+#[allow(async_fn_in_trait)]
+pub trait Expect {
+    /// Events until one of kind `last_kind` (inclusive).
+    async fn until(&mut self, last_kind: &str, wait: Duration) -> Vec<SseEvent>;
+    /// Exactly `n` events.
+    async fn take(&mut self, n: usize, wait: Duration) -> Vec<SseEvent>;
+}
+
+impl Expect for EventStream {
+    async fn until(&mut self, last_kind: &str, wait: Duration) -> Vec<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut events = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(event) = self.next_event(left).await else {
+                let kinds: Vec<_> = events.iter().map(|e: &SseEvent| e.kind.clone()).collect();
+                panic!("no {last_kind} within {wait:?}; got {kinds:?}");
+            };
+            let done = event.kind == last_kind;
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+
+    async fn take(&mut self, n: usize, wait: Duration) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            let event =
+                self.next_event(wait).await.unwrap_or_else(|| panic!("only {} of {n} events", events.len()));
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// The typed event, for tests: a frame that breaks the contract fails the test.
+pub trait Typed {
+    fn event(&self) -> SessionEvent;
+}
+
+impl Typed for SseEvent {
+    fn event(&self) -> SessionEvent {
+        self.data.event().unwrap_or_else(|err| panic!("event {} breaks the contract: {err}", self.id))
+    }
+}
+
+/// The reply a client that honours `llm.retry` shows: the deltas after the last retry.
+pub fn shown_reply(events: &[SseEvent]) -> String {
+    let mut shown = String::new();
+    for event in events {
+        match event.event() {
+            SessionEvent::LlmRetry(_) => shown.clear(),
+            SessionEvent::LlmDelta(delta) => shown.push_str(&delta.text),
+            _ => {}
+        }
+    }
+    shown
 }
 
 /// Creates the database `name` (made a valid identifier) beside `admin_url`'s, applies the

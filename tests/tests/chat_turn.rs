@@ -7,7 +7,8 @@ use serde_json::json;
 use soma_contract::SessionEvent;
 use soma_core::store::TurnSession;
 use soma_devllm::{DevProviderOptions, Fault};
-use soma_tests::{DEADLINE, KEY_A, KEY_B, SseEvent, TestApp, shown_reply};
+use soma_client::{EventStream, SseEvent};
+use soma_tests::{DEADLINE, Expect, KEY_A, KEY_B, TestApp, Typed, shown_reply};
 use soma_workflows::ChatTurnWorkflow;
 use temporalio_client::UntypedWorkflow;
 use temporalio_client::WorkflowFetchHistoryOptions;
@@ -90,7 +91,8 @@ async fn resumed_stream_has_no_gap_or_duplicate() {
 
     // `?after=` works the same, for clients that cannot send headers.
     let after = seen[1].id;
-    let from_query = app.get_events_after(&session_id, after).await.until("turn.complete", DEADLINE).await;
+    let request = app.api.request(reqwest::Method::GET, &format!("/v1/session/{session_id}/events?after={after}"));
+    let from_query = EventStream::open(request).await.unwrap().until("turn.complete", DEADLINE).await;
     assert_eq!(from_query.iter().map(|e| e.id).collect::<Vec<_>>(), stored[2..].to_vec());
     let (status, error) =
         app.get(KEY_A, &format!("/v1/session/{session_id}/events?after=not-a-number")).await;

@@ -8,7 +8,8 @@ use serde_json::json;
 use soma_contract::events::ErrorCode;
 use soma_contract::SessionEvent;
 use soma_devllm::{DevProviderOptions, Fault};
-use soma_tests::{DEADLINE, SseEvent, TestApp, shown_reply};
+use soma_client::SseEvent;
+use soma_tests::{DEADLINE, Expect, TestApp, Typed, shown_reply};
 use temporalio_client::{UntypedWorkflow, WorkflowExecutionStatus, WorkflowTerminateOptions};
 
 fn provider_failing(fault: Fault, requests: usize) -> DevProviderOptions {

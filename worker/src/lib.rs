@@ -15,7 +15,7 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use soma_activities::{LlmActivitiesImpl, LlmClient, SessionActivitiesImpl};
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, SessionWakeups, Store};
-use soma_workflows::ChatTurnWorkflow;
+use soma_workflows::{ChatTurnWorkflow, SessionDeletionWorkflow};
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
@@ -36,6 +36,7 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
     let coalesce = Duration::from_millis(config.delta_coalesce_ms);
     Ok(WorkerOptions::new(config.task_queue.clone())
         .register_workflow::<ChatTurnWorkflow>()?
+        .register_workflow::<SessionDeletionWorkflow>()?
         .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups))
         .register_activities(LlmActivitiesImpl::new(store, llm, coalesce))
         // A dead worker's sticky queue is abandoned after this long.

@@ -9,7 +9,7 @@ use temporalio_macros::activity_definitions;
 use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
 
-use soma_contract::{TurnOutcome, TurnRef};
+use soma_contract::{SessionRef, TurnOutcome, TurnRef};
 
 /// Session and stream writes: the store.
 pub struct SessionActivities;
@@ -41,6 +41,31 @@ impl SessionActivities {
     /// Records how the turn ended: turn status, `turn.*` event (and `error`), audit row.
     #[activity]
     pub async fn finish_turn(input: FinishTurnInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    /// Asks Temporal to cancel the workflow of each of the session's open turns. Returns how
+    /// many there were.
+    #[activity]
+    pub async fn cancel_open_turns(session: SessionRef) -> Result<u32, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Waits until no turn of the session is open.
+    #[activity]
+    pub async fn wait_for_open_turns(session: SessionRef) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    /// Appends `session.deleted`, the last event of the session's stream: open streams end.
+    #[activity]
+    pub async fn announce_session_deleted(session: SessionRef) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    /// Removes the session and everything it owns; audited. Returns whether it was there.
+    #[activity]
+    pub async fn purge_session(session: SessionRef) -> Result<bool, ActivityError> {
         unimplemented!()
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod activities;
 pub mod chat_turn;
+pub mod session_deletion;
 pub mod steps;
 
 pub use chat_turn::{ChatTurnInput, ChatTurnOutput, ChatTurnWorkflow};
+pub use session_deletion::{SessionDeletionOutput, SessionDeletionWorkflow};

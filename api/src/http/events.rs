@@ -3,29 +3,61 @@
 //! client sends `Last-Event-ID` (or `?after=`) and gets exactly the later events. New events
 //! are read when Postgres NOTIFY wakes the session, never by polling, once per process for all
 //! of the session's clients (see `feed`); a comment goes out every 15 s so proxies keep the
-//! connection open.
+//! connection open. Browsers authenticate with a stream token (`?token=`), minted by
+//! `POST /v1/session/{id}/stream-token`.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
-use crate::extract::{AppQuery, OwnedSession};
+use soma_contract::EventData;
+use soma_contract::api::{ErrorBody, StreamToken};
+
+use crate::extract::{AppQuery, OwnedSession, SessionReader};
 use crate::feed;
 use crate::{ApiContext, ApiError};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// Start after this event id (as `Last-Event-ID` does; the header wins).
     after: Option<i64>,
+    /// A stream token for this session, for clients that cannot send headers.
+    #[allow(dead_code)] // read by the `SessionReader` extractor
+    token: Option<String>,
 }
 
+/// The session's events, as server-sent events, from after `Last-Event-ID` (or `after`).
+#[utoipa::path(
+    get, path = "/v1/session/{id}/events", tag = "chat",
+    params(
+        ("id" = Uuid, Path, description = "The session"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
+        StreamQuery,
+    ),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`; each frame's `data:` is an `EventData` \
+                                      (its `payload` decodes as the `SessionEvent` of its `type`). \
+                                      `session.deleted` is the last event.",
+         content_type = "text/event-stream", body = EventData),
+        (status = 400, description = "A bad `Last-Event-ID` or `after`", body = ErrorBody),
+        (status = 401, description = "No or a wrong API key, or an invalid (`invalid_token`) or expired \
+                                      (`token_expired`) stream token", body = ErrorBody),
+        (status = 404, description = "Not one of the tenant's sessions", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []), ("stream_token" = []))
+)]
 pub async fn stream(
     State(ctx): State<ApiContext>,
-    session: OwnedSession,
+    reader: SessionReader,
     AppQuery(query): AppQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -38,10 +70,25 @@ pub async fn stream(
         None => None,
     };
     let after = last_event_id.or(query.after).unwrap_or(0);
-    let tenant_id = session.principal.tenant_id;
-    let feed = ctx.feeds.feed(&tenant_id, session.session_id).await?;
-    let events =
-        feed::follow(ctx.store.clone(), tenant_id, session.session_id, after, feed, ctx.closing.subscribe())
-            .map(|event| Ok(event.to_sse()));
+    let SessionReader { tenant_id, session_id } = reader;
+    let feed = ctx.feeds.feed(&tenant_id, session_id).await?;
+    let events = feed::follow(ctx.store.clone(), tenant_id, session_id, after, feed, ctx.closing.subscribe())
+        .map(|event| Ok(event.to_sse()));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat")))
+}
+
+/// A short-lived token that opens this session's event stream (`?token=`) and nothing else.
+#[utoipa::path(
+    post, path = "/v1/session/{id}/stream-token", tag = "chat",
+    params(("id" = Uuid, Path, description = "The session")),
+    responses(
+        (status = 200, description = "The token and when it expires", body = StreamToken),
+        (status = 401, description = "No or a wrong API key", body = ErrorBody),
+        (status = 404, description = "Not one of the tenant's sessions", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn stream_token(State(ctx): State<ApiContext>, session: OwnedSession) -> Json<StreamToken> {
+    Json(ctx.stream_tokens.mint(&session.principal.tenant_id, session.session_id, chrono::Utc::now()))
 }

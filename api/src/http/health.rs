@@ -7,49 +7,35 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
 use temporalio_client::tonic::IntoRequest;
 use temporalio_common::protos::temporal::api::workflowservice::v1::GetSystemInfoRequest;
+
+use soma_contract::api::{Check, Health, Readiness};
 
 use crate::ApiContext;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Serialize)]
-pub struct Health {
-    pub status: &'static str,
-    pub service: &'static str,
-    pub version: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Readiness {
-    /// `ready` or `not_ready`.
-    pub status: &'static str,
-    pub checks: BTreeMap<&'static str, Check>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Check {
-    /// `ok` or `failing`.
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Check {
-    fn of(result: Result<(), String>) -> Check {
-        match result {
-            Ok(()) => Check { status: "ok", error: None },
-            Err(error) => Check { status: "failing", error: Some(error) },
-        }
+fn check(result: Result<(), String>) -> Check {
+    match result {
+        Ok(()) => Check { status: "ok".into(), error: None },
+        Err(error) => Check { status: "failing".into(), error: Some(error) },
     }
 }
 
+/// The process answers.
+#[utoipa::path(get, path = "/v1/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
 pub async fn health() -> Json<Health> {
-    Json(Health { status: "ok", service: "soma-api", version: env!("CARGO_PKG_VERSION") })
+    Json(Health { status: "ok".into(), service: "soma-api".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
+/// The process can serve: Postgres and Temporal answer.
+#[utoipa::path(get, path = "/v1/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the failing checks say why", body = Readiness),
+    ))]
 pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<Readiness>) {
     let postgres = match tokio::time::timeout(CHECK_TIMEOUT, ctx.store.ping()).await {
         Ok(Ok(())) => Ok(()),
@@ -68,7 +54,7 @@ pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<Readiness
         Err(_) => Err("timed out".to_string()),
     };
     let ready = postgres.is_ok() && temporal.is_ok();
-    let checks = BTreeMap::from([("postgres", Check::of(postgres)), ("temporal", Check::of(temporal))]);
-    let body = Readiness { status: if ready { "ready" } else { "not_ready" }, checks };
+    let checks = BTreeMap::from([("postgres".to_string(), check(postgres)), ("temporal".to_string(), check(temporal))]);
+    let body = Readiness { status: if ready { "ready" } else { "not_ready" }.into(), checks };
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

@@ -5,10 +5,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde_json::json;
 use uuid::Uuid;
 
-use soma_core::store::{AcceptedTurn, NewTurn, TurnSession};
+use soma_contract::api::{ErrorBody, IfBusy, MessageAccepted, PostMessage};
+use soma_contract::TurnStatus;
+use soma_core::store::{AcceptedTurn, AuditEntry, NewTurn, Requester, TurnSession};
 use soma_workflows::ChatTurnWorkflow;
 
 use crate::auth::Principal;
@@ -18,34 +20,24 @@ use crate::{ApiContext, ApiError};
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostMessage {
-    session_id: Option<Uuid>,
-    message: String,
-    persona_id: Option<String>,
-    #[serde(default)]
-    attachments: Vec<AttachmentRef>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AttachmentRef {
-    // Parsed so a malformed attachment is reported as such; attachments are refused below.
-    #[allow(dead_code)]
-    id: Uuid,
-}
-
-/// The 202 body: where the turn is and how to follow it.
-#[derive(Debug, Serialize)]
-pub struct MessageAccepted {
-    pub session_id: Uuid,
-    pub turn_id: Uuid,
-    pub workflow_id: String,
-    /// Always `queued`: the turn runs once the session's earlier turns have.
-    pub status: &'static str,
-}
-
+/// Send a message: it becomes a turn of its session, answered in the order accepted.
+#[utoipa::path(
+    post, path = "/v1/session/message", tag = "chat",
+    request_body = PostMessage,
+    params(("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 255 visible ASCII characters; the same key returns the same turn")),
+    responses(
+        (status = 202, description = "Accepted: the turn is stored and its workflow started", body = MessageAccepted),
+        (status = 400, description = "Malformed JSON, a wrong field, an empty message, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "No or a wrong API key", body = ErrorBody),
+        (status = 404, description = "`session_id` is not one of the tenant's sessions", body = ErrorBody),
+        (status = 409, description = "`if_busy: reject` and a turn of the session is running", body = ErrorBody),
+        (status = 413, description = "The message is over `max_message_bytes`", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 503, description = "The database or Temporal is unavailable; nothing was accepted", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
 pub async fn post_message(
     State(ctx): State<ApiContext>,
     principal: Principal,
@@ -79,6 +71,7 @@ pub async fn post_message(
     };
     let turn_id = Uuid::now_v7();
     let workflow_id = ChatTurnWorkflow::workflow_id(session.id(), turn_id);
+    let by = Requester { actor: &principal.subject, request_id: &ids.request_id, trace_id: Some(&ids.trace_id) };
     let accepted = ctx
         .store
         .accept_turn(&NewTurn {
@@ -89,9 +82,8 @@ pub async fn post_message(
             idempotency_key,
             message: &request.message,
             persona_id: request.persona_id.as_deref(),
-            request_id: &ids.request_id,
-            trace_id: Some(&ids.trace_id),
-            actor: &principal.subject,
+            refuse_if_busy: request.if_busy == IfBusy::Reject,
+            by,
         })
         .await?;
     let turn = &accepted.turn;
@@ -106,6 +98,9 @@ pub async fn post_message(
         }
         return Err(err);
     }
+    if request.if_busy == IfBusy::Interrupt && accepted.created {
+        interrupt_earlier_turns(&ctx, &accepted, by).await?;
+    }
     tracing::info!(turn_id = %turn.turn_id, workflow_id = %accepted.workflow_id, new = accepted.created, "turn accepted");
     Ok((
         StatusCode::ACCEPTED,
@@ -113,7 +108,8 @@ pub async fn post_message(
             session_id: turn.session_id,
             turn_id: turn.turn_id,
             workflow_id: accepted.workflow_id,
-            status: "queued",
+            status: TurnStatus::Queued,
+            stream_after: accepted.stream_after,
         }),
     ))
 }
@@ -140,4 +136,23 @@ async fn start_workflow(ctx: &ApiContext, accepted: &AcceptedTurn) -> Result<(),
     soma_core::temporal::start_once(&ctx.temporal, ChatTurnWorkflow::run, accepted.turn.clone(), options)
         .await
         .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
+}
+
+/// `if_busy: interrupt`: cancels the session's turns accepted before this one (their partial
+/// replies are kept as `cancelled`), so this one is answered next. Each cancel is audited.
+async fn interrupt_earlier_turns(ctx: &ApiContext, accepted: &AcceptedTurn, by: Requester<'_>) -> Result<(), ApiError> {
+    let turn = &accepted.turn;
+    let earlier = ctx.store.open_turns(&turn.tenant_id, turn.session_id).await?;
+    for open in earlier.iter().filter(|open| open.turn_id != turn.turn_id) {
+        let reason = format!("interrupted by turn {} (request {})", turn.turn_id, by.request_id);
+        crate::http::sessions::cancel_workflow(ctx, &open.workflow_id, reason).await?;
+        let details = json!({ "workflow_id": open.workflow_id, "interrupted_by": turn.turn_id });
+        ctx.store
+            .audit(&AuditEntry {
+                turn_id: Some(open.turn_id),
+                ..AuditEntry::for_session(&turn.tenant_id, turn.session_id, by, "turn.cancel", "interrupted", details)
+            })
+            .await?;
+    }
+    Ok(())
 }

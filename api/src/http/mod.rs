@@ -1,28 +1,86 @@
-//! Routes, one module per resource.
+//! Routes, one module per resource. Every route is registered through `routes!`, which also
+//! puts its `#[utoipa::path]` into the OpenAPI document: a route cannot be served and
+//! undocumented (a test checks that no route is added any other way).
 
+mod config;
+mod console;
 mod events;
 mod health;
 mod messages;
-mod sessions;
+pub(crate) mod sessions;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::{HeaderName, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa::openapi::OpenApi as Document;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::ApiContext;
+use crate::openapi::ApiDoc;
+use crate::{ApiContext, ApiError};
 
-pub fn router(ctx: ApiContext) -> Router {
-    // Room for the largest message plus JSON framing; beyond it the body is not read.
-    let body_limit = ctx.config.max_message_bytes * 6 + 16 * 1024;
-    Router::new()
-        .route("/v1/session/message", post(messages::post_message))
-        .route("/v1/session/{id}/events", get(events::stream))
-        .route("/v1/session/{id}/cancel", post(sessions::cancel_turn))
-        .route("/v1/sessions", get(sessions::list))
-        .route("/v1/sessions/{id}/messages", get(sessions::messages))
-        .route("/v1/health", get(health::health))
-        .route("/v1/ready", get(health::ready))
-        .fallback(|| async { crate::ApiError::NotFound("route") })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(ctx)
+/// The largest request body read: an import of a long session. A message is held to
+/// `max_message_bytes` by its handler, with a clearer error.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The API's routes and the OpenAPI document that describes them.
+pub fn router(ctx: ApiContext) -> (Router, Document) {
+    let (routes, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(messages::post_message))
+        .routes(routes!(events::stream))
+        .routes(routes!(events::stream_token))
+        .routes(routes!(sessions::cancel_turn))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::messages))
+        .routes(routes!(sessions::delete))
+        .routes(routes!(sessions::reset))
+        .routes(routes!(sessions::export))
+        .routes(routes!(sessions::import))
+        .routes(routes!(config::runtime_config))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(openapi_document))
+        .routes(routes!(console::index))
+        .routes(routes!(console::file))
+        .split_for_parts();
+    document.info.version = env!("CARGO_PKG_VERSION").into();
+    let served = std::sync::Arc::new(document.clone());
+    let router = routes
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::Extension(served))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors(&ctx))
+        .with_state(ctx);
+    (router, document)
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi_document(axum::Extension(document): axum::Extension<std::sync::Arc<Document>>) -> Json<Document> {
+    Json((*document).clone())
+}
+
+/// CORS for a UI on another origin: the configured origins only (none by default), no cookies
+/// (keys and stream tokens travel in headers and the URL), `X-Request-Id` readable by scripts.
+fn cors(ctx: &ApiContext) -> CorsLayer {
+    let origins: Vec<_> = ctx.config.cors_origins().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            HeaderName::from_static("content-type"),
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("authorization"),
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(std::time::Duration::from_secs(600))
 }

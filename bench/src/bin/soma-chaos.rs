@@ -12,7 +12,7 @@ use futures::StreamExt;
 use soma_bench::{FollowedTurn, Stack, StackArgs, StackClient, WAIT};
 use soma_contract::SessionEvent;
 use soma_devllm::DevProviderOptions;
-use soma_tests::SseClient;
+use soma_client::Followed;
 
 #[derive(Parser)]
 #[command(about = "Soma crash drills (run them through ops/chaos)")]
@@ -88,8 +88,9 @@ fn judge(followed: &FollowedTurn, expected: &str) -> Seen {
     if ids.len() != followed.events.len() {
         return Seen::Twice("an event id was delivered twice".into());
     }
-    let ends = followed.events.iter().filter(|e| e.event().ends_turn()).count();
-    let user_messages = followed.events.iter().filter(|e| matches!(e.event(), SessionEvent::MessageUser(_))).count();
+    let ends = followed.events.iter().filter(|e| e.typed().is_some_and(|e| e.ends_turn())).count();
+    let user_messages =
+        followed.events.iter().filter(|e| matches!(e.typed(), Some(SessionEvent::MessageUser(_)))).count();
     if ends > 1 || user_messages > 1 {
         return Seen::Twice(format!("{ends} turn ends, {user_messages} user messages"));
     }
@@ -214,43 +215,27 @@ async fn worker_kills(args: &Args) -> anyhow::Result<Counts> {
     Ok(counts)
 }
 
-/// One SSE client that reconnects with Last-Event-ID whenever its stream breaks, recording
-/// every event id it receives, until `stop` is set and it has seen `until_id`.
+/// One SSE client that follows the session across broken connections (resuming with
+/// Last-Event-ID), recording every event id it receives, until `stop` is set and it has seen
+/// that id. Returns the ids and how often it reconnected.
 async fn reconnecting_client(
     client: StackClient,
     session: String,
     stop: tokio::sync::watch::Receiver<Option<i64>>,
 ) -> (Vec<i64>, usize) {
-    let url = client.api.events_url(&session);
-    let (mut received, mut reconnects, mut last) = (Vec::new(), 0usize, None::<i64>);
+    let mut follow = client.api.follow(session.parse().expect("a session id"), 0);
+    let mut received = Vec::new();
     loop {
-        let mut stream = match SseClient::try_connect(&client.api.http, &url, &client.api.key, last).await {
-            Ok(stream) => stream,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if !received.is_empty() {
-            reconnects += 1;
+        if let Some(until) = *stop.borrow()
+            && follow.last_id() >= until
+        {
+            return (received, follow.reconnects);
         }
-        loop {
-            if let Some(until) = *stop.borrow()
-                && last.is_some_and(|l| l >= until)
-            {
-                return (received, reconnects);
-            }
-            match stream.next_event(Duration::from_millis(500)).await {
-                Some(event) => {
-                    received.push(event.id);
-                    last = Some(event.id);
-                }
-                None => {
-                    // Either idle for a moment or the api went away: a fresh connection
-                    // tells which, and resumes after `last` either way.
-                    break;
-                }
-            }
+        // Bounded, so the stop condition is looked at while the stream is quiet.
+        match tokio::time::timeout(Duration::from_millis(500), follow.next()).await {
+            Ok(Ok(Some(Followed::Event(event)))) => received.push(event.id),
+            Ok(Ok(Some(Followed::Reconnecting { .. }))) | Err(_) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => return (received, follow.reconnects),
         }
     }
 }
@@ -365,7 +350,7 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         // Each message on its own task, so a slow answer does not slow the load.
         let client = client.clone();
         sends.push(tokio::spawn(async move {
-            client.post(None, &format!("pg restart {i}"), Some(&format!("pg-{i}"))).await
+            client.post(&format!("pg restart {i}"), Some(&format!("pg-{i}"))).await
         }));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -440,7 +425,7 @@ async fn idempotency_storm(args: &Args) -> anyhow::Result<Counts> {
     let client = stack.client.clone();
     let posts = (0..n).map(|_| {
         let client = client.clone();
-        async move { client.post(None, "storm", Some("one-key")).await }
+        async move { client.post("storm", Some("one-key")).await }
     });
     let results: Vec<_> = futures::stream::iter(posts).buffer_unordered(n).collect().await;
     let mut answers = BTreeSet::new();

@@ -23,7 +23,39 @@ pub struct AuditEntry<'a> {
     pub dedupe_key: Option<String>,
 }
 
+/// Who asked for something, for its audit row.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    /// The principal (`key:…`), `worker`, or a maintenance job.
+    pub actor: &'a str,
+    pub request_id: &'a str,
+    pub trace_id: Option<&'a str>,
+}
+
 impl<'a> AuditEntry<'a> {
+    /// An entry about a whole session, under the request that asked for it.
+    pub fn for_session(
+        tenant_id: &'a str,
+        session_id: Uuid,
+        by: Requester<'a>,
+        action: &'a str,
+        outcome: &'a str,
+        details: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            tenant_id,
+            request_id: Some(by.request_id),
+            trace_id: by.trace_id,
+            session_id: Some(session_id),
+            turn_id: None,
+            actor: by.actor,
+            action,
+            outcome,
+            details,
+            dedupe_key: None,
+        }
+    }
+
     /// An entry about a turn, under the request and trace that accepted it.
     pub fn for_turn(
         turn: &'a TurnRef,

@@ -1,23 +1,12 @@
 //! `messages`: the conversation as users and the LLM see it. Messages are in turn order, and
 //! within a turn in the order they were stored.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
+use soma_contract::api::Message;
 use soma_contract::{MessageStatus, Role};
 
 use super::{Store, StoreError};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Message {
-    pub id: Uuid,
-    pub turn_id: Uuid,
-    pub role: Role,
-    pub content: String,
-    pub status: MessageStatus,
-    pub created_at: DateTime<Utc>,
-}
 
 /// One line of the conversation as sent to the LLM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +61,7 @@ impl Store {
     ) -> Result<Vec<Message>, StoreError> {
         Ok(sqlx::query_as!(
             Message,
-            r#"SELECT m.id, m.turn_id, m.role AS "role: Role", m.content,
+            r#"SELECT m.id, m.turn_id, t.seq AS turn_seq, t.workflow_id, m.role AS "role: Role", m.content,
                       m.status AS "status: MessageStatus", m.created_at
                FROM messages m JOIN turns t ON t.id = m.turn_id
                WHERE m.session_id = $1 AND m.tenant_id = $2

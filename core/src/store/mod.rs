@@ -15,10 +15,10 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-pub use audit::AuditEntry;
+pub use audit::{AuditEntry, Requester};
 pub use events::{EVENTS_CHANNEL, StoredEvent};
-pub use messages::{ConversationLine, Message};
-pub use sessions::{SessionCursor, SessionSummary};
+pub use messages::ConversationLine;
+pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor};
 pub use turns::{AcceptedTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession};
 
 /// Errors a caller can act on; anything else is a database failure.
@@ -28,6 +28,9 @@ pub enum StoreError {
     SessionNotFound,
     #[error("turn not found")]
     TurnNotFound,
+    /// A turn of the session is open, and the caller asked not to queue behind it.
+    #[error("a turn of the session is running")]
+    SessionBusy,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use soma_contract::{TurnRef, TurnStatus};
 
-use super::{AuditEntry, Store, StoreError};
+use super::sessions::has_open_turn;
+use super::{AuditEntry, Requester, Store, StoreError};
 
 /// Which session a new turn goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +39,10 @@ pub struct NewTurn<'a> {
     pub idempotency_key: Option<&'a str>,
     pub message: &'a str,
     pub persona_id: Option<&'a str>,
-    pub request_id: &'a str,
-    pub trace_id: Option<&'a str>,
-    /// Who sent it, for the audit row.
-    pub actor: &'a str,
+    /// Refuse the turn ([`StoreError::SessionBusy`]) while another turn of the session is open.
+    pub refuse_if_busy: bool,
+    /// Who sent it, in which request.
+    pub by: Requester<'a>,
 }
 
 /// The accepted turn. `created` is false when an Idempotency-Key matched an earlier turn.
@@ -49,6 +50,8 @@ pub struct NewTurn<'a> {
 pub struct AcceptedTurn {
     pub turn: TurnRef,
     pub workflow_id: String,
+    /// The session's newest event id when the turn was accepted.
+    pub stream_after: i64,
     pub created: bool,
 }
 
@@ -86,15 +89,24 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let (session_id, seq) = match new.session {
-            TurnSession::Existing(id) => (id, next_turn_seq(&mut tx, new.tenant_id, id).await?),
+            TurnSession::Existing(id) => {
+                // Taking the next number locks the session: the busy check below sees every
+                // turn accepted before this one.
+                let seq = next_turn_seq(&mut tx, new.tenant_id, id).await?;
+                if new.refuse_if_busy && has_open_turn(&mut *tx, new.tenant_id, id).await? {
+                    return Err(StoreError::SessionBusy);
+                }
+                (id, seq)
+            }
             TurnSession::New(id) => (create_session(&mut tx, new.tenant_id, id, new.persona_id).await?, 1),
         };
-        let inserted = sqlx::query_scalar!(
-            "INSERT INTO turns (id, tenant_id, session_id, seq, idempotency_key, user_message,
-                                persona_id, request_id, trace_id, workflow_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-             RETURNING id",
+        let inserted = sqlx::query!(
+            r#"INSERT INTO turns (id, tenant_id, session_id, seq, idempotency_key, user_message,
+                                  persona_id, request_id, trace_id, workflow_id, stream_after)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                       (SELECT coalesce(max(id), 0) FROM session_events WHERE session_id = $3))
+               ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+               RETURNING stream_after"#,
             new.turn_id,
             new.tenant_id,
             session_id,
@@ -102,24 +114,24 @@ impl Store {
             new.idempotency_key,
             new.message,
             new.persona_id,
-            new.request_id,
-            new.trace_id,
+            new.by.request_id,
+            new.by.trace_id,
             new.workflow_id,
         )
         .fetch_optional(&mut *tx)
         .await?;
-        if inserted.is_none() {
+        let Some(inserted) = inserted else {
             // A concurrent request with the same key won; ours changes nothing.
             tx.rollback().await?;
             return self.turn_by_idempotency_key(new).await?.ok_or(StoreError::TurnNotFound);
-        }
+        };
         AuditEntry {
             tenant_id: new.tenant_id,
-            request_id: Some(new.request_id),
-            trace_id: new.trace_id,
+            request_id: Some(new.by.request_id),
+            trace_id: new.by.trace_id,
             session_id: Some(session_id),
             turn_id: Some(new.turn_id),
-            actor: new.actor,
+            actor: new.by.actor,
             action: "turn.accept",
             outcome: "accepted",
             details: json!({ "seq": seq, "workflow_id": new.workflow_id, "message_bytes": new.message.len() }),
@@ -133,10 +145,11 @@ impl Store {
                 tenant_id: new.tenant_id.to_string(),
                 session_id,
                 turn_id: new.turn_id,
-                request_id: new.request_id.to_string(),
-                trace_id: new.trace_id.map(str::to_string),
+                request_id: new.by.request_id.to_string(),
+                trace_id: new.by.trace_id.map(str::to_string),
             },
             workflow_id: new.workflow_id.to_string(),
+            stream_after: inserted.stream_after,
             created: true,
         })
     }
@@ -144,8 +157,8 @@ impl Store {
     async fn turn_by_idempotency_key(&self, new: &NewTurn<'_>) -> Result<Option<AcceptedTurn>, StoreError> {
         let Some(key) = new.idempotency_key else { return Ok(None) };
         let row = sqlx::query!(
-            "SELECT session_id, id, workflow_id, request_id, trace_id FROM turns
-             WHERE tenant_id = $1 AND idempotency_key = $2",
+            r#"SELECT session_id, id, workflow_id AS "workflow_id!", request_id, trace_id, stream_after FROM turns
+               WHERE tenant_id = $1 AND idempotency_key = $2"#,
             new.tenant_id,
             key,
         )
@@ -160,6 +173,7 @@ impl Store {
                 trace_id: row.trace_id,
             },
             workflow_id: row.workflow_id,
+            stream_after: row.stream_after,
             created: false,
         }))
     }
@@ -248,21 +262,17 @@ impl Store {
         Ok(())
     }
 
-    /// The session's oldest unfinished turn: the one running, or else the next to run.
-    pub async fn oldest_open_turn(
-        &self,
-        tenant_id: &str,
-        session_id: Uuid,
-    ) -> Result<Option<OpenTurn>, StoreError> {
+    /// The session's open turns, oldest first: the one running, then those queued behind it.
+    pub async fn open_turns(&self, tenant_id: &str, session_id: Uuid) -> Result<Vec<OpenTurn>, StoreError> {
         Ok(sqlx::query_as!(
             OpenTurn,
             r#"SELECT id AS "turn_id!", workflow_id AS "workflow_id!" FROM open_turns
                WHERE session_id = $1 AND tenant_id = $2
-               ORDER BY seq LIMIT 1"#,
+               ORDER BY seq"#,
             session_id,
             tenant_id,
         )
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -315,7 +325,7 @@ async fn create_session(
     Ok(session_id)
 }
 
-/// Locks the session row and takes the next turn number: accepted order is this order.
+/// Takes the next turn number of a session locked by the caller: accepted order is this order.
 async fn next_turn_seq(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: &str,
@@ -323,7 +333,7 @@ async fn next_turn_seq(
 ) -> Result<i32, StoreError> {
     sqlx::query_scalar!(
         "UPDATE sessions SET turn_count = turn_count + 1, updated_at = now()
-         WHERE id = $1 AND tenant_id = $2 RETURNING turn_count",
+         WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING turn_count",
         session_id,
         tenant_id,
     )

@@ -1,4 +1,5 @@
-//! What identifies a turn wherever it goes: workflow inputs, activities, events, audit rows.
+//! What identifies a turn, or a whole session, wherever it goes: workflow inputs, activities,
+//! events, audit rows.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -27,6 +28,31 @@ impl TurnRef {
             tenant_id: &self.tenant_id,
             session_id: self.session_id,
             turn_id: Some(self.turn_id),
+            request_id: Some(&self.request_id),
+            trace_id: self.trace_id.as_deref(),
+        }
+    }
+}
+
+/// A change to a whole session (its deletion, say): the session, and who asked for it in
+/// which request. Workflow inputs carry this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub tenant_id: String,
+    pub session_id: Uuid,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    /// Who asked, as the audit log names them.
+    pub actor: String,
+}
+
+impl SessionRef {
+    /// Where the session's own events (not a turn's) go.
+    pub fn scope(&self) -> EventScope<'_> {
+        EventScope {
+            tenant_id: &self.tenant_id,
+            session_id: self.session_id,
+            turn_id: None,
             request_id: Some(&self.request_id),
             trace_id: self.trace_id.as_deref(),
         }

@@ -1,0 +1,298 @@
+// The Soma console: a session list, and a chat view that renders a turn's reply as its tokens
+// arrive. It honours llm.retry (the partial text is dropped), shows a banner while the stream
+// reconnects and then the rest of the reply once (events are applied once, by id), links each
+// turn to its workflow in the Temporal UI, and can stop, reset and delete. It uses only the
+// public API (api.js).
+
+import { Api } from "./api.js";
+import { renderMarkdown } from "./markdown.js";
+
+const $ = (id) => document.getElementById(id);
+const KEY_NAME = "soma.apiKey";
+
+const state = {
+  api: null,
+  config: null,
+  session: null, // the open session's id, or null for a new chat
+  stopFollowing: () => {},
+  turns: new Map(), // turn id -> { li, reply, meta, text, status, workflowId }
+};
+
+// ---- the key -------------------------------------------------------------------------------
+
+function storedKey() {
+  return sessionStorage.getItem(KEY_NAME) || localStorage.getItem(KEY_NAME);
+}
+
+async function connect(key, remember) {
+  const api = new Api(key);
+  state.config = await api.runtimeConfig(); // fails with 401 on a wrong key
+  state.api = api;
+  sessionStorage.setItem(KEY_NAME, key);
+  if (remember) localStorage.setItem(KEY_NAME, key);
+  $("model").textContent = state.config.model ? `model ${state.config.model}` : "";
+  $("key-form").hidden = true;
+  $("main").hidden = false;
+  $("forget-key").hidden = false;
+  await refreshSessions();
+  newChat();
+}
+
+$("key-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("key-error").textContent = "";
+  try {
+    await connect($("key").value.trim(), $("remember").checked);
+  } catch (err) {
+    $("key-error").textContent = err.status === 401 ? "That key is not valid here." : `Cannot connect: ${err.message}`;
+  }
+});
+
+$("forget-key").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_NAME);
+  localStorage.removeItem(KEY_NAME);
+  location.reload();
+});
+
+// ---- sessions ------------------------------------------------------------------------------
+
+async function refreshSessions() {
+  const { sessions } = await state.api.sessions();
+  const list = $("sessions");
+  list.replaceChildren();
+  for (const session of sessions) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.className = "session" + (session.id === state.session ? " current" : "");
+    button.dataset.sessionId = session.id;
+    button.textContent = `${new Date(session.updated_at).toLocaleString()} · ${session.turn_count} turns`;
+    button.addEventListener("click", () => openSession(session.id));
+    li.appendChild(button);
+    list.appendChild(li);
+  }
+}
+
+function showSession(id) {
+  state.stopFollowing();
+  state.stopFollowing = () => {};
+  state.session = id;
+  state.turns.clear();
+  $("turns").replaceChildren();
+  $("banner").hidden = true;
+  $("session-title").textContent = id ? `session ${id}` : "a new chat";
+  $("reset").hidden = $("delete").hidden = !id;
+  for (const button of document.querySelectorAll("#sessions .session")) {
+    button.classList.toggle("current", button.dataset.sessionId === id);
+  }
+  updateBusy();
+}
+
+function newChat() {
+  showSession(null);
+  $("message").focus();
+}
+
+async function openSession(id) {
+  showSession(id);
+  const { messages, lastEventId } = await state.api.history(id);
+  for (const message of messages) {
+    const turn = ensureTurn(message.turn_id, message.workflow_id);
+    if (message.role === "user") setUserText(turn, message.content);
+    else {
+      turn.text = message.content;
+      renderReply(turn);
+      setStatus(turn, message.status === "complete" ? "completed" : message.status);
+    }
+  }
+  // A turn whose user message is stored but whose reply is not yet: it is running.
+  for (const turn of state.turns.values()) if (!turn.status) setStatus(turn, "running");
+  follow(id, lastEventId);
+}
+
+function follow(id, after) {
+  state.stopFollowing = state.api.follow(id, after, onEvent, (stream) => {
+    $("banner").hidden = stream !== "reconnecting";
+  });
+}
+
+// ---- turns ---------------------------------------------------------------------------------
+
+function ensureTurn(turnId, workflowId) {
+  let turn = state.turns.get(turnId);
+  if (!turn) {
+    const li = document.createElement("li");
+    li.className = "turn";
+    li.dataset.turnId = turnId;
+    const user = document.createElement("div");
+    user.className = "user";
+    const assistant = document.createElement("div");
+    assistant.className = "assistant";
+    const reply = document.createElement("div");
+    reply.className = "reply";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    assistant.append(reply, meta);
+    li.append(user, assistant);
+    $("turns").appendChild(li);
+    turn = { li, user, reply, meta, text: "", status: null, workflowId: null };
+    state.turns.set(turnId, turn);
+  }
+  if (workflowId && !turn.workflowId) {
+    turn.workflowId = workflowId;
+    renderMeta(turn);
+  }
+  return turn;
+}
+
+function setUserText(turn, text) {
+  turn.user.textContent = text;
+}
+
+function renderReply(turn) {
+  turn.reply.replaceChildren(renderMarkdown(turn.text));
+  turn.li.scrollIntoView({ block: "end" });
+}
+
+function setStatus(turn, status, detail) {
+  turn.status = status;
+  turn.li.dataset.status = status;
+  turn.detail = detail;
+  renderMeta(turn);
+  updateBusy();
+}
+
+function renderMeta(turn) {
+  const parts = [];
+  if (turn.status && turn.status !== "completed") parts.push(turn.status + (turn.detail ? `: ${turn.detail}` : ""));
+  turn.meta.replaceChildren(...parts.map((text) => document.createTextNode(text + " ")));
+  const ui = state.config && state.config.temporal_ui_url;
+  if (ui && turn.workflowId) {
+    const link = document.createElement("a");
+    link.href = `${ui}/namespaces/${encodeURIComponent(state.config.temporal_namespace)}/workflows/${encodeURIComponent(turn.workflowId)}`;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    link.textContent = "workflow";
+    link.className = "workflow-link";
+    turn.meta.appendChild(link);
+  }
+}
+
+function updateBusy() {
+  const busy = [...state.turns.values()].some((t) => t.status === "running" || t.status === "queued");
+  $("stop").disabled = !busy;
+}
+
+function onEvent(id, data) {
+  const turnId = data.meta.turn_id;
+  const payload = data.payload;
+  switch (data.type) {
+    case "message.user": {
+      const turn = ensureTurn(turnId);
+      setUserText(turn, payload.content);
+      if (!turn.status || turn.status === "queued") setStatus(turn, "running");
+      break;
+    }
+    case "llm.delta": {
+      const turn = ensureTurn(turnId);
+      turn.text += payload.text;
+      renderReply(turn);
+      break;
+    }
+    case "llm.retry": {
+      const turn = ensureTurn(turnId);
+      turn.text = ""; // the attempt that streamed it is being replaced
+      renderReply(turn);
+      break;
+    }
+    case "turn.complete":
+      setStatus(ensureTurn(turnId), "completed");
+      break;
+    case "turn.cancelled":
+      setStatus(ensureTurn(turnId), "cancelled");
+      break;
+    case "turn.failed":
+      setStatus(ensureTurn(turnId), "failed", payload.reason);
+      break;
+    case "session.reset":
+      state.turns.clear();
+      $("turns").replaceChildren();
+      updateBusy();
+      break;
+    case "session.deleted":
+      newChat();
+      refreshSessions();
+      break;
+  }
+}
+
+// ---- composing -----------------------------------------------------------------------------
+
+$("compose").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("message").value;
+  if (!text.trim()) return;
+  $("error").textContent = "";
+  $("send").disabled = true;
+  try {
+    const accepted = await state.api.send(text, state.session, $("if-busy").value);
+    $("message").value = "";
+    const isNew = state.session !== accepted.session_id;
+    if (isNew) {
+      showSession(accepted.session_id);
+      follow(accepted.session_id, accepted.stream_after);
+      refreshSessions();
+    }
+    const turn = ensureTurn(accepted.turn_id, accepted.workflow_id);
+    if (!turn.user.textContent) setUserText(turn, text);
+    if (!turn.status) setStatus(turn, "queued");
+  } catch (err) {
+    $("error").textContent = err.code === "session_busy"
+      ? "A reply is still being written (the busy policy is reject)."
+      : `Not sent: ${err.message}`;
+  } finally {
+    $("send").disabled = false;
+  }
+});
+
+$("message").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) {
+    event.preventDefault();
+    $("compose").requestSubmit();
+  }
+});
+
+$("stop").addEventListener("click", async () => {
+  try {
+    await state.api.cancel(state.session);
+  } catch (err) {
+    $("error").textContent = `Not stopped: ${err.message}`;
+  }
+});
+
+$("new-session").addEventListener("click", newChat);
+
+$("reset").addEventListener("click", async () => {
+  if (!confirm("Clear this conversation? The session stays.")) return;
+  try {
+    await state.api.reset(state.session);
+  } catch (err) {
+    $("error").textContent = err.code === "session_busy" ? "Stop the running reply first." : err.message;
+  }
+});
+
+$("delete").addEventListener("click", async () => {
+  if (!confirm("Delete this session and everything in it?")) return;
+  try {
+    await state.api.remove(state.session);
+    newChat();
+    refreshSessions();
+  } catch (err) {
+    $("error").textContent = err.message;
+  }
+});
+
+// ---- start ---------------------------------------------------------------------------------
+
+const key = storedKey();
+if (key) connect(key).catch(() => { $("key-form").hidden = false; });
+else $("key-form").hidden = false;

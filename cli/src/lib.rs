@@ -1,0 +1,224 @@
+//! `soma`, the command line of Soma Orchestrator: chat with streamed replies (resumed across
+//! dropped connections without repeating text), list, read, cancel, delete, reset, export and
+//! import sessions. Everything goes through the public API with the Rust client.
+
+pub mod chat;
+pub mod output;
+pub mod settings;
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+use soma_client::{Client, ClientError};
+use soma_contract::api::IfBusy;
+
+use crate::output::Output;
+
+const AFTER_HELP: &str = "\
+Connecting:
+  soma reads the API's address and key from --api-url/--api-key, else SOMA_API_URL and
+  SOMA_API_KEY, else the .soma/dev.env that `ops/dev up` writes (looked for in this directory
+  and its parents).
+
+Exit codes:
+  0  done
+  1  the API could not be reached, or answered with a server error
+  2  wrong usage (a bad flag or argument)
+  3  the API refused the request (unknown session, busy session, bad input, wrong key)
+  4  the turn failed (its error is printed)
+  5  the turn was cancelled
+
+Examples:
+  soma chat \"What is Temporal?\"          a new session, the reply streamed as it is written
+  soma chat --session ID \"And then?\"     go on in a session
+  soma chat                              an interactive loop; Ctrl-C stops a reply, Ctrl-D quits
+  soma sessions --json | jq .            scripts read --json
+  soma export ID > chat.jsonl && soma import chat.jsonl
+  soma completions bash > /etc/bash_completion.d/soma";
+
+#[derive(Debug, Parser)]
+#[command(name = "soma", version, about = "Chat with Soma Orchestrator and manage its sessions", after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The API's base URL, e.g. http://127.0.0.1:20020.
+    #[arg(long, global = true, env = "SOMA_API_URL")]
+    pub api_url: Option<String>,
+    /// The API key.
+    #[arg(long, global = true, env = "SOMA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print JSON (one object per command) for scripts, instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a message and stream the reply as it is written. Without a message: an interactive
+    /// loop, one line a message, in one session.
+    Chat {
+        /// The session to go on in; a new one without it.
+        #[arg(long)]
+        session: Option<Uuid>,
+        /// What to do while a turn of the session is running: wait behind it, interrupt it
+        /// (its partial reply is kept as cancelled), or refuse.
+        #[arg(long, value_enum, default_value_t = Busy::Queue)]
+        if_busy: Busy,
+        /// The message; several words are joined with spaces.
+        message: Vec<String>,
+    },
+    /// The tenant's sessions, most recently active first.
+    Sessions {
+        /// How many (1 to 200).
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// A session's conversation.
+    History { session: Uuid },
+    /// Cancel the session's running turn; its partial reply is kept as cancelled.
+    Cancel { session: Uuid },
+    /// Delete a session: its turns are cancelled, its streams end, its data is removed.
+    Delete { session: Uuid },
+    /// Clear a session's conversation and keep the session.
+    Reset { session: Uuid },
+    /// Write a session as JSON lines to standard output.
+    Export { session: Uuid },
+    /// Import an export (a file, or - for standard input) as a new session.
+    Import { file: String },
+    /// Print a completion script for a shell.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// `--if-busy`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Busy {
+    Queue,
+    Interrupt,
+    Reject,
+}
+
+impl From<Busy> for IfBusy {
+    fn from(busy: Busy) -> Self {
+        match busy {
+            Busy::Queue => IfBusy::Queue,
+            Busy::Interrupt => IfBusy::Interrupt,
+            Busy::Reject => IfBusy::Reject,
+        }
+    }
+}
+
+/// How a command ended, as its exit code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done = 0,
+    Unreachable = 1,
+    Refused = 3,
+    TurnFailed = 4,
+    TurnCancelled = 5,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(outcome: Outcome) -> Self {
+        ExitCode::from(outcome as u8)
+    }
+}
+
+impl Outcome {
+    fn of(err: &ClientError) -> Outcome {
+        match err {
+            ClientError::Api { status, .. } if (400..500).contains(status) => Outcome::Refused,
+            _ => Outcome::Unreachable,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Outcome {
+    let out = Output::new(cli.json);
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "soma", &mut std::io::stdout());
+        return Outcome::Done;
+    }
+    let client = match settings::client(cli.api_url, cli.api_key) {
+        Ok(client) => client,
+        Err(err) => {
+            out.error(&format!("{err:#}"));
+            return Outcome::Refused;
+        }
+    };
+    match execute(&client, cli.command, &out).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            out.error(&err.to_string());
+            Outcome::of(&err)
+        }
+    }
+}
+
+async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outcome, ClientError> {
+    match command {
+        Command::Chat { session, if_busy, message } => {
+            let message = (!message.is_empty()).then(|| message.join(" "));
+            return chat::run(client, session, if_busy.into(), message, out).await;
+        }
+        Command::Sessions { limit } => {
+            let list = client.sessions(Some(limit), None).await?;
+            out.json_or(&list, || {
+                for s in &list.sessions {
+                    println!("{}  {:>3} turns  {}", s.id, s.turn_count, s.updated_at.format("%Y-%m-%d %H:%M:%S"));
+                }
+                if list.sessions.is_empty() {
+                    out.note("no sessions yet: soma chat \"hello\" starts one");
+                }
+            });
+        }
+        Command::History { session } => {
+            let messages = client.all_messages(session).await?;
+            out.json_or(&messages, || {
+                for m in &messages {
+                    let status = if m.status == soma_contract::MessageStatus::Complete {
+                        String::new()
+                    } else {
+                        format!(" ({})", m.status)
+                    };
+                    println!("{}{status}: {}", out.role(m.role), m.content);
+                }
+            });
+        }
+        Command::Cancel { session } => {
+            let cancel = client.cancel(session).await?;
+            out.json_or(&cancel, || println!("cancelling turn {}", cancel.turn_id));
+        }
+        Command::Delete { session } => {
+            let deletion = client.delete(session).await?;
+            out.json_or(&deletion, || println!("deleting session {} ({})", deletion.session_id, deletion.workflow_id));
+        }
+        Command::Reset { session } => {
+            let reset = client.reset(session).await?;
+            out.json_or(&reset, || println!("cleared {} messages", reset.removed_messages));
+        }
+        Command::Export { session } => print!("{}", client.export(session).await?),
+        Command::Import { file } => {
+            let jsonl = if file == "-" {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text).map_err(|e| ClientError::Decode(e.to_string()))?;
+                text
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| ClientError::Decode(format!("{file}: {e}")))?
+            };
+            let imported = client.import(jsonl).await?;
+            out.json_or(&imported, || {
+                println!(
+                    "imported as session {} ({} turns, {} messages)",
+                    imported.session_id, imported.turns, imported.messages
+                )
+            });
+        }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(Outcome::Done)
+}

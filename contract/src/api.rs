@@ -1,0 +1,255 @@
+//! The HTTP API's request and response bodies: what the api serves, the OpenAPI document
+//! describes (with the `openapi` feature) and the Rust client and `soma` CLI read.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::status::{MessageStatus, Role, TurnStatus};
+
+/// Derives `utoipa::ToSchema` with the `openapi` feature.
+macro_rules! api_type {
+    ($($item:item)+) => {
+        $(
+            #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+            $item
+        )+
+    };
+}
+
+api_type! {
+    /// Every error: a stable `code`, a message for people, and the request's id.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ErrorBody {
+        pub code: String,
+        pub message: String,
+        pub request_id: String,
+    }
+
+    /// `POST /v1/session/message`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PostMessage {
+        /// The session to continue; without one, a new session starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub session_id: Option<Uuid>,
+        pub message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub persona_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub attachments: Vec<AttachmentRef>,
+        /// What to do when a turn of the session is still running.
+        #[serde(default)]
+        pub if_busy: IfBusy,
+    }
+
+    /// A file uploaded earlier, to go with a message.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AttachmentRef {
+        pub id: Uuid,
+    }
+
+    /// A message sent while a turn of its session runs ("double texting").
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum IfBusy {
+        /// Answer it after the running turn (and any queued before it).
+        #[default]
+        Queue,
+        /// Cancel the running and queued turns (their partial replies kept as `cancelled`) and
+        /// answer this one next.
+        Interrupt,
+        /// Refuse it: 409 `session_busy`, nothing changes.
+        Reject,
+    }
+
+    /// 202 to `POST /v1/session/message`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MessageAccepted {
+        pub session_id: Uuid,
+        pub turn_id: Uuid,
+        /// The turn's workflow in Temporal.
+        pub workflow_id: String,
+        /// `queued`: the turn runs once the session's earlier turns have.
+        pub status: TurnStatus,
+        /// Open the session's stream after this event id to see this turn from its start.
+        pub stream_after: i64,
+    }
+
+    /// One of the tenant's sessions.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SessionSummary {
+        pub id: Uuid,
+        pub persona_id: Option<String>,
+        pub turn_count: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    /// `GET /v1/sessions`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SessionList {
+        pub sessions: Vec<SessionSummary>,
+        /// Pass as `cursor` for the next page; null on the last one.
+        pub next_cursor: Option<String>,
+    }
+
+    /// A stored message of the conversation.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Message {
+        pub id: Uuid,
+        pub turn_id: Uuid,
+        /// The turn's place in its session, from 1.
+        pub turn_seq: i32,
+        /// The turn's workflow in Temporal; null for imported turns, which had none here.
+        pub workflow_id: Option<String>,
+        pub role: Role,
+        pub content: String,
+        pub status: MessageStatus,
+        pub created_at: DateTime<Utc>,
+    }
+
+    /// `GET /v1/sessions/{id}/messages`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MessagePage {
+        pub session_id: Uuid,
+        pub messages: Vec<Message>,
+        /// Pass as `after` for the next page; null on the last one.
+        pub next_after: Option<Uuid>,
+        /// The session's newest event id when this page was read: open the stream after it to
+        /// see what happens next.
+        pub last_event_id: i64,
+    }
+
+    /// 202 to `POST /v1/session/{id}/cancel`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CancelRequested {
+        pub session_id: Uuid,
+        pub turn_id: Uuid,
+        pub workflow_id: String,
+        /// `cancelling`: the stream shows `turn.cancelled` once the turn has stopped.
+        pub status: String,
+    }
+
+    /// `POST /v1/session/{id}/stream-token`: lets a browser's `EventSource`, which cannot send
+    /// headers, read this one session's stream (`GET /v1/session/{id}/events?token=…`) and
+    /// nothing else, until it expires.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StreamToken {
+        pub token: String,
+        pub expires_at: DateTime<Utc>,
+    }
+
+    /// 202 to `DELETE /v1/sessions/{id}`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SessionDeletion {
+        pub session_id: Uuid,
+        /// The deletion's workflow: it cancels the session's turns, ends its streams with
+        /// `session.deleted`, then removes its data.
+        pub workflow_id: String,
+        /// `deleting`: the session is gone for every request from now on.
+        pub status: String,
+    }
+
+    /// 200 to `POST /v1/sessions/{id}/reset`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SessionReset {
+        pub session_id: Uuid,
+        /// Messages removed; the session and its stream go on.
+        pub removed_messages: i64,
+    }
+
+    /// 201 to `POST /v1/sessions/import`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SessionImported {
+        /// The new session holding the imported conversation.
+        pub session_id: Uuid,
+        pub turns: i64,
+        pub messages: i64,
+    }
+
+    /// `GET /v1/runtime-config`: what a UI may show. Never a secret.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RuntimeConfig {
+        pub version: String,
+        /// The model turns are answered by.
+        pub model: Option<String>,
+        pub max_message_bytes: usize,
+        pub stream_token_ttl_secs: u64,
+        /// Where the Temporal UI is, for links to a turn's workflow:
+        /// `{temporal_ui_url}/namespaces/{temporal_namespace}/workflows/{workflow_id}`.
+        pub temporal_ui_url: Option<String>,
+        pub temporal_namespace: String,
+        pub features: Features,
+    }
+
+    /// What this deployment does beyond chat.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Features {
+        pub tools: bool,
+        pub uploads: bool,
+        pub memory: bool,
+    }
+
+    /// One line of a session export (JSON lines): first the session, then its messages in
+    /// conversation order. `POST /v1/sessions/import` takes the same lines.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum ExportLine {
+        Session(ExportedSession),
+        Message(ExportedMessage),
+    }
+
+    /// The first line of an export.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ExportedSession {
+        /// [`EXPORT_FORMAT`].
+        pub format: String,
+        /// The session's id where it was exported; an import makes a new one.
+        pub session_id: Uuid,
+        pub persona_id: Option<String>,
+        pub created_at: DateTime<Utc>,
+    }
+
+    /// A message line of an export.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ExportedMessage {
+        /// The turn's place in the session, from 1: a user message, then its reply.
+        pub turn: i32,
+        pub role: Role,
+        pub content: String,
+        pub status: MessageStatus,
+        pub created_at: DateTime<Utc>,
+    }
+
+    /// `GET /v1/health`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Health {
+        pub status: String,
+        pub service: String,
+        pub version: String,
+    }
+
+    /// `GET /v1/ready`: 200 when every check passes, 503 with the failing ones otherwise.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Readiness {
+        /// `ready` or `not_ready`.
+        pub status: String,
+        pub checks: std::collections::BTreeMap<String, Check>,
+    }
+
+    /// One readiness check.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Check {
+        /// `ok` or `failing`.
+        pub status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+    }
+}
+
+/// The `format` of the first line of a session export.
+pub const EXPORT_FORMAT: &str = "soma.session.v1";
