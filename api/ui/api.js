@@ -36,12 +36,12 @@ export class Api {
   }
   sessions() { return this.call("GET", "/v1/sessions?limit=50"); }
   async history(sessionId) {
-    let after = null, messages = [], lastEventId = null;
+    let after = null, messages = [], streamAfter = null;
     for (;;) {
       const page = await this.call("GET", `/v1/sessions/${sessionId}/messages?limit=200${after ? `&after=${after}` : ""}`);
-      if (lastEventId === null) lastEventId = page.last_event_id;
+      if (streamAfter === null) streamAfter = page.stream_after;
       messages = messages.concat(page.messages);
-      if (!page.next_after) return { messages, lastEventId };
+      if (!page.next_after) return { messages, streamAfter };
       after = page.next_after;
     }
   }
@@ -80,6 +80,9 @@ export class Api {
       };
       source.onmessage = () => {}; // every event has a name; see addEventListener below
       for (const kind of KINDS) source.addEventListener(kind, (message) => {
+        // The contract has an `error` event kind, and EventSource fires its own `error` (a
+        // plain Event, without data) when the connection breaks: only the former is ours.
+        if (typeof message.data !== "string") return;
         const id = Number(message.lastEventId);
         if (id <= lastId) return; // already shown
         lastId = id;

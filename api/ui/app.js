@@ -35,7 +35,9 @@ async function connect(key, remember) {
   $("main").hidden = false;
   $("forget-key").hidden = false;
   await refreshSessions();
-  newChat();
+  const fromUrl = location.hash.slice(1);
+  if (/^[0-9a-f-]{36}$/.test(fromUrl)) await openSession(fromUrl).catch(newChat);
+  else newChat();
 }
 
 $("key-form").addEventListener("submit", async (event) => {
@@ -73,6 +75,8 @@ async function refreshSessions() {
 }
 
 function showSession(id) {
+  // The open session lives in the URL, so a reload (or a shared link) opens it again.
+  history.replaceState(null, "", id ? `#${id}` : location.pathname);
   state.stopFollowing();
   state.stopFollowing = () => {};
   state.session = id;
@@ -94,7 +98,7 @@ function newChat() {
 
 async function openSession(id) {
   showSession(id);
-  const { messages, lastEventId } = await state.api.history(id);
+  const { messages, streamAfter } = await state.api.history(id);
   for (const message of messages) {
     const turn = ensureTurn(message.turn_id, message.workflow_id);
     if (message.role === "user") setUserText(turn, message.content);
@@ -106,7 +110,7 @@ async function openSession(id) {
   }
   // A turn whose user message is stored but whose reply is not yet: it is running.
   for (const turn of state.turns.values()) if (!turn.status) setStatus(turn, "running");
-  follow(id, lastEventId);
+  follow(id, streamAfter);
 }
 
 function follow(id, after) {
@@ -177,6 +181,10 @@ function renderMeta(turn) {
   }
 }
 
+function isFinished(turn) {
+  return ["completed", "failed", "cancelled"].includes(turn.status);
+}
+
 function updateBusy() {
   const busy = [...state.turns.values()].some((t) => t.status === "running" || t.status === "queued");
   $("stop").disabled = !busy;
@@ -194,12 +202,14 @@ function onEvent(id, data) {
     }
     case "llm.delta": {
       const turn = ensureTurn(turnId);
+      if (isFinished(turn)) break; // its stored reply is shown already
       turn.text += payload.text;
       renderReply(turn);
       break;
     }
     case "llm.retry": {
       const turn = ensureTurn(turnId);
+      if (isFinished(turn)) break;
       turn.text = ""; // the attempt that streamed it is being replaced
       renderReply(turn);
       break;

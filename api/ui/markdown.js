@@ -65,7 +65,8 @@ function element(tag, text) {
 }
 
 // Inline spans: `code`, **bold**, *italic* or _italic_, [text](http…). Anything else is text.
-const INLINE = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_|\[([^\]]+)\]\(([^)\s]+)\)/g;
+// Underscores emphasise only at word edges, as in CommonMark: snake_case_names stay as written.
+const INLINE = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|(?<![\p{L}\p{N}_])_([^_\s][^_]*)_(?![\p{L}\p{N}_])|\[([^\]]+)\]\(([^)\s]+)\)/gu;
 
 function appendInline(parent, text) {
   let last = 0;

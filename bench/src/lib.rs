@@ -180,7 +180,7 @@ impl Stack {
     }
 
     /// Stops the processes and drops the database.
-    pub async fn finish(mut self) {
+    pub async fn finish(&mut self) {
         self.api = None;
         self.worker = None;
         self.baseline_worker = None;

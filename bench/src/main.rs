@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push(bench.active_streams().await?);
     }
     print_table(&rows, started.elapsed(), bench.quick);
+    let mut bench = bench;
     bench.stack.finish().await;
     Ok(())
 }

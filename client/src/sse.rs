@@ -50,7 +50,12 @@ pub enum Next {
 impl EventStream {
     /// Sends `request` (a `GET …/events`, however authenticated) and reads its stream.
     pub async fn open(request: reqwest::RequestBuilder) -> Result<Self, ClientError> {
-        let response = crate::check(request.header("Accept", "text/event-stream").send().await?).await?;
+        Self::from_response(request.header("Accept", "text/event-stream").send().await?).await
+    }
+
+    /// Reads the stream of a response to `GET …/events`, or its error.
+    pub async fn from_response(response: reqwest::Response) -> Result<Self, ClientError> {
+        let response = crate::check(response).await?;
         Ok(EventStream { body: response.bytes_stream().boxed(), buffer: String::new() })
     }
 

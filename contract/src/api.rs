@@ -33,10 +33,15 @@ api_type! {
         /// The session to continue; without one, a new session starts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub session_id: Option<Uuid>,
+        /// Not blank, no NUL character; at most the deployment's `max_message_bytes` (413 beyond).
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
         pub message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*$"))]
         pub persona_id: Option<String>,
+        /// Not supported yet: must be empty.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[cfg_attr(feature = "openapi", schema(max_items = 0))]
         pub attachments: Vec<AttachmentRef>,
         /// What to do when a turn of the session is still running.
         #[serde(default)]
@@ -117,9 +122,10 @@ api_type! {
         pub messages: Vec<Message>,
         /// Pass as `after` for the next page; null on the last one.
         pub next_after: Option<Uuid>,
-        /// The session's newest event id when this page was read: open the stream after it to
-        /// see what happens next.
-        pub last_event_id: i64,
+        /// Open the session's stream after this event id to see what these messages do not
+        /// hold: the reply of a turn still running, so far, and everything after. Events of
+        /// turns that these messages show finished may come again; a client ignores them.
+        pub stream_after: i64,
     }
 
     /// 202 to `POST /v1/session/{id}/cancel`.

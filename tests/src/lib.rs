@@ -322,3 +322,49 @@ impl Drop for TestWorker {
         }
     }
 }
+
+/// A TCP proxy in front of a server whose open connections can be cut at once, as a network
+/// failure would: clients see their connections drop and must reconnect (through the proxy,
+/// which takes new connections as before).
+pub struct CuttableProxy {
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: std::net::SocketAddr) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {} // dropping both sockets cuts the connection
+                    }
+                });
+            }
+        });
+        CuttableProxy { addr, cut }
+    }
+
+    /// Drops every connection open now.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl TestApp {
+    /// The address the API listens on.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        self.api.base_url().trim_start_matches("http://").parse().expect("the API's address")
+    }
+}

@@ -202,6 +202,7 @@ async fn bad_input_gets_a_4xx_and_starts_nothing() {
         ("missing message", json!({}).to_string(), KEY_A, 400, "invalid_request"),
         ("oversized message", json!({ "message": oversized }).to_string(), KEY_A, 413, "payload_too_large"),
         ("message of the wrong type", json!({ "message": 42 }).to_string(), KEY_A, 400, "invalid_request"),
+        ("a NUL character", json!({ "message": "a\u{0}b" }).to_string(), KEY_A, 400, "invalid_text"),
         (
             "session_id not a uuid",
             json!({ "message": "hi", "session_id": "abc" }).to_string(),

@@ -15,9 +15,8 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
-use soma_contract::EventData;
 use soma_contract::api::{ErrorBody, StreamToken};
 
 use crate::extract::{AppQuery, OwnedSession, SessionReader};
@@ -34,6 +33,19 @@ pub struct StreamQuery {
     token: Option<String>,
 }
 
+/// One server-sent event as it goes over the wire (`id:`, `event:`, `data:` lines).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the frames `RenderedEvent::to_sse` writes
+pub struct SseFrame {
+    /// The event id: resume after it with `Last-Event-ID` (or `?after=`).
+    id: String,
+    /// The event's kind: `message.user`, `llm.delta`, … (see `SessionEvent`).
+    event: String,
+    /// JSON, an `EventData`: `{type, meta, payload}`, its payload the `SessionEvent` of its type.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 /// The session's events, as server-sent events, from after `Last-Event-ID` (or `after`).
 #[utoipa::path(
     get, path = "/v1/session/{id}/events", tag = "chat",
@@ -46,7 +58,7 @@ pub struct StreamQuery {
         (status = 200, description = "An endless `text/event-stream`; each frame's `data:` is an `EventData` \
                                       (its `payload` decodes as the `SessionEvent` of its `type`). \
                                       `session.deleted` is the last event.",
-         content_type = "text/event-stream", body = EventData),
+         content_type = "text/event-stream", body = SseFrame),
         (status = 400, description = "A bad `Last-Event-ID` or `after`", body = ErrorBody),
         (status = 401, description = "No or a wrong API key, or an invalid (`invalid_token`) or expired \
                                       (`token_expired`) stream token", body = ErrorBody),

@@ -24,11 +24,11 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[utoipa::path(
     post, path = "/v1/session/message", tag = "chat",
     request_body = PostMessage,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$",
             description = "1 to 255 visible ASCII characters; the same key returns the same turn")),
     responses(
         (status = 202, description = "Accepted: the turn is stored and its workflow started", body = MessageAccepted),
-        (status = 400, description = "Malformed JSON, a wrong field, an empty message, a bad Idempotency-Key", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a wrong field, an empty message, a NUL character, a bad Idempotency-Key", body = ErrorBody),
         (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 404, description = "`session_id` is not one of the tenant's sessions", body = ErrorBody),
         (status = 409, description = "`if_busy: reject` and a turn of the session is running", body = ErrorBody),
@@ -57,6 +57,10 @@ pub async fn post_message(
                 ctx.config.max_message_bytes
             ),
         });
+    }
+    storable("message", &request.message)?;
+    if let Some(persona) = &request.persona_id {
+        storable("persona_id", persona)?;
     }
     if !request.attachments.is_empty() {
         return Err(ApiError::bad_request("attachments_unsupported", "attachments are not supported yet"));
@@ -112,6 +116,15 @@ pub async fn post_message(
             stream_after: accepted.stream_after,
         }),
     ))
+}
+
+/// Text is stored in Postgres, which cannot hold a NUL character: say so, rather than fail
+/// as if the database were down.
+pub(crate) fn storable(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request("invalid_text", format!("{field} must not contain a NUL character")));
+    }
+    Ok(())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {

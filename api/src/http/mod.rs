@@ -6,7 +6,7 @@ mod config;
 mod console;
 mod events;
 mod health;
-mod messages;
+pub(crate) mod messages;
 pub(crate) mod sessions;
 
 use axum::Json;

@@ -39,8 +39,10 @@ const NDJSON: &str = "application/x-ndjson";
 #[into_params(parameter_in = Query)]
 pub struct SessionsQuery {
     /// 1 to 200; 50 by default.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     cursor: Option<String>,
 }
 
@@ -48,6 +50,7 @@ pub struct SessionsQuery {
 #[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// 1 to 200; 50 by default.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// `next_after` of the previous page.
     after: Option<Uuid>,
@@ -121,11 +124,11 @@ pub async fn messages(
 ) -> Result<Json<MessagePage>, ApiError> {
     let limit = page_size(query.limit)?;
     let tenant_id = &session.principal.tenant_id;
-    // Read before the messages: a stream opened after it misses nothing that came after them.
-    let last_event_id = ctx.store.last_event_id(tenant_id, session.session_id).await?;
+    // Read before the messages: a stream opened after it misses nothing they do not hold.
+    let stream_after = ctx.store.stream_after_messages(tenant_id, session.session_id).await?;
     let messages = ctx.store.messages(tenant_id, session.session_id, query.after, None, Some(limit)).await?;
     let next_after = (messages.len() as i64 == limit).then(|| messages.last().map(|m| m.id)).flatten();
-    Ok(Json(MessagePage { session_id: session.session_id, messages, next_after, last_event_id }))
+    Ok(Json(MessagePage { session_id: session.session_id, messages, next_after, stream_after }))
 }
 
 /// Asks Temporal to cancel a workflow; one that has already closed is fine.
@@ -345,7 +348,11 @@ fn parse_export(body: &[u8], max_message_bytes: usize) -> Result<(ExportedSessio
         serde_json::from_str::<ExportLine>(line).map(|parsed| (n + 1, parsed)).map_err(|err| invalid(n + 1, err.to_string()))
     });
     let header = match lines.next().transpose()? {
-        Some((_, ExportLine::Session(header))) if header.format == EXPORT_FORMAT => header,
+        Some((_, ExportLine::Session(header)))
+            if header.format == EXPORT_FORMAT && !header.persona_id.as_deref().unwrap_or_default().contains('\0') =>
+        {
+            header
+        }
         Some((n, _)) => return Err(invalid(n, format!("the first line must be a session of format {EXPORT_FORMAT}"))),
         None => return Err(invalid(1, "empty".into())),
     };
@@ -358,6 +365,7 @@ fn parse_export(body: &[u8], max_message_bytes: usize) -> Result<(ExportedSessio
         if message.content.len() > max_message_bytes {
             return Err(invalid(n, format!("a message over {max_message_bytes} bytes")));
         }
+        crate::http::messages::storable("content", &message.content).map_err(|_| invalid(n, "a NUL character".into()))?;
         let imported =
             ImportedMessage { content: message.content, status: message.status, created_at: message.created_at };
         match message.role {

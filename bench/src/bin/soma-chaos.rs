@@ -324,7 +324,7 @@ async fn postgres_restart(args: &Args) -> anyhow::Result<Counts> {
         token_interval: Duration::from_millis(5),
         ..Default::default()
     };
-    let stack = Stack::start("chaos3", &args.stack, fast).await?;
+    let mut stack = Stack::start("chaos3", &args.stack, fast).await?;
     let client = stack.client.clone();
     let started_at = || async {
         let pool = connect_retrying(&stack.database_url).await?;
@@ -421,7 +421,7 @@ async fn idempotency_storm(args: &Args) -> anyhow::Result<Counts> {
         token_interval: Duration::ZERO,
         ..Default::default()
     };
-    let stack = Stack::start("chaos4", &args.stack, fast).await?;
+    let mut stack = Stack::start("chaos4", &args.stack, fast).await?;
     let client = stack.client.clone();
     let posts = (0..n).map(|_| {
         let client = client.clone();

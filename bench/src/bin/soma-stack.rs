@@ -61,8 +61,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .env("SOMA_STACK_CONTROL", &control_url)
         .status()
         .await?;
-    let stack = Arc::try_unwrap(stack).map_err(|_| anyhow::anyhow!("stack still shared"))?.into_inner();
-    stack.finish().await;
+    stack.lock().await.finish().await;
     Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 

@@ -129,6 +129,22 @@ impl Store {
         .await?)
     }
 
+    /// Where a client that has just read the session's messages opens its stream: before the
+    /// first event of the oldest open turn (whose reply is not stored yet), or after the
+    /// session's newest event when no turn is open.
+    pub async fn stream_after_messages(&self, tenant_id: &str, session_id: Uuid) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar!(
+            r#"SELECT coalesce(
+                   (SELECT min(stream_after) FROM open_turns WHERE session_id = $1 AND tenant_id = $2),
+                   (SELECT max(id) FROM session_events WHERE session_id = $1 AND tenant_id = $2),
+                   0) AS "after!""#,
+            session_id,
+            tenant_id,
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Whether any attempt of the turn's LLM call has streamed a delta yet.
     pub async fn has_streamed_deltas(
         &self,

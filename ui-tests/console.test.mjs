@@ -1,0 +1,172 @@
+// The web console in headless Chromium (Debian's, driven by playwright-core), against a real
+// stack started by soma-stack: the api and worker processes, Temporal, PostgreSQL. soma-stack
+// gives SOMA_API_URL, SOMA_API_KEY, SOMA_OTHER_TENANT_KEY and SOMA_STACK_CONTROL (to kill and
+// start the api). Screenshots go to SOMA_SCREENSHOTS; the README's is docs/console.png.
+
+import { test, before, after, beforeEach, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const API = process.env.SOMA_API_URL;
+const KEY = process.env.SOMA_API_KEY;
+const CONTROL = process.env.SOMA_STACK_CONTROL;
+const SHOTS = process.env.SOMA_SCREENSHOTS || "screenshots";
+const README_SHOT = process.env.SOMA_README_SCREENSHOT;
+const WAIT = 60_000;
+assert.ok(API && KEY && CONTROL, "run through soma-stack (ops/test does)");
+mkdirSync(SHOTS, { recursive: true });
+
+let browser, page;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync"],
+  });
+});
+after(async () => { await browser?.close(); });
+
+beforeEach(async () => {
+  page = await browser.newPage({ viewport: { width: 1200, height: 760 } });
+  page.on("pageerror", (err) => { throw err; });
+  await page.goto(`${API}/ui`);
+  await page.fill("#key", KEY);
+  await page.click("#key-form button[type=submit]");
+  await page.waitForSelector("#main:not([hidden])");
+});
+afterEach(async (t) => {
+  await page.screenshot({ path: join(SHOTS, `console-${t.name.replace(/\W+/g, "-")}.png`) });
+  await page.close();
+});
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+async function api(method, path, body) {
+  const response = await fetch(API + path, {
+    method,
+    headers: { "X-API-Key": KEY, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: response.status, body: await response.json().catch(() => null) };
+}
+
+async function storedReply(sessionId) {
+  const { body } = await api("GET", `/v1/sessions/${sessionId}/messages?limit=200`);
+  return body.messages.filter((m) => m.role === "assistant").map((m) => m.content);
+}
+
+async function send(text) {
+  await page.fill("#message", text);
+  await page.click("#send");
+  await page.waitForFunction(() => location.hash.length > 1, null, { timeout: WAIT });
+  return page.evaluate(() => location.hash.slice(1));
+}
+
+/** Records every distinct text the last turn's reply shows, from now on. */
+async function recordRenders() {
+  await page.evaluate(() => {
+    window.__renders = [];
+    new MutationObserver(() => {
+      const replies = document.querySelectorAll("#turns .turn .reply");
+      const text = replies.length ? replies[replies.length - 1].textContent : "";
+      if (text && window.__renders[window.__renders.length - 1] !== text) window.__renders.push(text);
+    }).observe(document.getElementById("turns"), { subtree: true, childList: true, characterData: true });
+  });
+}
+
+const completed = () => page.waitForSelector("#turns .turn[data-status=completed]", { timeout: WAIT });
+const replyText = () => page.$eval("#turns .turn:last-child .reply", (el) => el.textContent);
+const partialShown = () => page.waitForFunction(() => {
+  const reply = document.querySelector("#turns .turn:last-child .reply");
+  return reply && reply.textContent.length > 20;
+}, null, { timeout: WAIT });
+const longMessage = (what) => `${what}: ` + Array.from({ length: 60 }, (_, i) => `word${i}`).join(" ");
+
+// ---- tests -----------------------------------------------------------------------------------
+
+test("a reply grows token by token and ends as the stored message", async () => {
+  await recordRenders();
+  const session = await send("Tell me about durable workflows");
+  await completed();
+  const renders = await page.evaluate(() => window.__renders);
+  assert.ok(renders.length >= 5, `several partial renders before the end, got ${renders.length}`);
+  for (let i = 1; i < renders.length; i++) assert.ok(renders[i].startsWith(renders[i - 1]), "each render grows the last");
+  const [stored] = await storedReply(session);
+  assert.equal(await replyText(), stored);
+  if (README_SHOT) await page.screenshot({ path: README_SHOT });
+});
+
+test("a reload mid-stream shows the whole reply once", async () => {
+  const session = await send(longMessage("reload"));
+  await partialShown();
+  await page.reload();
+  await page.waitForSelector("#main:not([hidden])");
+  await completed();
+  assert.equal(await page.$$eval("#turns .turn", (turns) => turns.length), 1, "one turn, shown once");
+  const [stored] = await storedReply(session);
+  assert.equal(await replyText(), stored);
+});
+
+test("the api killed and restarted mid-stream: a banner, then the rest of the reply once", async () => {
+  await recordRenders();
+  const session = await send(longMessage("restart"));
+  await partialShown();
+  assert.equal((await fetch(`${CONTROL}/api/kill`, { method: "POST" })).status, 200);
+  await page.waitForSelector("#banner:not([hidden])", { timeout: WAIT });
+  await page.screenshot({ path: join(SHOTS, "console-reconnecting.png") });
+  assert.equal((await fetch(`${CONTROL}/api/start`, { method: "POST" })).status, 200);
+  await completed();
+  await page.waitForSelector("#banner[hidden]", { state: "attached", timeout: WAIT });
+  const [stored] = await storedReply(session);
+  assert.equal(await replyText(), stored, "no repeated or missing text");
+  const renders = await page.evaluate(() => window.__renders);
+  for (let i = 1; i < renders.length; i++) assert.ok(renders[i].startsWith(renders[i - 1]), "the reply only grew");
+});
+
+test("a stream token opens its own session only, and authorizes nothing else", async () => {
+  const a = (await api("POST", "/v1/session/message", { message: "session A" })).body;
+  const b = (await api("POST", "/v1/session/message", { message: "session B" })).body;
+  const { token } = (await api("POST", `/v1/session/${a.session_id}/stream-token`)).body;
+  const results = await page.evaluate(async ({ a, b, token }) => {
+    const opens = (session) => new Promise((resolve) => {
+      const source = new EventSource(`/v1/session/${session}/events?token=${encodeURIComponent(token)}`);
+      source.addEventListener("message.user", () => { source.close(); resolve("events"); });
+      source.onerror = () => { if (source.readyState === EventSource.CLOSED) resolve("refused"); };
+    });
+    const other = await fetch(`/v1/session/${b}/events?token=${encodeURIComponent(token)}`);
+    const post = await fetch("/v1/session/message", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ message: "with a token", session_id: a }),
+    });
+    return {
+      own: await opens(a),
+      other: await opens(b),
+      otherStatus: other.status,
+      otherCode: (await other.json()).code,
+      postStatus: post.status,
+    };
+  }, { a: a.session_id, b: b.session_id, token });
+  assert.deepEqual(results, { own: "events", other: "refused", otherStatus: 401, otherCode: "invalid_token", postStatus: 401 });
+});
+
+test("markup in model output shows as text and never runs", async () => {
+  const attack = `<img src=x onerror="window.__pwned = 1"> and <script>window.__pwned = 2</script> **bold**`;
+  await send(attack);
+  await completed();
+  const reply = await page.$eval("#turns .turn:last-child .reply", (el) => ({
+    text: el.textContent,
+    images: el.querySelectorAll("img").length,
+    scripts: el.querySelectorAll("script").length,
+    bold: el.querySelectorAll("strong").length,
+  }));
+  assert.equal(await page.evaluate(() => window.__pwned), undefined, "nothing ran");
+  assert.ok(reply.text.includes('<img src=x onerror="window.__pwned = 1">'), reply.text);
+  assert.ok(reply.text.includes("<script>window.__pwned = 2</script>"), reply.text);
+  assert.equal(reply.images, 0);
+  assert.equal(reply.scripts, 0);
+  assert.equal(reply.bold, 1, "markdown still renders");
+});
