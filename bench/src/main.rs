@@ -21,7 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Args {
     #[command(flatten)]
     stack: StackArgs,
-    /// Measure only these figures (comma-separated): rss, ttft, history, throughput, idle, active.
+    /// Measure only these figures (comma-separated): rss, ttft, history, throughput, idle, active,
+    /// deletion.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
 }
@@ -34,6 +35,7 @@ enum Figure {
     Throughput,
     Idle,
     Active,
+    Deletion,
 }
 
 const PROVIDER_TTFT: Duration = Duration::from_millis(200);
@@ -115,6 +117,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants(Figure::Active) {
         rows.push(bench.active_streams().await?);
+    }
+    if wants(Figure::Deletion) {
+        rows.push(bench.session_deletion().await?);
     }
     print_table(&rows, started.elapsed(), bench.quick);
     let mut bench = bench;
@@ -398,6 +403,48 @@ impl Bench {
             ),
             "1,000 clients, p99 ≤ 100 ms",
             Some(sessions * clients_each >= 1000 && p99 <= 100.0),
+        ))
+    }
+}
+
+impl Bench {
+    /// How long a session deletion takes, from the 202 to the last of its rows gone, for
+    /// sessions with one finished turn; its stream's 3 s of grace is part of it.
+    async fn session_deletion(&self) -> anyhow::Result<Row> {
+        self.answer_at_once();
+        let samples = if self.quick { 5 } else { 20 };
+        let mut sessions = Vec::new();
+        for i in 0..samples {
+            sessions.push(self.client.complete_turn(None, &format!("to delete {i}")).await?.0);
+        }
+        let pool = sqlx::PgPool::connect(&self.stack.database_url).await?;
+        let deletions = sessions.iter().map(|session| {
+            let pool = pool.clone();
+            async move {
+                let id: uuid::Uuid = session.parse()?;
+                let sent = Instant::now();
+                self.client.api.delete(id).await?;
+                loop {
+                    let gone: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM sessions WHERE id = $1)")
+                        .bind(id)
+                        .fetch_one(&pool)
+                        .await?;
+                    if gone {
+                        return anyhow::Ok(ms(sent.elapsed()));
+                    }
+                    anyhow::ensure!(sent.elapsed() < Duration::from_secs(120), "session {id} was never removed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        let mut took = futures::future::try_join_all(deletions).await?;
+        pool.close().await;
+        let (p50, p95) = (percentile(&mut took, 50.0), percentile(&mut took, 95.0));
+        Ok(row(
+            "session deletion: DELETE → its rows gone (includes 3 s for open streams to see session.deleted)",
+            format!("p50 {p50:.0} ms, p95 {p95:.0} ms ({samples} at once)"),
+            "p95 ≤ 5 s",
+            Some(p95 <= 5000.0),
         ))
     }
 }

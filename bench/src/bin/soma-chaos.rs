@@ -25,7 +25,7 @@ struct Args {
     /// Shell command that starts PostgreSQL again.
     #[arg(long, env = "SOMA_PG_START")]
     pg_start: Option<String>,
-    /// Run only these drills (1–4); all by default.
+    /// Run only these drills (1–5); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 }
@@ -154,6 +154,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(4) {
         tally(idempotency_storm(&args).await?);
+    }
+    if runs(5) {
+        tally(deletions_with_worker_kill(&args).await?);
     }
     println!("chaos drills: {passed} passed, {failed} failed");
     anyhow::ensure!(failed == 0, "a drill lost, duplicated or did not finish something (counts above)");
@@ -462,6 +465,87 @@ async fn idempotency_storm(args: &Args) -> anyhow::Result<Counts> {
         answers.len()
     );
     counts.print("drill 4, concurrent POSTs with one Idempotency-Key", started.elapsed());
+    stack.finish().await;
+    Ok(counts)
+}
+
+/// Drill 5: delete sessions while their turns stream, SIGKILL the worker during the deletions,
+/// start a new one. Each deleted session's stream ends with `session.deleted` exactly once and
+/// its rows are gone; a session nobody deleted is untouched.
+async fn deletions_with_worker_kill(args: &Args) -> anyhow::Result<Counts> {
+    let n = if args.stack.quick { 4 } else { 20 };
+    let started = Instant::now();
+    let mut stack = Stack::start("chaos5", &args.stack, streaming_provider()).await?;
+    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
+    let client = stack.client.clone();
+    let bystander = client.api.say(None, "leave me be").await?;
+    let mut doomed = Vec::new();
+    for i in 0..n {
+        doomed.push(client.api.say(None, &format!("delete me {i}")).await?.session_id);
+    }
+    // Each session's stream, read to its end.
+    let followers: Vec<_> = doomed
+        .iter()
+        .map(|session| {
+            let mut follow = client.api.follow(*session, 0);
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                let mut deleted = 0;
+                while let Ok(Ok(Some(item))) = tokio::time::timeout(WAIT, follow.next()).await {
+                    if let Followed::Event(event) = item {
+                        ids.push(event.id);
+                        deleted += usize::from(event.kind == "session.deleted");
+                    }
+                }
+                (ids, deleted)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the turns are streaming
+    for session in &doomed {
+        client.api.delete(*session).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(random_below(1_500))).await;
+    stack.kill_worker();
+    stack.start_worker()?;
+
+    let mut counts = Counts { attempted: n, ..Default::default() };
+    for (session, follower) in doomed.iter().zip(followers) {
+        let (ids, deleted) = tokio::time::timeout(WAIT * 2, follower).await??;
+        let unique: BTreeSet<i64> = ids.iter().copied().collect();
+        // The rows go a few seconds after session.deleted (streams get time to deliver it).
+        let deadline = Instant::now() + WAIT;
+        let rows_left = loop {
+            let rows: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM sessions WHERE id = $1) + (SELECT count(*) FROM turns WHERE session_id = $1)
+                      + (SELECT count(*) FROM messages WHERE session_id = $1)
+                      + (SELECT count(*) FROM session_events WHERE session_id = $1)",
+            )
+            .bind(session)
+            .fetch_one(&pool)
+            .await?;
+            if rows == 0 || Instant::now() > deadline {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let seen = if unique.len() != ids.len() || deleted > 1 {
+            Seen::Twice(format!("{deleted} session.deleted, {} ids twice", ids.len() - unique.len()))
+        } else if deleted == 0 || rows_left > 0 {
+            Seen::Missing(format!("session.deleted seen {deleted} times, {rows_left} rows left"))
+        } else {
+            Seen::Whole
+        };
+        counts.add(format!("session {session}"), seen);
+    }
+    // The session nobody deleted still answers, whole.
+    let mut stream = client.events(&bystander.session_id.to_string(), None).await;
+    let followed = client.follow_turn(&mut stream, &bystander.turn_id.to_string(), "leave me be", Instant::now()).await;
+    let expected = soma_devllm::reply_text("leave me be", 0, STREAMING_EXTRA_WORDS);
+    counts.note("the bystander session", judge(&followed, &expected));
+    println!("drill 5: {n} sessions deleted mid-turn, the worker SIGKILLed during their deletions");
+    counts.print("drill 5, worker SIGKILL during session deletions", started.elapsed());
+    pool.close().await;
     stack.finish().await;
     Ok(counts)
 }
