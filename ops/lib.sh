@@ -102,9 +102,17 @@ ensure_temporal() {
 # ensure_namespace NAME: a Temporal namespace of its own (tests and drills run in one, so the
 # developer's `default` namespace never sees their workflows).
 ensure_namespace() {
-  "$TEMPORAL" operator namespace describe -n "$1" --address "$TEMPORAL_ADDRESS" >/dev/null 2>&1 ||
-    "$TEMPORAL" operator namespace create -n "$1" --retention 24h --address "$TEMPORAL_ADDRESS" >/dev/null ||
+  "$TEMPORAL" operator namespace describe -n "$1" --address "$TEMPORAL_ADDRESS" >/dev/null 2>&1 && return 0
+  "$TEMPORAL" operator namespace create -n "$1" --retention 24h --address "$TEMPORAL_ADDRESS" >/dev/null ||
     die "could not create the Temporal namespace $1"
+  # A new namespace reaches every part of the server within seconds: wait until a workflow can
+  # be started in it (a probe, terminated at once).
+  local deadline=$((SECONDS + 60)) probe=(-n "$1" --workflow-id soma-namespace-probe --address "$TEMPORAL_ADDRESS")
+  until "$TEMPORAL" workflow start "${probe[@]}" --type NamespaceProbe --task-queue soma-namespace-probe >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "the new Temporal namespace $1 does not take workflows"
+    sleep 0.5
+  done
+  "$TEMPORAL" workflow terminate "${probe[@]}" --reason "namespace probe" >/dev/null 2>&1 || true
 }
 
 # terminate_running NAME: ends whatever still runs in a namespace (a test that stopped mid-turn).

@@ -13,7 +13,7 @@ use soma_contract::events::{ErrorCode, ErrorEvent, TurnEnd, UserMessage};
 use soma_contract::events::SessionDeleted;
 use soma_contract::{MessageStatus, Role, SessionEvent, SessionRef, TurnOutcome, TurnRef, TurnStatus};
 use soma_core::SessionWakeups;
-use soma_core::store::{AuditEntry, Requester, Store, StoreError};
+use soma_core::store::{AuditEntry, Requester, Store, StoreError, TurnStart};
 use soma_workflows::activities::{AssistantMessageInput, FinishTurnInput, defs};
 use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{UntypedWorkflow, WorkflowCancelOptions};
@@ -66,33 +66,18 @@ impl SessionActivitiesImpl {
         _ctx: ActivityContext,
         turn: TurnRef,
     ) -> Result<bool, ActivityError> {
-        // Both reads at once: this is on the way to the first token.
-        let (row, earlier_unfinished) = futures::try_join!(
-            async { self.store.turn(&turn.tenant_id, turn.turn_id).await.classify() },
-            async { self.store.has_unfinished_earlier_turns(&turn.tenant_id, turn.turn_id).await.classify() },
-        )?;
-        if row.status == TurnStatus::Queued && earlier_unfinished {
-            return Ok(false);
-        }
-        self.store.mark_turn_running(&turn.tenant_id, turn.turn_id).await.classify()?;
-        let message_id = self
-            .store
-            .insert_message(
-                &turn.tenant_id,
-                turn.session_id,
-                turn.turn_id,
-                Role::User,
-                &row.user_message,
-                MessageStatus::Complete,
-            )
-            .await
-            .classify()?;
+        let begun = match self.store.begin_turn(&turn.tenant_id, turn.turn_id, Uuid::now_v7()).await.classify()? {
+            TurnStart::Begun(begun) => begun,
+            TurnStart::WaitForEarlier => return Ok(false),
+            // Gone: fails the step at once rather than waiting for ever.
+            TurnStart::Missing => return Err(StoreError::TurnNotFound).classify(),
+        };
         let event = SessionEvent::MessageUser(UserMessage {
-            message_id,
+            message_id: begun.message_id,
             role: Role::User,
-            content: row.user_message,
-            persona_id: row.persona_id,
-            seq: row.seq,
+            content: begun.user_message,
+            persona_id: begun.persona_id,
+            seq: begun.seq,
         });
         self.store.append_events(&turn.scope(), &[event]).await.classify()?;
         Ok(true)

@@ -71,6 +71,9 @@ impl From<StoreError> for ApiError {
             StoreError::TurnNotFound => Self::NotFound("turn"),
             StoreError::SessionBusy => Self::session_busy(),
             StoreError::Database(cause) => Self::Unavailable { what: "the database", cause: cause.into() },
+            other @ (StoreError::Shared(_) | StoreError::WriterGone) => {
+                Self::Unavailable { what: "the database", cause: anyhow::anyhow!(other.to_string()) }
+            }
         }
     }
 }
@@ -87,6 +90,10 @@ impl IntoResponse for ApiError {
         let mut response =
             (status, Json(json!({ "code": code, "message": self.to_string() }))).into_response();
         response.extensions_mut().insert(ErrorBody);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: the connection cannot carry another request.
+            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
         response
     }
 }

@@ -1,23 +1,26 @@
-//! Per-session event feeds: however many clients follow a session through this process, one
-//! task reads the session's new events once per wake-up and broadcasts them. Each client first
-//! catches up from the database after its own `Last-Event-ID`, then takes the broadcast,
-//! skipping what it already sent; a client too slow for the broadcast catches up from the
-//! database again. So 1,000 clients on 50 sessions cost 50 reads per wake-up, not 1,000.
+//! Session feeds: however many clients follow a session through this process, its new events
+//! are read once and broadcast to them. One task reads for every session the process follows:
+//! each Postgres notification names the sessions that got events, and one query reads all of
+//! them after where each was ([`Store::events_after_each`]). Each client first catches up from
+//! the database after its own `Last-Event-ID`, then takes the broadcast, skipping what it
+//! already sent; a client too slow for the broadcast catches up from the database again. So
+//! 1,000 clients on 50 sessions cost one read per notification, not 50 or 1,000.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
 use soma_core::store::StoredEvent;
+use soma_core::wakeups::Woken;
 use soma_core::{SessionWakeups, Store};
 
 /// Events a slow client may fall behind before it re-reads from the database.
 const BROADCAST_CAPACITY: usize = 1024;
-/// Events read per query.
+/// Events read per query (per session, when the feed reads many sessions at once).
 pub const PAGE: i64 = 500;
 
 /// An event as its SSE frame's parts, rendered once however many clients receive it.
@@ -25,7 +28,10 @@ pub const PAGE: i64 = 500;
 pub struct RenderedEvent {
     pub id: i64,
     pub kind: String,
+    /// The contract's `EventData`, as JSON.
     pub data: String,
+    /// The whole SSE frame, written as it is to every client (a shared buffer, not a copy).
+    pub frame: bytes::Bytes,
 }
 
 impl RenderedEvent {
@@ -34,22 +40,21 @@ impl RenderedEvent {
         let id = event.id;
         let data = event.into_data();
         let json = serde_json::to_string(&data).expect("event data serializes");
-        RenderedEvent { id, kind: data.kind, data: json }
+        // Compact JSON has no line breaks, so `data:` is one line.
+        let frame = format!("id: {id}\nevent: {}\ndata: {json}\n\n", data.kind).into();
+        RenderedEvent { id, kind: data.kind, data: json, frame }
     }
 
     /// Whether it is the last event of its session's stream (`session.deleted`).
     pub fn ends_stream(&self) -> bool {
         soma_contract::SessionEvent::kind_ends_stream(&self.kind)
     }
-
-    pub fn to_sse(&self) -> axum::response::sse::Event {
-        axum::response::sse::Event::default().id(self.id.to_string()).event(&self.kind).data(&self.data)
-    }
 }
 
+/// A session's broadcast, shared by the clients of this process that follow it. The feed's
+/// reader stops reading the session once the last of them is gone.
 pub struct SessionFeed {
     events: broadcast::Sender<Arc<RenderedEvent>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl SessionFeed {
@@ -59,22 +64,32 @@ impl SessionFeed {
     }
 }
 
-impl Drop for SessionFeed {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// A followed session: whose it is, the last event read, and its broadcast while it has clients.
+struct Followed {
+    tenant_id: String,
+    cursor: i64,
+    feed: Weak<SessionFeed>,
+}
+
+struct Shared {
+    store: Store,
+    sessions: Mutex<HashMap<Uuid, Followed>>,
+    /// Sessions to read now, whatever the notifications say (one just followed).
+    read_now: mpsc::UnboundedSender<Uuid>,
 }
 
 pub struct Feeds {
-    store: Store,
-    wakeups: Arc<SessionWakeups>,
-    feeds: Mutex<HashMap<Uuid, Weak<SessionFeed>>>,
+    shared: Arc<Shared>,
     capacity: usize,
 }
 
 impl Feeds {
+    /// The feeds of this process, and the task that reads for them.
     pub fn new(store: Store, wakeups: Arc<SessionWakeups>) -> Self {
-        Self { store, wakeups, feeds: Mutex::default(), capacity: BROADCAST_CAPACITY }
+        let (read_now, reads) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared { store, sessions: Mutex::default(), read_now });
+        tokio::spawn(read_followed_sessions(shared.clone(), wakeups.subscribe_all(), reads));
+        Self { shared, capacity: BROADCAST_CAPACITY }
     }
 
     /// How many events a client may fall behind before it re-reads from the database (tests
@@ -91,28 +106,21 @@ impl Feeds {
         tenant_id: &str,
         session_id: Uuid,
     ) -> Result<Arc<SessionFeed>, soma_core::store::StoreError> {
-        if let Some(feed) = self.feeds.lock().expect("feeds lock").get(&session_id).and_then(Weak::upgrade) {
+        let live = |sessions: &HashMap<Uuid, Followed>| sessions.get(&session_id).and_then(|f| f.feed.upgrade());
+        if let Some(feed) = live(&self.shared.sessions.lock().expect("feeds lock")) {
             return Ok(feed);
         }
-        // Wake-ups first, then the cursor: anything committed after the cursor was read wakes us.
-        let woken = self.wakeups.subscribe(session_id);
-        let cursor = self.store.last_event_id(tenant_id, session_id).await?;
-        let mut feeds = self.feeds.lock().expect("feeds lock");
-        if let Some(feed) = feeds.get(&session_id).and_then(Weak::upgrade) {
+        let cursor = self.shared.store.last_event_id(tenant_id, session_id).await?;
+        let mut sessions = self.shared.sessions.lock().expect("feeds lock");
+        if let Some(feed) = live(&sessions) {
             return Ok(feed); // another client started it meanwhile
         }
-        let (events, _) = broadcast::channel(self.capacity);
-        let task = tokio::spawn(read_new_events(
-            self.store.clone(),
-            tenant_id.to_string(),
-            session_id,
-            cursor,
-            woken,
-            events.clone(),
-        ));
-        let feed = Arc::new(SessionFeed { events, task });
-        feeds.retain(|_, feed| feed.strong_count() > 0);
-        feeds.insert(session_id, Arc::downgrade(&feed));
+        let feed = Arc::new(SessionFeed { events: broadcast::channel(self.capacity).0 });
+        let followed = Followed { tenant_id: tenant_id.to_string(), cursor, feed: Arc::downgrade(&feed) };
+        sessions.insert(session_id, followed);
+        // A notification that came between reading the cursor and following the session found
+        // nobody following it: read once now.
+        let _ = self.shared.read_now.send(session_id);
         Ok(feed)
     }
 }
@@ -171,38 +179,85 @@ pub fn follow(
     }
 }
 
-async fn read_new_events(
-    store: Store,
-    tenant_id: String,
-    session_id: Uuid,
-    mut cursor: i64,
-    mut woken: tokio::sync::watch::Receiver<u64>,
-    events: broadcast::Sender<Arc<RenderedEvent>>,
+/// Reads the new events of every followed session that a notification names (all of them
+/// when a notification may have been missed), in one query per round, and broadcasts them.
+async fn read_followed_sessions(
+    shared: Arc<Shared>,
+    mut woken: broadcast::Receiver<Woken>,
+    mut read_now: mpsc::UnboundedReceiver<Uuid>,
 ) {
+    let (mut pending, mut everything) = (HashSet::new(), false);
     loop {
-        let page = next_page(&store, &tenant_id, session_id, cursor).await;
-        let full = page.len() as i64 == PAGE;
-        for event in page {
-            cursor = event.id;
-            // No receivers is fine: a client may be between catch-up and subscribing.
-            let _ = events.send(Arc::new(RenderedEvent::render(event)));
+        if pending.is_empty() && !everything {
+            tokio::select! {
+                notification = woken.recv() => match notification {
+                    Ok(Woken::Sessions(ids)) => pending.extend(ids.iter().copied()),
+                    Ok(Woken::All) | Err(broadcast::error::RecvError::Lagged(_)) => everything = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                Some(id) = read_now.recv() => { pending.insert(id); }
+            }
         }
-        if !full && woken.changed().await.is_err() {
-            return;
+        // Whatever else came meanwhile goes in the same read.
+        loop {
+            match woken.try_recv() {
+                Ok(Woken::Sessions(ids)) => pending.extend(ids.iter().copied()),
+                Ok(Woken::All) | Err(broadcast::error::TryRecvError::Lagged(_)) => everything = true,
+                Err(_) => break,
+            }
         }
+        while let Ok(id) = read_now.try_recv() {
+            pending.insert(id);
+        }
+        let cursors: Vec<(Uuid, String, i64)> = {
+            let mut sessions = shared.sessions.lock().expect("feeds lock");
+            sessions.retain(|_, followed| followed.feed.strong_count() > 0);
+            sessions
+                .iter()
+                .filter(|(id, _)| everything || pending.contains(*id))
+                .map(|(id, followed)| (*id, followed.tenant_id.clone(), followed.cursor))
+                .collect()
+        };
+        pending.clear();
+        everything = false;
+        if cursors.is_empty() {
+            continue;
+        }
+        let events = read_retrying(&shared.store, &cursors).await;
+        let mut read_per_session: HashMap<Uuid, i64> = HashMap::new();
+        let mut sessions = shared.sessions.lock().expect("feeds lock");
+        for event in events {
+            *read_per_session.entry(event.session_id).or_default() += 1;
+            let Some(followed) = sessions.get_mut(&event.session_id) else { continue };
+            if event.id <= followed.cursor {
+                continue;
+            }
+            followed.cursor = event.id;
+            if let Some(feed) = followed.feed.upgrade() {
+                // No receivers is fine: a client may be between catch-up and subscribing.
+                let _ = feed.events.send(Arc::new(RenderedEvent::render(event)));
+            }
+        }
+        // A full page: there may be more; read it at once.
+        pending.extend(read_per_session.into_iter().filter(|(_, n)| *n == PAGE).map(|(id, _)| id));
     }
 }
 
-/// The session's next [`PAGE`] of events after `after`; while the database fails, waits and
-/// tries again (the caller has nothing better to do than wait for it).
-pub async fn next_page(store: &Store, tenant_id: &str, session_id: Uuid, after: i64) -> Vec<StoredEvent> {
+/// Up to [`PAGE`] new events of each session, in session then id order; while the database
+/// fails, waits and tries again (readers have nothing better to do than wait for it).
+async fn read_retrying(store: &Store, cursors: &[(Uuid, String, i64)]) -> Vec<StoredEvent> {
     loop {
-        match store.events_after(tenant_id, session_id, after, PAGE).await {
-            Ok(page) => return page,
+        match store.events_after_each(cursors, PAGE).await {
+            Ok(events) => return events,
             Err(err) => {
-                tracing::warn!(error = %err, %session_id, "reading events failed; retrying");
+                tracing::warn!(error = %err, sessions = cursors.len(), "reading events failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+/// The session's next [`PAGE`] of events after `after`, for one client catching up.
+pub async fn next_page(store: &Store, tenant_id: &str, session_id: Uuid, after: i64) -> Vec<StoredEvent> {
+    read_retrying(store, &[(session_id, tenant_id.to_string(), after)]).await
 }

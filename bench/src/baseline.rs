@@ -83,6 +83,70 @@ impl BaselineActivities {
     }
 }
 
+/// How long after its start request an empty workflow's first regular activity runs, when a
+/// local one goes first: the part of the time to first token that is the Temporal server's
+/// (start, a workflow task, its completion, the activity dispatch). With `eager`, the start
+/// response carries the first workflow task to a worker sharing `client`'s connection.
+pub async fn floor(client: &temporalio_client::Client, task_queue: &str, eager: bool) -> anyhow::Result<f64> {
+    let workflow_id = format!("bench-floor/{}", uuid::Uuid::new_v4());
+    let options = temporalio_client::WorkflowStartOptions::new(task_queue.to_string(), workflow_id)
+        .enable_eager_workflow_start(eager)
+        .build();
+    let sent = std::time::SystemTime::now();
+    let handle = client.start_workflow(EmptyStepsWorkflow::run, EmptySteps { local: 1, regular: 1 }, options).await?;
+    let began_us = handle.get_result(Default::default()).await?;
+    let sent_us = sent.duration_since(std::time::UNIX_EPOCH)?.as_micros() as f64;
+    Ok((began_us as f64 - sent_us) / 1000.0)
+}
+
+/// The floor with eager workflow start: a baseline worker and the client that starts the
+/// workflows share one connection, on a thread of their own (the SDK's worker is `!Send`), as
+/// an api process hosting a worker for the chat workflow would.
+pub struct EagerFloor {
+    requests: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<anyhow::Result<f64>>>,
+}
+
+impl EagerFloor {
+    pub fn start(config: soma_core::Config, task_queue: String) -> anyhow::Result<EagerFloor> {
+        let (requests, mut measures) =
+            tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<anyhow::Result<f64>>>();
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let setup = async {
+                    let temporal = soma_worker::temporal_runtime(None)?;
+                    let client = soma_core::temporal::connect(&config, Duration::from_secs(10)).await?;
+                    let worker = worker(&temporal, client.clone(), task_queue.clone())?;
+                    anyhow::Ok((temporal, client, worker))
+                };
+                let (_temporal, client, mut worker) = match setup.await {
+                    Ok(parts) => parts,
+                    Err(err) => return drop(ready.send(Err(err))),
+                };
+                let stop = worker.shutdown_handle();
+                tokio::task::spawn_local(async move {
+                    while let Some(reply) = measures.recv().await {
+                        let _ = reply.send(floor(&client, &task_queue, true).await);
+                    }
+                    stop();
+                });
+                let _ = ready.send(Ok(()));
+                let _ = worker.run().await;
+            });
+        });
+        started.recv()??;
+        Ok(EagerFloor { requests })
+    }
+
+    pub async fn measure(&self) -> anyhow::Result<f64> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.requests.send(reply).map_err(|_| anyhow::anyhow!("the eager baseline stopped"))?;
+        result.await?
+    }
+}
+
 /// A worker for the baseline on `task_queue`, with the chat worker's sticky-queue setting.
 pub fn worker(
     runtime: &temporalio_sdk::Runtime,

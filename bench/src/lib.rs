@@ -198,6 +198,8 @@ impl Stack {
 pub struct FollowedTurn {
     /// From the given start to the turn's first delta.
     pub first_delta: Option<Duration>,
+    /// From the given start to the provider sending the first token.
+    pub first_token_sent: Option<Duration>,
     /// Per token: provider sent it → the client had it, in ms.
     pub delivery_ms: Vec<f64>,
     /// Per delta: its row's `created_at` (the worker's insert began) → the client had it, in
@@ -291,6 +293,11 @@ impl StackClient {
             match &typed {
                 SessionEvent::LlmDelta(delta) => {
                     followed.first_delta.get_or_insert(received - since);
+                    if followed.first_token_sent.is_none()
+                        && let Some(first) = self.emits.lock().unwrap().get(message).and_then(|t| t.first().copied())
+                    {
+                        followed.first_token_sent = Some(first.saturating_duration_since(since));
+                    }
                     let late = chrono::Utc::now().signed_duration_since(event.data.meta.created_at);
                     followed.stored_to_client_ms.push(late.num_microseconds().unwrap_or(0) as f64 / 1000.0);
                     let before =

@@ -101,6 +101,17 @@ impl CpuGroups {
             .collect()
     }
 
+    /// The CPU the named groups used together between two samples `seconds` apart, in % of a
+    /// core.
+    pub fn percent_of(&self, names: &[&str], before: &[f64], after: &[f64], seconds: f64) -> f64 {
+        self.groups
+            .iter()
+            .zip(before.iter().zip(after))
+            .filter(|((name, _), _)| names.contains(name))
+            .map(|(_, (b, a))| (a - b) / seconds * 100.0)
+            .sum()
+    }
+
     /// "api 12% · worker 30% · …" of one core, between two samples `seconds` apart.
     pub fn describe(&self, before: &[f64], after: &[f64], seconds: f64) -> String {
         self.groups

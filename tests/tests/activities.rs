@@ -24,7 +24,7 @@ fn session_activities(app: &TestApp) -> ActivityEnvironment {
 
 /// The kinds of a session's stored events, in order.
 async fn stored_kinds(app: &TestApp, session_id: Uuid) -> Vec<String> {
-    let events = app.store.events_after("tenant-a", session_id, 0, 100).await.unwrap();
+    let events = app.store.events_after_each(&[(session_id, "tenant-a".into(), 0)], 100).await.unwrap();
     events.into_iter().map(|e| e.kind).collect()
 }
 

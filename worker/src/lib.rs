@@ -27,13 +27,15 @@ pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<
 
 /// The worker's options: the workflows and activities it runs, on `config.task_queue`.
 pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<WorkerOptions> {
+    // Deltas of all the replies this worker streams are committed together, once per window.
+    let coalesce = Duration::from_millis(config.delta_coalesce_ms);
+    let store = store.with_event_window(coalesce);
     let (base_url, model) = config.llm_provider()?;
     tracing::info!(%base_url, %model, keyed = !config.llm_api_key.is_empty(), "LLM provider");
     let stall_timeout = Duration::from_millis(config.llm_stall_timeout_ms);
     let llm = LlmClient::new(base_url, config.llm_api_key.expose(), model, stall_timeout);
     let wakeups = Arc::new(SessionWakeups::default());
     wakeups.start(&store).await?;
-    let coalesce = Duration::from_millis(config.delta_coalesce_ms);
     Ok(WorkerOptions::new(config.task_queue.clone())
         .register_workflow::<ChatTurnWorkflow>()?
         .register_workflow::<SessionDeletionWorkflow>()?

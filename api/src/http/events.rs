@@ -10,10 +10,13 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::{Stream, StreamExt};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -35,7 +38,7 @@ pub struct StreamQuery {
 
 /// One server-sent event as it goes over the wire (`id:`, `event:`, `data:` lines).
 #[derive(ToSchema)]
-#[allow(dead_code)] // documents the frames `RenderedEvent::to_sse` writes
+#[allow(dead_code)] // documents the frames `RenderedEvent::render` makes
 pub struct SseFrame {
     /// The event id: resume after it with `Last-Event-ID` (or `?after=`).
     id: String,
@@ -45,6 +48,9 @@ pub struct SseFrame {
     #[schema(content_media_type = "application/json")]
     data: String,
 }
+
+/// How long a stream may be quiet before it gets a comment, so proxies keep it open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// The session's events, as server-sent events, from after `Last-Event-ID` (or `after`).
 #[utoipa::path(
@@ -72,7 +78,7 @@ pub async fn stream(
     reader: SessionReader,
     AppQuery(query): AppQuery<StreamQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => {
             Some(value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
@@ -84,9 +90,19 @@ pub async fn stream(
     let after = last_event_id.or(query.after).unwrap_or(0);
     let SessionReader { tenant_id, session_id } = reader;
     let feed = ctx.feeds.feed(&tenant_id, session_id).await?;
-    let events = feed::follow(ctx.store.clone(), tenant_id, session_id, after, feed, ctx.closing.subscribe())
-        .map(|event| Ok(event.to_sse()));
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat")))
+    let events = feed::follow(ctx.store.clone(), tenant_id, session_id, after, feed, ctx.closing.subscribe());
+    // Each frame was rendered once for all clients: write it as it is, with a comment when quiet.
+    let body = async_stream::stream! {
+        let mut events = std::pin::pin!(events);
+        loop {
+            match tokio::time::timeout(HEARTBEAT, events.next()).await {
+                Ok(Some(event)) => yield Ok::<_, Infallible>(event.frame.clone()),
+                Ok(None) => break,
+                Err(_) => yield Ok(Bytes::from_static(b": heartbeat\n\n")),
+            }
+        }
+    };
+    Ok(([(CONTENT_TYPE, "text/event-stream"), (CACHE_CONTROL, "no-cache")], Body::from_stream(body)).into_response())
 }
 
 /// A short-lived token that opens this session's event stream (`?token=`) and nothing else.

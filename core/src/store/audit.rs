@@ -84,12 +84,11 @@ impl<'a> AuditEntry<'a> {
         AuditEntry { dedupe_key: Some(dedupe_key), ..self }
     }
 
+    /// Writes the entry (once, when it has a dedupe key), through `record_audit`, the one
+    /// place an audit row is written.
     pub async fn insert<'e>(&self, executor: impl PgExecutor<'e>) -> Result<(), StoreError> {
         sqlx::query!(
-            "INSERT INTO audit_log (tenant_id, request_id, trace_id, session_id, turn_id, actor, action,
-                                    outcome, details, dedupe_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (dedupe_key) DO NOTHING",
+            "SELECT record_audit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             self.tenant_id,
             self.request_id,
             self.trace_id,
@@ -101,7 +100,7 @@ impl<'a> AuditEntry<'a> {
             &self.details,
             self.dedupe_key,
         )
-        .execute(executor)
+        .fetch_one(executor)
         .await?;
         Ok(())
     }

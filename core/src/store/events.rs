@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use soma_contract::{EventData, EventMeta, EventScope, SessionEvent};
@@ -50,67 +51,126 @@ impl StoredEvent {
     }
 }
 
-impl Store {
-    /// Appends events in one statement (one round trip) and notifies listeners. Events whose
-    /// dedupe key exists already are skipped. Returns how many were new.
-    pub async fn append_events(
-        &self,
-        scope: &EventScope<'_>,
-        events: &[SessionEvent],
-    ) -> Result<u64, StoreError> {
-        if events.is_empty() {
-            return Ok(0);
+/// One event ready to be written: what the contract makes of it, and where it goes.
+#[derive(Debug, Clone)]
+pub(super) struct EventRow {
+    tenant_id: String,
+    session_id: Uuid,
+    turn_id: Option<Uuid>,
+    request_id: Option<String>,
+    trace_id: Option<String>,
+    kind: &'static str,
+    payload: Value,
+    dedupe_key: String,
+}
+
+impl EventRow {
+    fn new(scope: &EventScope<'_>, event: &SessionEvent) -> Self {
+        EventRow {
+            tenant_id: scope.tenant_id.to_string(),
+            session_id: scope.session_id,
+            turn_id: scope.turn_id,
+            request_id: scope.request_id.map(str::to_string),
+            trace_id: scope.trace_id.map(str::to_string),
+            kind: event.kind(),
+            payload: event.payload(),
+            dedupe_key: event.dedupe_key(scope),
         }
-        let kinds: Vec<String> = events.iter().map(|e| e.kind().to_string()).collect();
-        let payloads: Vec<Value> = events.iter().map(SessionEvent::payload).collect();
-        let keys: Vec<String> = events.iter().map(|e| e.dedupe_key(scope)).collect();
-        let inserted = sqlx::query_scalar!(
-            r#"WITH session_lock AS MATERIALIZED (
-                SELECT pg_advisory_xact_lock(hashtextextended($2::uuid::text, 7)) AS locked),
-             ins AS (
-                INSERT INTO session_events (tenant_id, session_id, turn_id, kind, payload,
-                                            request_id, trace_id, dedupe_key)
-                SELECT $1, $2, $3, e.kind, e.payload, $4, $5, e.dedupe_key
-                FROM session_lock,
-                     unnest($6::text[], $7::jsonb[], $8::text[]) WITH ORDINALITY
-                         AS e(kind, payload, dedupe_key, ord)
-                ORDER BY e.ord
-                ON CONFLICT (dedupe_key) DO NOTHING
-                RETURNING id)
-             -- One NOTIFY per new row; Postgres folds identical ones in a transaction into one.
-             SELECT count(*) AS "inserted!" FROM (SELECT pg_notify($9, $2::uuid::text) FROM ins) AS notified"#,
-            scope.tenant_id,
-            scope.session_id,
-            scope.turn_id,
-            scope.request_id,
-            scope.trace_id,
-            &kinds,
-            &payloads,
-            &keys,
-            EVENTS_CHANNEL,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(inserted as u64)
+    }
+}
+
+impl Store {
+    /// Appends events, durably, in order, each once (an event whose dedupe key exists is
+    /// skipped), and wakes every api process following the session. Appends made at the same
+    /// time by this process are committed together (see [`super::event_writer`]).
+    pub async fn append_events(&self, scope: &EventScope<'_>, events: &[SessionEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let rows = events.iter().map(|event| EventRow::new(scope, event)).collect();
+        self.event_writer().append(rows).await
     }
 
-    /// Up to `limit` events of a session after `after_id`, in id order.
-    pub async fn events_after(
+}
+
+/// Writes rows of any sessions in one statement: the sessions' locks first (in one order, so two
+/// writers cannot deadlock), then the rows in order, then one NOTIFY listing the sessions that
+/// got new events.
+pub(super) async fn insert_event_rows(pool: &PgPool, rows: &[EventRow]) -> Result<(), sqlx::Error> {
+    {
+        let column = |f: fn(&EventRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+        let sessions: Vec<Uuid> = rows.iter().map(|r| r.session_id).collect();
+        let turns: Vec<Option<Uuid>> = rows.iter().map(|r| r.turn_id).collect();
+        let requests: Vec<Option<String>> = rows.iter().map(|r| r.request_id.clone()).collect();
+        let traces: Vec<Option<String>> = rows.iter().map(|r| r.trace_id.clone()).collect();
+        let payloads: Vec<Value> = rows.iter().map(|r| r.payload.clone()).collect();
+        sqlx::query_scalar!(
+            r#"WITH rows AS (
+                   SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                                        $6::text[], $7::jsonb[], $8::text[]) WITH ORDINALITY
+                       AS r(tenant_id, session_id, turn_id, request_id, trace_id, kind, payload, dedupe_key, ord)),
+               locks AS MATERIALIZED (
+                   SELECT count(pg_advisory_xact_lock(key)) AS taken
+                   FROM (SELECT DISTINCT hashtextextended(session_id::text, 7) AS key FROM rows ORDER BY key) keys),
+               ins AS (
+                   INSERT INTO session_events (tenant_id, session_id, turn_id, kind, payload,
+                                               request_id, trace_id, dedupe_key)
+                   SELECT r.tenant_id, r.session_id, r.turn_id, r.kind, r.payload, r.request_id, r.trace_id,
+                          r.dedupe_key
+                   FROM locks, rows r
+                   ORDER BY r.ord
+                   ON CONFLICT (dedupe_key) DO NOTHING
+                   RETURNING session_id),
+               woken AS (SELECT DISTINCT session_id::text AS id FROM ins)
+               -- One NOTIFY for the commit: the sessions, comma separated, 200 to a notification
+               -- (a payload holds 8,000 bytes).
+               SELECT count(*) AS "notified!" FROM (
+                   SELECT pg_notify($9, string_agg(id, ','))
+                   FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM woken) numbered
+                   GROUP BY chunk) notified"#,
+            &column(|r| r.tenant_id.clone()),
+            &sessions,
+            &turns as &[Option<Uuid>],
+            &requests as &[Option<String>],
+            &traces as &[Option<String>],
+            &column(|r| r.kind.to_string()),
+            &payloads,
+            &column(|r| r.dedupe_key.clone()),
+            EVENTS_CHANNEL,
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// For each `(session, tenant, after)`, up to `limit` of its events after `after`: one
+    /// query for many sessions (an api process reads every woken session at once). In session,
+    /// then id, order.
+    pub async fn events_after_each(
         &self,
-        tenant_id: &str,
-        session_id: Uuid,
-        after_id: i64,
+        cursors: &[(Uuid, String, i64)],
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sessions: Vec<Uuid> = cursors.iter().map(|c| c.0).collect();
+        let tenants: Vec<String> = cursors.iter().map(|c| c.1.clone()).collect();
+        let afters: Vec<i64> = cursors.iter().map(|c| c.2).collect();
         Ok(sqlx::query_as!(
             StoredEvent,
-            "SELECT id, tenant_id, session_id, turn_id, kind, payload, request_id, trace_id, created_at
-             FROM session_events
-             WHERE session_id = $1 AND tenant_id = $2 AND id > $3
-             ORDER BY id LIMIT $4",
-            session_id,
-            tenant_id,
-            after_id,
+            r#"SELECT e.id AS "id!", e.tenant_id AS "tenant_id!", e.session_id AS "session_id!", e.turn_id,
+                      e.kind AS "kind!", e.payload AS "payload!", e.request_id, e.trace_id,
+                      e.created_at AS "created_at!"
+               FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS c(session_id, tenant_id, after)
+               CROSS JOIN LATERAL (
+                   SELECT id, tenant_id, session_id, turn_id, kind, payload, request_id, trace_id, created_at
+                   FROM session_events
+                   WHERE session_id = c.session_id AND tenant_id = c.tenant_id AND id > c.after
+                   ORDER BY id LIMIT $4) e
+               ORDER BY e.session_id, e.id"#,
+            &sessions,
+            &tenants,
+            &afters,
             limit,
         )
         .fetch_all(&self.pool)

@@ -5,11 +5,13 @@
 //! tenant's request or turn are scoped by its tenant; the recovery sweep reads across tenants.
 
 mod audit;
+mod event_writer;
 mod events;
 mod messages;
 mod sessions;
 mod turns;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -19,7 +21,7 @@ pub use audit::{AuditEntry, Requester};
 pub use events::{EVENTS_CHANNEL, StoredEvent};
 pub use messages::ConversationLine;
 pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor};
-pub use turns::{AcceptedTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession};
+pub use turns::{AcceptedTurn, BegunTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession, TurnStart};
 
 /// Errors a caller can act on; anything else is a database failure.
 #[derive(Debug, thiserror::Error)]
@@ -33,19 +35,35 @@ pub enum StoreError {
     SessionBusy,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A database failure that every append of a group commit shares.
+    #[error(transparent)]
+    Shared(Arc<sqlx::Error>),
+    /// The process's event writer has stopped (the runtime is shutting down).
+    #[error("the event writer has stopped")]
+    WriterGone,
 }
 
 impl StoreError {
     /// Whether trying again may succeed (a database failure) or cannot (a missing row).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Database(_))
+        matches!(self, StoreError::Database(_) | StoreError::Shared(_) | StoreError::WriterGone)
     }
 }
 
 /// Handle on the database; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Started by the first append (it needs a runtime); shared by every clone.
+    writer: Arc<OnceLock<event_writer::EventWriter>>,
+    /// At most one commit of events per window (see `event_writer`).
+    event_window: Duration,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("pool", &self.pool).finish_non_exhaustive()
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -58,7 +76,19 @@ impl Store {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(url)?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer: Arc::default(), event_window: Duration::ZERO })
+    }
+
+    /// Commits this process's event appends at most once per `window`, together: for a worker
+    /// streaming many replies (none by default: each append commits as soon as it can).
+    pub fn with_event_window(mut self, window: Duration) -> Self {
+        self.event_window = window;
+        self.writer = Arc::default();
+        self
+    }
+
+    fn event_writer(&self) -> &event_writer::EventWriter {
+        self.writer.get_or_init(|| event_writer::EventWriter::start(self.pool.clone(), self.event_window))
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -3,12 +3,10 @@
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use soma_contract::{TurnRef, TurnStatus};
 
-use super::sessions::has_open_turn;
 use super::{AuditEntry, Requester, Store, StoreError};
 
 /// Which session a new turn goes to.
@@ -64,6 +62,25 @@ pub struct TurnRow {
     pub status: TurnStatus,
 }
 
+/// What [`Store::begin_turn`] found.
+#[derive(Debug, Clone)]
+pub enum TurnStart {
+    /// Running, with its user message stored.
+    Begun(BegunTurn),
+    /// A turn accepted before it is still open: nothing was written.
+    WaitForEarlier,
+    /// No such turn (of this tenant).
+    Missing,
+}
+
+#[derive(Debug, Clone)]
+pub struct BegunTurn {
+    pub seq: i32,
+    pub user_message: String,
+    pub persona_id: Option<String>,
+    pub message_id: Uuid,
+}
+
 /// A turn that has not finished, with the workflow that runs it.
 #[derive(Debug, Clone)]
 pub struct OpenTurn {
@@ -87,59 +104,65 @@ impl Store {
         if let Some(existing) = self.turn_by_idempotency_key(new).await? {
             return Ok(existing);
         }
-        let mut tx = self.pool.begin().await?;
-        let (session_id, seq) = match new.session {
-            TurnSession::Existing(id) => {
-                // Taking the next number locks the session: the busy check below sees every
-                // turn accepted before this one.
-                let seq = next_turn_seq(&mut tx, new.tenant_id, id).await?;
-                if new.refuse_if_busy && has_open_turn(&mut *tx, new.tenant_id, id).await? {
-                    return Err(StoreError::SessionBusy);
-                }
-                (id, seq)
-            }
-            TurnSession::New(id) => (create_session(&mut tx, new.tenant_id, id, new.persona_id).await?, 1),
-        };
-        let inserted = sqlx::query!(
-            r#"INSERT INTO turns (id, tenant_id, session_id, seq, idempotency_key, user_message,
-                                  persona_id, request_id, trace_id, workflow_id, stream_after)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                       (SELECT coalesce(max(id), 0) FROM session_events WHERE session_id = $3))
-               ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-               RETURNING stream_after"#,
+        // One statement, one round trip (this is on the way to the first token): take the turn's
+        // place (locking the session row), store the turn, create its session if it starts one,
+        // audit. A new session is created only with its turn, so a lost idempotency race leaves
+        // nothing behind.
+        let new_session = matches!(new.session, TurnSession::New(_));
+        let session_id = new.session.id();
+        let row = sqlx::query!(
+            r#"WITH continued AS (
+                   UPDATE sessions SET turn_count = turn_count + 1, updated_at = now()
+                   WHERE NOT $12 AND id = $3 AND tenant_id = $2 AND deleted_at IS NULL
+                     AND NOT ($11 AND EXISTS (SELECT 1 FROM open_turns WHERE session_id = $3 AND tenant_id = $2))
+                   RETURNING turn_count),
+               place AS (SELECT 1 AS seq WHERE $12 UNION ALL SELECT turn_count FROM continued),
+               turn AS (
+                   INSERT INTO turns (id, tenant_id, session_id, seq, idempotency_key, user_message, persona_id,
+                                      request_id, trace_id, workflow_id, stream_after)
+                   SELECT $1, $2, $3, place.seq, $4, $5, $6, $7, $8, $9,
+                          (SELECT coalesce(max(id), 0) FROM session_events WHERE session_id = $3)
+                   FROM place
+                   ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+                   RETURNING seq, stream_after),
+               created AS (
+                   INSERT INTO sessions (id, tenant_id, persona_id, turn_count)
+                   SELECT $3, $2, $6, 1 FROM turn WHERE $12),
+               audit AS (
+                   SELECT record_audit($2, $7, $8, $3, $1, $10, 'turn.accept', 'accepted',
+                                       jsonb_build_object('seq', seq, 'workflow_id', $9::text,
+                                                          'message_bytes', octet_length($5)), NULL)
+                   FROM turn)
+               SELECT (SELECT seq FROM turn) AS seq, (SELECT stream_after FROM turn) AS stream_after,
+                      (SELECT count(*) FROM audit) AS "audited!",
+                      $12 OR EXISTS (SELECT 1 FROM sessions WHERE id = $3 AND tenant_id = $2 AND deleted_at IS NULL)
+                          AS "session_found!""#,
             new.turn_id,
             new.tenant_id,
             session_id,
-            seq,
             new.idempotency_key,
             new.message,
             new.persona_id,
             new.by.request_id,
             new.by.trace_id,
             new.workflow_id,
+            new.by.actor,
+            new.refuse_if_busy,
+            new_session,
         )
-        .fetch_optional(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        let Some(inserted) = inserted else {
-            // A concurrent request with the same key won; ours changes nothing.
-            tx.rollback().await?;
-            return self.turn_by_idempotency_key(new).await?.ok_or(StoreError::TurnNotFound);
+        let Some(stream_after) = row.stream_after else {
+            if !row.session_found {
+                return Err(StoreError::SessionNotFound);
+            }
+            // A concurrent request with the same key won (ours changed nothing), or the
+            // session was busy and the caller asked not to queue.
+            return match self.turn_by_idempotency_key(new).await? {
+                Some(existing) => Ok(existing),
+                None => Err(StoreError::SessionBusy),
+            };
         };
-        AuditEntry {
-            tenant_id: new.tenant_id,
-            request_id: Some(new.by.request_id),
-            trace_id: new.by.trace_id,
-            session_id: Some(session_id),
-            turn_id: Some(new.turn_id),
-            actor: new.by.actor,
-            action: "turn.accept",
-            outcome: "accepted",
-            details: json!({ "seq": seq, "workflow_id": new.workflow_id, "message_bytes": new.message.len() }),
-            dedupe_key: None,
-        }
-        .insert(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(AcceptedTurn {
             turn: TurnRef {
                 tenant_id: new.tenant_id.to_string(),
@@ -149,7 +172,7 @@ impl Store {
                 trace_id: new.by.trace_id.map(str::to_string),
             },
             workflow_id: new.workflow_id.to_string(),
-            stream_after: inserted.stream_after,
+            stream_after,
             created: true,
         })
     }
@@ -191,30 +214,51 @@ impl Store {
         .ok_or(StoreError::TurnNotFound)
     }
 
-    /// Whether a turn accepted before this one in its session has not finished yet.
-    pub async fn has_unfinished_earlier_turns(&self, tenant_id: &str, turn_id: Uuid) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar!(
-            r#"SELECT EXISTS (
-                   SELECT 1 FROM open_turns earlier JOIN turns this ON this.id = $1 AND this.tenant_id = $2
-                   WHERE earlier.session_id = this.session_id AND earlier.tenant_id = $2
-                     AND earlier.seq < this.seq) AS "exists!""#,
+    /// Begins a turn, in one statement (it is on the way to the first token): unless a turn
+    /// accepted before it is still open, marks it running and stores its user message (once;
+    /// `message_id` is the new message's id if it is new). Safe to repeat.
+    pub async fn begin_turn(&self, tenant_id: &str, turn_id: Uuid, message_id: Uuid) -> Result<TurnStart, StoreError> {
+        let row = sqlx::query!(
+            r#"WITH this AS (
+                   SELECT id, session_id, seq, status, user_message, persona_id,
+                          status = 'queued' AND earlier_turn_open($2, id) AS waits
+                   FROM turns WHERE id = $1 AND tenant_id = $2),
+               started AS (
+                   UPDATE turns t SET status = 'running', updated_at = now()
+                   FROM this WHERE t.id = this.id AND this.status = 'queued' AND NOT this.waits),
+               message AS (
+                   INSERT INTO messages (id, tenant_id, session_id, turn_id, role, content, status)
+                   SELECT $3, $2, session_id, id, 'user', user_message, 'complete' FROM this WHERE NOT waits
+                   ON CONFLICT (turn_id, role) DO NOTHING
+                   RETURNING id)
+               SELECT seq, user_message, persona_id, waits AS "waits!",
+                      coalesce((SELECT id FROM message),
+                               (SELECT id FROM messages WHERE turn_id = $1 AND role = 'user' AND tenant_id = $2))
+                          AS message_id
+               FROM this"#,
             turn_id,
             tenant_id,
+            message_id,
         )
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => TurnStart::Missing,
+            Some(row) if row.waits => TurnStart::WaitForEarlier,
+            Some(row) => TurnStart::Begun(BegunTurn {
+                seq: row.seq,
+                user_message: row.user_message,
+                persona_id: row.persona_id,
+                message_id: row.message_id.ok_or(StoreError::TurnNotFound)?,
+            }),
+        })
     }
 
-    pub async fn mark_turn_running(&self, tenant_id: &str, turn_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query!(
-            "UPDATE turns SET status = 'running', updated_at = now()
-             WHERE id = $1 AND tenant_id = $2 AND status = 'queued'",
-            turn_id,
-            tenant_id,
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Whether a turn accepted before this one in its session has not finished yet.
+    pub async fn has_unfinished_earlier_turns(&self, tenant_id: &str, turn_id: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar!(r#"SELECT earlier_turn_open($1, $2) AS "open!""#, tenant_id, turn_id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn set_turn_status(
@@ -306,38 +350,4 @@ impl Store {
             })
             .collect())
     }
-}
-
-async fn create_session(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant_id: &str,
-    session_id: Uuid,
-    persona_id: Option<&str>,
-) -> Result<Uuid, StoreError> {
-    sqlx::query!(
-        "INSERT INTO sessions (id, tenant_id, persona_id, turn_count) VALUES ($1, $2, $3, 1)",
-        session_id,
-        tenant_id,
-        persona_id,
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(session_id)
-}
-
-/// Takes the next turn number of a session locked by the caller: accepted order is this order.
-async fn next_turn_seq(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant_id: &str,
-    session_id: Uuid,
-) -> Result<i32, StoreError> {
-    sqlx::query_scalar!(
-        "UPDATE sessions SET turn_count = turn_count + 1, updated_at = now()
-         WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING turn_count",
-        session_id,
-        tenant_id,
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or(StoreError::SessionNotFound)
 }
