@@ -19,6 +19,9 @@ LLM_PORT=${SOMA_DEVLLM_PORT:-20021}
 
 mkdir -p "$STATE/logs" "$STATE/run"
 
+# The policies every worker these scripts start evaluates (Rego, ops/policy/*.rego).
+export SOMA_POLICY_DIR=${SOMA_POLICY_DIR:-$ROOT/ops/policy}
+
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 

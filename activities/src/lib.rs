@@ -5,7 +5,11 @@
 
 pub mod failure;
 pub mod llm;
+pub mod policy;
 pub mod session;
+pub mod tools;
 
 pub use llm::{LlmActivitiesImpl, LlmClient, LlmError};
+pub use policy::Policy;
 pub use session::SessionActivitiesImpl;
+pub use tools::{ToolActivitiesImpl, ToolSettings};

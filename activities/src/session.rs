@@ -14,11 +14,12 @@ use soma_contract::events::SessionDeleted;
 use soma_contract::{MessageStatus, Role, SessionEvent, SessionRef, TurnOutcome, TurnRef, TurnStatus};
 use soma_core::SessionWakeups;
 use soma_core::store::{AuditEntry, Requester, Store, StoreError, TurnStart};
-use soma_workflows::activities::{AssistantMessageInput, FinishTurnInput, defs};
+use soma_workflows::activities::{AssistantMessageInput, FinishTurnInput, TurnBegin, defs};
 use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{UntypedWorkflow, WorkflowCancelOptions};
 
 use crate::failure::Classify;
+use crate::policy::{CONVERSATION_SEND, Decision, Policy, PolicyInput};
 
 /// How long a wait goes without re-reading, if no wake-up comes; also its heartbeat period.
 const WAIT_RECHECK: Duration = Duration::from_secs(2);
@@ -29,12 +30,13 @@ pub const WORKER_ACTOR: &str = "worker";
 pub struct SessionActivitiesImpl {
     store: Store,
     wakeups: Arc<SessionWakeups>,
+    policy: Arc<Policy>,
 }
 
 impl SessionActivitiesImpl {
     /// `wakeups` must be listening (`SessionWakeups::start`) for waits to end promptly.
-    pub fn new(store: Store, wakeups: Arc<SessionWakeups>) -> Self {
-        Self { store, wakeups }
+    pub fn new(store: Store, wakeups: Arc<SessionWakeups>, policy: Arc<Policy>) -> Self {
+        Self { store, wakeups, policy }
     }
 
     /// Waits, heartbeating, while `still()` holds: re-checked whenever the session has news
@@ -65,22 +67,33 @@ impl SessionActivitiesImpl {
         self: Arc<Self>,
         _ctx: ActivityContext,
         turn: TurnRef,
-    ) -> Result<bool, ActivityError> {
+    ) -> Result<TurnBegin, ActivityError> {
         let begun = match self.store.begin_turn(&turn.tenant_id, turn.turn_id, Uuid::now_v7()).await.classify()? {
             TurnStart::Begun(begun) => begun,
-            TurnStart::WaitForEarlier => return Ok(false),
+            TurnStart::WaitForEarlier => return Ok(TurnBegin::WaitForEarlier),
             // Gone: fails the step at once rather than waiting for ever.
             TurnStart::Missing => return Err(StoreError::TurnNotFound).classify(),
         };
         let event = SessionEvent::MessageUser(UserMessage {
             message_id: begun.message_id,
             role: Role::User,
-            content: begun.user_message,
-            persona_id: begun.persona_id,
+            content: begun.user_message.clone(),
+            persona_id: begun.persona_id.clone(),
             seq: begun.seq,
         });
         self.store.append_events(&turn.scope(), &[event]).await.classify()?;
-        Ok(true)
+        let session = turn.session_id.to_string();
+        let input = PolicyInput {
+            tenant: &turn.tenant_id,
+            persona_id: begun.persona_id.as_deref(),
+            action: CONVERSATION_SEND,
+            resource: &session,
+            context: json!({ "turn_id": turn.turn_id, "message_bytes": begun.user_message.len() }),
+        };
+        Ok(match self.policy.decide(&input).await {
+            Decision::Allow => TurnBegin::Begun,
+            Decision::Deny(reason) => TurnBegin::Denied { reason },
+        })
     }
 
     #[activity(definition = defs::WaitForEarlierTurns)]
@@ -210,7 +223,7 @@ pub async fn record_turn_end(
     let mut events = Vec::new();
     if input.status == TurnOutcome::Failed {
         events.push(SessionEvent::Error(ErrorEvent {
-            code: ErrorCode::TurnFailed,
+            code: input.code.unwrap_or(ErrorCode::TurnFailed),
             message: input.reason.clone().unwrap_or_else(|| "the turn failed".into()),
         }));
     }

@@ -69,6 +69,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::SessionNotFound => Self::NotFound("session"),
             StoreError::TurnNotFound => Self::NotFound("turn"),
+            StoreError::ToolCallNotFound => Self::NotFound("tool call"),
             StoreError::SessionBusy => Self::session_busy(),
             StoreError::Database(cause) => Self::Unavailable { what: "the database", cause: cause.into() },
             other @ (StoreError::Shared(_) | StoreError::WriterGone) => {

@@ -20,6 +20,7 @@ use soma_contract::{EventData, EventMeta, SessionEvent};
     tags(
         (name = "chat", description = "Sending messages and following their turns"),
         (name = "sessions", description = "Conversations: list, history, delete, reset, export, import"),
+        (name = "tools", description = "The tool catalog, direct tool calls, approvals"),
         (name = "operations", description = "Health, readiness, configuration, this document, the console"),
     )
 )]

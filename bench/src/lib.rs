@@ -206,7 +206,7 @@ pub struct FollowedTurn {
     /// ms by the wall clock; what the delivery took after the worker got the token.
     pub stored_to_client_ms: Vec<f64>,
     /// The reply as a client honouring `llm.retry` shows it.
-    pub shown: String,
+    pub shown: soma_contract::ShownReply,
     pub end: Option<String>,
     pub last_id: i64,
     pub events: Vec<SseEvent>,
@@ -300,17 +300,19 @@ impl StackClient {
                     }
                     let late = chrono::Utc::now().signed_duration_since(event.data.meta.created_at);
                     followed.stored_to_client_ms.push(late.num_microseconds().unwrap_or(0) as f64 / 1000.0);
-                    let before =
-                        if followed.shown.is_empty() { 0 } else { followed.shown.split(' ').count() };
-                    followed.shown.push_str(&delta.text);
-                    let after = followed.shown.split(' ').count();
+                    let words = |text: String| if text.is_empty() { 0 } else { text.split(' ').count() };
+                    let before = words(followed.shown.text());
+                    followed.shown.apply(&SessionEvent::LlmDelta(delta.clone()));
+                    let after = words(followed.shown.text());
                     if let Some(times) = self.emits.lock().unwrap().get(message) {
                         for sent in times.iter().take(after).skip(before) {
                             followed.delivery_ms.push(ms(received.saturating_duration_since(*sent)));
                         }
                     }
                 }
-                SessionEvent::LlmRetry(_) => followed.shown.clear(),
+                retry @ SessionEvent::LlmRetry(_) => {
+                    followed.shown.apply(retry);
+                }
                 end if end.ends_turn() => followed.end = Some(end.kind().to_string()),
                 _ => {}
             }

@@ -514,10 +514,9 @@ async fn measure_provider_ttft(base_url: &str, samples: usize) -> anyhow::Result
     let client = soma_activities::LlmClient::new(base_url, "", soma_devllm::MODEL, Duration::from_secs(60));
     let mut times = Vec::new();
     for i in 0..samples {
-        let messages =
-            vec![soma_activities::llm::ChatMessage { role: "user".into(), content: format!("direct {i}") }];
+        let messages = vec![soma_activities::llm::ChatMessage::text("user", format!("direct {i}"))];
         let sent = Instant::now();
-        let mut stream = Box::pin(client.stream_chat(&messages, "bench").await?);
+        let mut stream = Box::pin(client.stream_chat(&messages, &[], "bench").await?);
         while let Some(chunk) = stream.next().await {
             if matches!(chunk?, soma_activities::llm::LlmChunk::Delta(_)) {
                 times.push(ms(sent.elapsed()));

@@ -39,6 +39,14 @@ impl ClientError {
         }
     }
 
+    /// The HTTP status the API answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// Whether asking again cannot help: a refused key, a missing session, a bad request.
     pub fn is_permanent(&self) -> bool {
         matches!(self, ClientError::Api { status, .. } if (400..500).contains(status) && *status != 429)
@@ -163,6 +171,39 @@ impl Client {
 
     pub async fn stream_token(&self, session: Uuid) -> Result<StreamToken, ClientError> {
         decode(self.request(Method::POST, &format!("/v1/session/{session}/stream-token")).send().await?).await
+    }
+
+    /// The tools the tenant may use.
+    pub async fn tools(&self) -> Result<soma_contract::api::ToolList, ClientError> {
+        decode(self.request(Method::GET, "/v1/tools").send().await?).await
+    }
+
+    /// Runs a tool directly in a session; its result comes on the session's stream.
+    pub async fn request_tool(
+        &self,
+        session: Uuid,
+        tool: &str,
+        inputs: serde_json::Value,
+    ) -> Result<soma_contract::api::ToolRequestAccepted, ClientError> {
+        let body = soma_contract::api::ToolRequest { session_id: session, tool_id: tool.to_string(), inputs };
+        decode(self.request(Method::POST, "/v1/tool/request").json(&body).send().await?).await
+    }
+
+    /// A tool call with its whole output.
+    pub async fn tool_call(&self, id: Uuid) -> Result<soma_contract::api::ToolCallView, ClientError> {
+        decode(self.request(Method::GET, &format!("/v1/tool/{id}")).send().await?).await
+    }
+
+    /// Approves (`approve: true`) or denies a call that waits for approval.
+    pub async fn decide_tool(
+        &self,
+        id: Uuid,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<soma_contract::api::ToolDecisionAccepted, ClientError> {
+        let verb = if approve { "approve" } else { "deny" };
+        let body = soma_contract::api::ToolDecisionRequest { reason: reason.map(str::to_string) };
+        decode(self.request(Method::POST, &format!("/v1/tool/{id}/{verb}")).json(&body).send().await?).await
     }
 
     pub async fn runtime_config(&self) -> Result<RuntimeConfig, ClientError> {

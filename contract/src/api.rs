@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::status::{MessageStatus, Role, TurnStatus};
+use crate::status::{ApprovalDecision, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus};
 
 /// Derives `utoipa::ToSchema` with the `openapi` feature.
 macro_rules! api_type {
@@ -229,6 +229,76 @@ api_type! {
         pub content: String,
         pub status: MessageStatus,
         pub created_at: DateTime<Utc>,
+    }
+
+    /// A tool as the caller's tenant sees it (`GET /v1/tools`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ToolInfo {
+        pub name: String,
+        pub description: String,
+        /// JSON Schema of the inputs.
+        pub input_schema: serde_json::Value,
+        pub kind: ToolKind,
+        pub requires_approval: bool,
+        /// How long one execution may take, in ms.
+        pub timeout_ms: i32,
+    }
+
+    /// `GET /v1/tools`: the enabled tools of the caller's tenant, by name.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ToolList {
+        pub tools: Vec<ToolInfo>,
+    }
+
+    /// `POST /v1/tool/request`: runs one tool directly, outside a chat turn.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ToolRequest {
+        pub session_id: Uuid,
+        /// The tool's name.
+        pub tool_id: String,
+        /// Checked against the tool's input schema (400 if they do not fit).
+        pub inputs: serde_json::Value,
+    }
+
+    /// 202 to `POST /v1/tool/request`: the result comes as `tool.result` on the session's stream.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ToolRequestAccepted {
+        pub tool_call_id: Uuid,
+        pub session_id: Uuid,
+        pub workflow_id: String,
+        pub status: ToolCallStatus,
+    }
+
+    /// `POST /v1/tool/{id}/approve` and `/deny`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ToolDecisionRequest {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+
+    /// The answer to an approval or a denial: the decision went to the waiting call.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ToolDecisionAccepted {
+        pub tool_call_id: Uuid,
+        pub decision: ApprovalDecision,
+    }
+
+    /// `GET /v1/tool/{id}`: a tool call with its whole output.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ToolCallView {
+        pub tool_call_id: Uuid,
+        pub session_id: Uuid,
+        pub turn_id: Option<Uuid>,
+        pub tool: String,
+        pub arguments: String,
+        pub status: ToolCallStatus,
+        pub output: Option<String>,
+        pub error: Option<String>,
+        pub workflow_id: String,
+        pub created_at: DateTime<Utc>,
+        pub finished_at: Option<DateTime<Utc>>,
     }
 
     /// `GET /v1/health`.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::status::{Role, TurnOutcome};
+use crate::status::{Role, ToolCallStatus, TurnOutcome};
 
 /// Declares [`SessionEvent`] from a table of `"kind" => Variant(Payload)`, so each kind's name
 /// is written once: serde's tag, [`SessionEvent::kind`] and [`SessionEvent::KINDS`] all use it.
@@ -55,6 +55,12 @@ session_events! {
     "llm.retry" => LlmRetry(LlmRetry),
     /// The provider finished streaming an attempt.
     "llm.complete" => LlmComplete(LlmComplete),
+    /// A tool is called: by the model (in a round of the turn) or by a direct request.
+    "tool.call" => ToolCall(ToolCall),
+    /// The tool call waits for a person to approve or deny it (`POST /v1/tool/{id}/approve`).
+    "tool.approval_required" => ToolApprovalRequired(ToolApprovalRequired),
+    /// The tool call's result: its output, or why there is none (denied, failed, timed out).
+    "tool.result" => ToolResult(ToolResult),
     /// The turn ended with its reply stored.
     "turn.complete" => TurnComplete(TurnEnd),
     /// The turn failed after its retries; an `error` event says why.
@@ -88,6 +94,9 @@ pub struct LlmDelta {
     pub text: String,
     pub attempt: u32,
     pub index: u32,
+    /// The model call of the turn it belongs to: 0, then one more after each round of tools.
+    #[serde(default)]
+    pub round: u32,
 }
 
 /// `llm.retry`.
@@ -96,8 +105,11 @@ pub struct LlmDelta {
 pub struct LlmRetry {
     /// The attempt that starts now; its deltas replace the earlier ones.
     pub attempt: u32,
+    /// Drop what this round streamed so far (earlier rounds stand).
     pub discard_partial: bool,
     pub reason: String,
+    #[serde(default)]
+    pub round: u32,
 }
 
 /// `llm.complete`.
@@ -106,8 +118,54 @@ pub struct LlmRetry {
 pub struct LlmComplete {
     pub attempt: u32,
     pub delta_count: u32,
+    /// `stop`, or `tool_calls` when the model asked for tools (a next round follows).
     pub finish_reason: String,
     pub model: String,
+    #[serde(default)]
+    pub round: u32,
+}
+
+/// `tool.call`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ToolCall {
+    pub tool_call_id: Uuid,
+    pub tool: String,
+    /// The inputs as the model or the caller sent them.
+    pub arguments: String,
+    /// The turn's round that asked for it; none for a direct request.
+    pub round: Option<u32>,
+}
+
+/// `tool.approval_required`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ToolApprovalRequired {
+    pub tool_call_id: Uuid,
+    pub tool: String,
+    pub arguments: String,
+    /// Without a decision by then, the call counts as denied.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `tool.result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ToolResult {
+    pub tool_call_id: Uuid,
+    pub tool: String,
+    pub status: ToolCallStatus,
+    /// The output (of a succeeded call), cut at [`ToolResult::PREVIEW_BYTES`]; the whole is
+    /// at `GET /v1/tool/{id}`.
+    pub output: Option<String>,
+    pub truncated: bool,
+    /// Why there is no output, in words a user can read.
+    pub reason: Option<String>,
+}
+
+impl ToolResult {
+    /// How much of an output the event carries.
+    pub const PREVIEW_BYTES: usize = 4096;
 }
 
 /// `turn.complete`, `turn.failed` and `turn.cancelled`.
@@ -135,6 +193,8 @@ pub struct ErrorEvent {
 pub enum ErrorCode {
     /// A step of the turn failed for good (its retries ran out, or the provider refused).
     TurnFailed,
+    /// The policy did not allow the action (or could not be evaluated: fail closed).
+    PolicyDenied,
 }
 
 /// `session.reset`.
@@ -194,9 +254,16 @@ impl SessionEvent {
     pub fn dedupe_key(&self, scope: &EventScope<'_>) -> String {
         let subject = scope.turn_id.unwrap_or(scope.session_id);
         match self {
-            SessionEvent::LlmDelta(delta) => format!("{subject}:llm.delta:{}:{}", delta.attempt, delta.index),
-            SessionEvent::LlmRetry(retry) => format!("{subject}:llm.retry:{}", retry.attempt),
-            SessionEvent::LlmComplete(complete) => format!("{subject}:llm.complete:{}", complete.attempt),
+            SessionEvent::LlmDelta(delta) => {
+                format!("{subject}:llm.delta:{}{}:{}", round_prefix(delta.round), delta.attempt, delta.index)
+            }
+            SessionEvent::LlmRetry(retry) => format!("{subject}:llm.retry:{}{}", round_prefix(retry.round), retry.attempt),
+            SessionEvent::LlmComplete(complete) => {
+                format!("{subject}:llm.complete:{}{}", round_prefix(complete.round), complete.attempt)
+            }
+            SessionEvent::ToolCall(call) => format!("{subject}:tool.call:{}", call.tool_call_id),
+            SessionEvent::ToolApprovalRequired(asked) => format!("{subject}:tool.approval_required:{}", asked.tool_call_id),
+            SessionEvent::ToolResult(result) => format!("{subject}:tool.result:{}", result.tool_call_id),
             SessionEvent::TurnComplete(_) | SessionEvent::TurnFailed(_) | SessionEvent::TurnCancelled(_) => {
                 format!("{subject}:turn.end")
             }
@@ -235,17 +302,39 @@ impl SessionEvent {
                 persona_id: None,
                 seq: 1,
             }),
-            SessionEvent::LlmDelta(LlmDelta { text: "Temporal is".into(), attempt: 1, index: 0 }),
+            SessionEvent::LlmDelta(LlmDelta { text: "Temporal is".into(), attempt: 1, index: 0, round: 0 }),
             SessionEvent::LlmRetry(LlmRetry {
                 attempt: 2,
                 discard_partial: true,
                 reason: "the provider stream was interrupted; restarting the reply".into(),
+                round: 0,
             }),
             SessionEvent::LlmComplete(LlmComplete {
                 attempt: 2,
                 delta_count: 14,
                 finish_reason: "stop".into(),
                 model: "gpt-4o-mini".into(),
+                round: 0,
+            }),
+            SessionEvent::ToolCall(ToolCall {
+                tool_call_id: id,
+                tool: "calculator".into(),
+                arguments: r#"{"expression":"17*23"}"#.into(),
+                round: Some(0),
+            }),
+            SessionEvent::ToolApprovalRequired(ToolApprovalRequired {
+                tool_call_id: id,
+                tool: "http_fetch".into(),
+                arguments: r#"{"url":"https://example.com/"}"#.into(),
+                expires_at: DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default(),
+            }),
+            SessionEvent::ToolResult(ToolResult {
+                tool_call_id: id,
+                tool: "calculator".into(),
+                status: ToolCallStatus::Succeeded,
+                output: Some("391".into()),
+                truncated: false,
+                reason: None,
             }),
             SessionEvent::TurnComplete(end(TurnOutcome::Completed)),
             SessionEvent::TurnFailed(TurnEnd {
@@ -273,6 +362,12 @@ impl SessionEvent {
         }
         table
     }
+}
+
+/// Keys of round 0 are those of turns from before rounds existed, so a turn in flight across
+/// the upgrade keeps its keys.
+fn round_prefix(round: u32) -> String {
+    if round == 0 { String::new() } else { format!("r{round}:") }
 }
 
 /// Who and what an event belongs to, as sent in every event's `data.meta`.
@@ -328,10 +423,11 @@ mod tests {
             EventScope { tenant_id: "t", session_id: Uuid::new_v4(), turn_id: Some(turn), request_id: None, trace_id: None };
         let end = |status| SessionEvent::turn_end(TurnEnd { status, assistant_message_id: None, reason: None });
         assert_eq!(end(TurnOutcome::Completed).dedupe_key(&scope), end(TurnOutcome::Cancelled).dedupe_key(&scope));
-        let delta = |attempt, index| SessionEvent::LlmDelta(LlmDelta { text: "x".into(), attempt, index });
-        assert_ne!(delta(1, 0).dedupe_key(&scope), delta(2, 0).dedupe_key(&scope));
-        assert_ne!(delta(1, 0).dedupe_key(&scope), delta(1, 1).dedupe_key(&scope));
-        assert!(delta(1, 0).dedupe_key(&scope).starts_with(&turn.to_string()));
+        let delta = |round, attempt, index| SessionEvent::LlmDelta(LlmDelta { text: "x".into(), attempt, index, round });
+        assert_ne!(delta(0, 1, 0).dedupe_key(&scope), delta(0, 2, 0).dedupe_key(&scope));
+        assert_ne!(delta(0, 1, 0).dedupe_key(&scope), delta(0, 1, 1).dedupe_key(&scope));
+        assert_ne!(delta(0, 1, 0).dedupe_key(&scope), delta(1, 1, 0).dedupe_key(&scope));
+        assert_eq!(delta(0, 1, 0).dedupe_key(&scope), format!("{turn}:llm.delta:1:0"), "round 0 keeps its old keys");
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub mod api;
 pub mod events;
 pub mod status;
 pub mod refs;
+pub mod reply;
 
 pub use events::{EventData, EventMeta, EventScope, SessionEvent};
-pub use status::{MessageStatus, Role, TurnOutcome, TurnStatus};
-pub use refs::{SessionRef, TurnRef};
+pub use status::{ApprovalDecision, MessageStatus, Role, ToolCallStatus, ToolKind, TurnOutcome, TurnStatus};
+pub use refs::{SessionRef, ToolCallRef, TurnRef};
+pub use reply::ShownReply;

@@ -58,3 +58,29 @@ impl SessionRef {
         }
     }
 }
+
+/// What a tool call's workflow carries: the call's ID and where its events go, never its
+/// inputs or outputs (they live in `tool_calls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallRef {
+    pub tenant_id: String,
+    pub session_id: Uuid,
+    pub tool_call_id: Uuid,
+    /// The chat turn whose model asked for the call; none for a direct request.
+    pub turn_id: Option<Uuid>,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+}
+
+impl ToolCallRef {
+    /// Where the call's events go: its turn's stream, or the session's.
+    pub fn scope(&self) -> EventScope<'_> {
+        EventScope {
+            tenant_id: &self.tenant_id,
+            session_id: self.session_id,
+            turn_id: self.turn_id,
+            request_id: Some(&self.request_id),
+            trace_id: self.trace_id.as_deref(),
+        }
+    }
+}

@@ -77,6 +77,52 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Where a tool call is.
+    pub enum ToolCallStatus {
+        /// Asked for; not yet checked against the catalog and the policy.
+        Requested => "requested",
+        /// Waits for a person to approve or deny it.
+        AwaitingApproval => "awaiting_approval",
+        Running => "running",
+        Succeeded => "succeeded",
+        /// The tool failed for good: unknown or disabled, invalid inputs, retries exhausted.
+        Failed => "failed",
+        /// The policy or a person said no.
+        Denied => "denied",
+        /// The tool, or the wait for approval, took longer than its profile allows.
+        TimedOut => "timed_out",
+        Cancelled => "cancelled",
+    }
+}
+
+text_enum! {
+    /// Where a tool's code lives.
+    pub enum ToolKind {
+        /// Built into the worker (`calculator`, `current_time`, `http_fetch`).
+        Builtin => "builtin",
+        /// An HTTP endpoint the inputs are POSTed to, signed with HMAC.
+        Http => "http",
+        /// A tool of an MCP server named in the config.
+        Mcp => "mcp",
+    }
+}
+
+text_enum! {
+    /// A person's answer to a tool call that needs approval.
+    pub enum ApprovalDecision {
+        Approved => "approved",
+        Denied => "denied",
+    }
+}
+
+impl ToolCallStatus {
+    /// Whether the call has its result.
+    pub fn is_final(self) -> bool {
+        !matches!(self, ToolCallStatus::Requested | ToolCallStatus::AwaitingApproval | ToolCallStatus::Running)
+    }
+}
+
 impl TurnStatus {
     /// Queued and running turns hold their session: later turns wait for them.
     pub fn is_open(self) -> bool {
@@ -115,6 +161,9 @@ mod tests {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         for status in MessageStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for status in ToolCallStatus::ALL {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         for role in Role::ALL {

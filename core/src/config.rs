@@ -70,6 +70,20 @@ pub struct Config {
     pub llm_stall_timeout_ms: u64,
     /// Delta coalescing window before `llm.delta` events are written.
     pub delta_coalesce_ms: u64,
+    /// Rounds of tool calls one chat turn may make (the model is offered no tools after them).
+    pub max_tool_rounds: u32,
+    /// Directory of the Rego policies (`*.rego`, deciding `data.soma.allow`), evaluated
+    /// in-process unless `policy_opa_url` is set.
+    pub policy_dir: String,
+    /// An OPA server to ask instead (`POST {url}/v1/data/soma/allow`); empty: in-process.
+    pub policy_opa_url: String,
+    /// Hosts the `http_fetch` tool may reach, comma separated; none by default.
+    pub tool_fetch_allowlist: String,
+    /// Signs HTTP tools' requests (`X-Soma-Signature`).
+    pub tool_hmac_secret: Secret,
+    /// MCP servers whose tools join the catalog, as `name=url` (streamable HTTP), comma
+    /// separated; their tools are named `{name}__{tool}`.
+    pub mcp_servers: String,
     /// How often each worker sweeps for turns that need recovering.
     pub turn_recovery_interval_ms: u64,
     /// An open turn that has not changed for this long is looked at by the sweep: started if
@@ -108,6 +122,12 @@ impl Default for Config {
             llm_model: String::new(),
             llm_stall_timeout_ms: 120_000,
             delta_coalesce_ms: 15,
+            max_tool_rounds: 8,
+            policy_dir: "ops/policy".into(),
+            policy_opa_url: String::new(),
+            tool_fetch_allowlist: String::new(),
+            tool_hmac_secret: Secret::default(),
+            mcp_servers: String::new(),
             turn_recovery_interval_ms: 5_000,
             turn_recovery_quiet_ms: 10_000,
             max_message_bytes: 32 * 1024,
@@ -173,6 +193,7 @@ impl Config {
                 )));
             }
         }
+        self.mcp_server_entries()?;
         for entry in self.api_key_entries() {
             let (tenant, hash) = entry.map_err(ConfigError)?;
             if tenant.is_empty() || hash.len() != 64 {
@@ -180,6 +201,26 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `(name, url)` of each MCP server in `mcp_servers`.
+    pub fn mcp_server_entries(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.mcp_servers
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|entry| match entry.split_once('=') {
+                Some((name, url)) if !name.trim().is_empty() && url::Url::parse(url.trim()).is_ok() => {
+                    Ok((name.trim().to_string(), url.trim().to_string()))
+                }
+                _ => Err(ConfigError(format!("mcp_servers entry {entry:?} is not name=url"))),
+            })
+            .collect()
+    }
+
+    /// The hosts in `tool_fetch_allowlist`.
+    pub fn fetch_allowlist(&self) -> Vec<String> {
+        self.tool_fetch_allowlist.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect()
     }
 
     /// The origins in `cors_allowed_origins`.

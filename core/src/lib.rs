@@ -7,6 +7,7 @@ pub mod config;
 pub mod store;
 pub mod telemetry;
 pub mod temporal;
+pub mod tool_inputs;
 pub mod wakeups;
 
 pub use config::{Config, Secret};

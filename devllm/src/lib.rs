@@ -155,6 +155,9 @@ struct ChatRequest {
     messages: Vec<ChatMessage>,
     #[serde(default)]
     stream: bool,
+    /// Functions the model may call (OpenAI's `tools`).
+    #[serde(default)]
+    tools: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,7 +191,8 @@ async fn chat_completions(
     }
     let idempotency_key =
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let tokens = reply_tokens(&request.messages, options.extra_words);
+    let calls = tool_calls(&request);
+    let tokens = if calls.is_empty() { reply_tokens(&request.messages, options.extra_words) } else { Vec::new() };
     let last_user = last_user_message(&request.messages).to_string();
     let model = request.model.unwrap_or_else(|| MODEL.to_string());
     let id = format!("chatcmpl-dev-{number}");
@@ -223,7 +227,19 @@ async fn chat_completions(
             }
             yield Ok(chunk(&id, &model, json!({ "content": token }), None));
         }
-        yield Ok(chunk(&id, &model, json!({}), Some("stop")));
+        // Each call as real providers stream them: ID and name first, then the arguments in
+        // two fragments.
+        for (index, (name, arguments)) in calls.iter().enumerate() {
+            let call_id = format!("call_{number}_{index}");
+            let (head, tail) = arguments.split_at(arguments.len() / 2);
+            let start = json!({ "tool_calls": [{ "index": index, "id": call_id, "type": "function",
+                                                  "function": { "name": name, "arguments": head } }] });
+            yield Ok(chunk(&id, &model, start, None));
+            let rest = json!({ "tool_calls": [{ "index": index, "function": { "arguments": tail } }] });
+            yield Ok(chunk(&id, &model, rest, None));
+        }
+        let finish = if calls.is_empty() { "stop" } else { "tool_calls" };
+        yield Ok(chunk(&id, &model, json!({}), Some(finish)));
         *provider.completed.lock().expect("completed lock").entry(idempotency_key).or_default() += 1;
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
@@ -258,15 +274,88 @@ fn chunk(id: &str, model: &str, delta: serde_json::Value, finish_reason: Option<
     Bytes::from(format!("data: {body}\n\n"))
 }
 
+/// The tools the dev provider asks for, when it is offered tools and the conversation since
+/// the last user message has had fewer rounds of tools than it wants:
+/// - `[[tool:NAME {json}]]` markers in the message call those tools, all in one round
+///   (`[[rounds:N]]` repeats that round N times);
+/// - otherwise "what is <arithmetic>" calls `calculator` once.
+fn tool_calls(request: &ChatRequest) -> Vec<(String, String)> {
+    let offered = |name: &str| {
+        request.tools.iter().any(|tool| tool.pointer("/function/name").and_then(|n| n.as_str()) == Some(name))
+    };
+    if request.tools.is_empty() {
+        return Vec::new();
+    }
+    let last_user = request.messages.iter().rposition(|m| m.role == "user").unwrap_or(0);
+    let rounds_done = request.messages[last_user..].iter().filter(|m| m.role == "tool").count();
+    let message = last_user_message(&request.messages);
+    let markers = tool_markers(message);
+    if !markers.is_empty() {
+        let rounds = message
+            .split("[[rounds:")
+            .nth(1)
+            .and_then(|rest| rest.split("]]").next())
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(1);
+        let calls_done = rounds_done / markers.len();
+        if calls_done >= rounds {
+            return Vec::new();
+        }
+        return markers.into_iter().filter(|(name, _)| offered(name)).collect();
+    }
+    if rounds_done > 0 || !offered("calculator") {
+        return Vec::new();
+    }
+    arithmetic_question(message)
+        .map(|expression| vec![("calculator".to_string(), json!({ "expression": expression }).to_string())])
+        .unwrap_or_default()
+}
+
+/// `[[tool:NAME {json}]]` markers, in order.
+fn tool_markers(message: &str) -> Vec<(String, String)> {
+    message
+        .split("[[tool:")
+        .skip(1)
+        .filter_map(|rest| {
+            let body = rest.split("]]").next()?.trim();
+            let (name, arguments) = body.split_once(' ').unwrap_or((body, "{}"));
+            Some((name.trim().to_string(), arguments.trim().to_string()))
+        })
+        .collect()
+}
+
+/// "What is 17*23?" → `17*23`.
+fn arithmetic_question(message: &str) -> Option<String> {
+    let lower = message.to_ascii_lowercase();
+    let rest = lower.split("what is").nth(1)?;
+    let expression: String = rest.trim().trim_end_matches(['?', '.', '!']).trim().to_string();
+    let arithmetic = !expression.is_empty()
+        && expression.chars().any(|c| c.is_ascii_digit())
+        && expression.chars().all(|c| c.is_ascii_digit() || " +-*/^().".contains(c));
+    arithmetic.then_some(expression)
+}
+
 fn last_user_message(messages: &[ChatMessage]) -> &str {
     messages.iter().rev().find(|m| m.role == "user").and_then(|m| m.content.as_deref()).unwrap_or("")
 }
 
 /// The deterministic reply to a conversation, split into word tokens (each but the first
-/// with its leading space, as real providers stream them).
+/// with its leading space, as real providers stream them). After tool calls it reports what
+/// the tools answered.
 fn reply_tokens(messages: &[ChatMessage], extra_words: usize) -> Vec<String> {
     let earlier = messages.iter().filter(|m| m.role == "user").count().saturating_sub(1);
-    let text = reply_text(last_user_message(messages), earlier, extra_words);
+    let last_user = messages.iter().rposition(|m| m.role == "user").unwrap_or(0);
+    let tool_answers: Vec<&str> = messages[last_user..]
+        .iter()
+        .filter(|m| m.role == "tool")
+        .map(|m| m.content.as_deref().unwrap_or(""))
+        .collect();
+    let text = if tool_answers.is_empty() {
+        reply_text(last_user_message(messages), earlier, extra_words)
+    } else {
+        let last: String = tool_answers[tool_answers.len().saturating_sub(1)].chars().take(200).collect();
+        format!("[soma dev provider] The tools answered ({} results); the last said: {last}", tool_answers.len())
+    };
     let mut tokens = Vec::new();
     for (i, word) in text.split(' ').enumerate() {
         tokens.push(if i == 0 { word.to_string() } else { format!(" {word}") });

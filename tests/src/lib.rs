@@ -68,6 +68,7 @@ impl TestApp {
             llm_model: soma_devllm::MODEL.into(),
             delta_coalesce_ms: 20,
             max_message_bytes: 1024,
+            policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/policy").into(),
             api_keys: format!(
                 "tenant-a:{},tenant-b:{}",
                 soma_api::auth::hash_key(KEY_A),
@@ -238,17 +239,13 @@ impl Typed for SseEvent {
     }
 }
 
-/// The reply a client that honours `llm.retry` shows: the deltas after the last retry.
+/// The reply a client that honours `llm.retry` shows ([`ShownReply`]).
 pub fn shown_reply(events: &[SseEvent]) -> String {
-    let mut shown = String::new();
+    let mut shown = soma_contract::ShownReply::default();
     for event in events {
-        match event.event() {
-            SessionEvent::LlmRetry(_) => shown.clear(),
-            SessionEvent::LlmDelta(delta) => shown.push_str(&delta.text),
-            _ => {}
-        }
+        shown.apply(&event.event());
     }
-    shown
+    shown.text()
 }
 
 /// Creates the database `name` (made a valid identifier) beside `admin_url`'s, applies the
@@ -367,4 +364,10 @@ impl TestApp {
     pub fn api_addr(&self) -> std::net::SocketAddr {
         self.api.base_url().trim_start_matches("http://").parse().expect("the API's address")
     }
+}
+
+/// The project's policies (`ops/policy/`), as the tests' workers evaluate them.
+pub fn project_policy() -> std::sync::Arc<soma_activities::Policy> {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/policy"));
+    std::sync::Arc::new(soma_activities::Policy::from_dir(dir).expect("ops/policy loads"))
 }

@@ -12,13 +12,14 @@ use soma_core::SessionWakeups;
 use soma_core::store::TurnSession;
 use soma_devllm::{DevProviderOptions, Fault};
 use soma_tests::TestApp;
-use soma_workflows::activities::FinishTurnInput;
+use soma_workflows::activities::{FinishTurnInput, ReplyRound, TurnBegin};
 use temporalio_sdk::activities::ActivityError;
 use temporalio_sdk::testing::{ActivityEnvironment, ActivityEnvironmentError, TestActivityInfoOptions};
 use uuid::Uuid;
 
 fn session_activities(app: &TestApp) -> ActivityEnvironment {
-    let activities = SessionActivitiesImpl::new(app.store.clone(), Arc::new(SessionWakeups::default()));
+    let activities =
+        SessionActivitiesImpl::new(app.store.clone(), Arc::new(SessionWakeups::default()), soma_tests::project_policy());
     ActivityEnvironment::builder_with_default().register_activities(activities).build()
 }
 
@@ -36,11 +37,11 @@ async fn begin_turn_waits_for_an_earlier_open_turn_and_runs_once_however_often_r
     let second = app.store_turn(TurnSession::Existing(first.session_id), "second").await;
 
     let began = env.run(SessionActivitiesImpl::begin_turn, second.clone()).await.unwrap();
-    assert!(!began, "the second turn waits for the first");
+    assert_eq!(began, TurnBegin::WaitForEarlier, "the second turn waits for the first");
     assert_eq!(app.count("messages").await, 0, "waiting writes nothing");
 
     for _ in 0..3 {
-        assert!(env.run(SessionActivitiesImpl::begin_turn, first.clone()).await.unwrap());
+        assert_eq!(env.run(SessionActivitiesImpl::begin_turn, first.clone()).await.unwrap(), TurnBegin::Begun);
     }
     assert_eq!(app.count("messages").await, 1, "one user message however often it ran");
     assert_eq!(stored_kinds(&app, first.session_id).await, ["message.user"]);
@@ -56,6 +57,7 @@ async fn a_turn_end_recorded_twice_is_stored_once() {
         status: TurnOutcome::Failed,
         assistant_message_id: None,
         reason: Some("the provider refused".into()),
+        code: None,
     };
     env.run(SessionActivitiesImpl::finish_turn, input.clone()).await.unwrap();
     env.run(SessionActivitiesImpl::finish_turn, input).await.unwrap();
@@ -76,15 +78,15 @@ async fn a_retried_llm_attempt_announces_the_retry_and_a_refusal_is_not_retried(
     let turn = app.store_turn(TurnSession::New(Uuid::now_v7()), "hello").await;
     session_activities(&app).run(SessionActivitiesImpl::begin_turn, turn.clone()).await.unwrap();
     // What attempt 1 streamed before it broke.
-    let partial = SessionEvent::LlmDelta(LlmDelta { text: "Hel".into(), attempt: 1, index: 0 });
+    let partial = SessionEvent::LlmDelta(LlmDelta { text: "Hel".into(), attempt: 1, index: 0, round: 0 });
     app.store.append_events(&turn.scope(), &[partial]).await.unwrap();
 
     let llm = LlmClient::new(&app.provider.base_url(), "", soma_devllm::MODEL, Duration::from_secs(5));
     let env = ActivityEnvironment::builder_with_default()
-        .register_activities(LlmActivitiesImpl::new(app.store.clone(), llm, Duration::from_millis(15)))
+        .register_activities(LlmActivitiesImpl::new(app.store.clone(), llm, Duration::from_millis(15), 4))
         .info(TestActivityInfoOptions::builder().attempt(2).build())
         .build();
-    let result = env.run(LlmActivitiesImpl::stream_reply, turn.clone()).await;
+    let result = env.run(LlmActivitiesImpl::stream_reply, ReplyRound { turn: turn.clone(), round: 0 }).await;
 
     match result {
         Err(ActivityEnvironmentError::Activity(ActivityError::Application(failure))) => {

@@ -12,10 +12,10 @@ use temporalio_common::telemetry::TelemetryOptions;
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
-use soma_activities::{LlmActivitiesImpl, LlmClient, SessionActivitiesImpl};
+use soma_activities::{LlmActivitiesImpl, LlmClient, Policy, SessionActivitiesImpl, ToolActivitiesImpl, ToolSettings};
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, SessionWakeups, Store};
-use soma_workflows::{ChatTurnWorkflow, SessionDeletionWorkflow};
+use soma_workflows::{ChatTurnWorkflow, SessionDeletionWorkflow, ToolExecutionWorkflow};
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
@@ -36,15 +36,44 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
     let llm = LlmClient::new(base_url, config.llm_api_key.expose(), model, stall_timeout);
     let wakeups = Arc::new(SessionWakeups::default());
     wakeups.start(&store).await?;
+    let policy = Arc::new(policy(config)?);
+    let tools = ToolActivitiesImpl::new(store.clone(), policy.clone(), tool_settings(config)?);
+    match tools.refresh_catalog().await {
+        Ok(count) => tracing::info!(count, "tool catalog refreshed"),
+        Err(err) => tracing::warn!(error = %err, "could not refresh the tool catalog; using what it holds"),
+    }
     Ok(WorkerOptions::new(config.task_queue.clone())
         .register_workflow::<ChatTurnWorkflow>()?
         .register_workflow::<SessionDeletionWorkflow>()?
-        .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups))
-        .register_activities(LlmActivitiesImpl::new(store, llm, coalesce))
+        .register_workflow::<ToolExecutionWorkflow>()?
+        .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy))
+        .register_activities(tools)
+        .register_activities(LlmActivitiesImpl::new(store, llm, coalesce, config.max_tool_rounds))
         // A dead worker's sticky queue is abandoned after this long.
         .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
         .graceful_shutdown_period(Duration::from_secs(10))
         .build())
+}
+
+/// The policy gate the config names: an OPA server, or the Rego files of `policy_dir`.
+pub fn policy(config: &Config) -> anyhow::Result<Policy> {
+    if config.policy_opa_url.trim().is_empty() {
+        let policy = Policy::from_dir(std::path::Path::new(&config.policy_dir))?;
+        tracing::info!(dir = %config.policy_dir, "policies evaluated in-process");
+        Ok(policy)
+    } else {
+        tracing::info!(url = %config.policy_opa_url, "policies evaluated by OPA");
+        Ok(Policy::opa(config.policy_opa_url.trim()))
+    }
+}
+
+/// What the tools need from the config.
+pub fn tool_settings(config: &Config) -> anyhow::Result<ToolSettings> {
+    Ok(ToolSettings {
+        fetch_allowlist: config.fetch_allowlist(),
+        hmac_secret: config.tool_hmac_secret.expose().to_string(),
+        mcp_servers: config.mcp_server_entries()?.into_iter().collect(),
+    })
 }
 
 /// Runs a worker until `shutdown` resolves, then drains gracefully; sweeps for stuck turns

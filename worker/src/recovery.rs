@@ -118,6 +118,7 @@ impl TurnRecovery {
             status: TurnOutcome::Failed,
             assistant_message_id: store_reply(&self.store, turn, TurnOutcome::Failed).await?,
             reason: Some(reason),
+            code: None,
         };
         // Audited first: the turn's end event, last, tells clients everything is recorded.
         self.audit(stalled, "failed: its workflow had ended", json!({ "workflow_status": format!("{status:?}") }))

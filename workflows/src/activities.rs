@@ -9,7 +9,8 @@ use temporalio_macros::activity_definitions;
 use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
 
-use soma_contract::{SessionRef, TurnOutcome, TurnRef};
+use soma_contract::events::ErrorCode;
+use soma_contract::{SessionRef, ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
 
 /// Session and stream writes: the store.
 pub struct SessionActivities;
@@ -19,8 +20,9 @@ impl SessionActivities {
     /// Starts the turn if no earlier turn of the session is unfinished: stores the accepted
     /// user text as a message and emits `message.user`. Returns false, having written
     /// nothing, while earlier turns are still running.
+    /// A turn the policy does not allow (`conversation.send`) is not begun.
     #[activity]
-    pub async fn begin_turn(turn: TurnRef) -> Result<bool, ActivityError> {
+    pub async fn begin_turn(turn: TurnRef) -> Result<TurnBegin, ActivityError> {
         unimplemented!()
     }
 
@@ -77,8 +79,42 @@ pub struct LlmActivities;
 impl LlmActivities {
     /// Streams the provider's reply into `llm.delta` events; emits `llm.retry` on a retried
     /// attempt that follows streamed deltas, and `llm.complete` at the end.
+    /// Each round's call offers the tenant's tools (none on the last round allowed); the
+    /// calls the model asks for are stored and their IDs returned.
     #[activity]
-    pub async fn stream_reply(turn: TurnRef) -> Result<StreamOutcome, ActivityError> {
+    pub async fn stream_reply(input: ReplyRound) -> Result<StreamOutcome, ActivityError> {
+        unimplemented!()
+    }
+}
+
+/// Tool calls: the catalog, the policy and the tools' own clients (HTTP, MCP).
+pub struct ToolActivities;
+
+#[activity_definitions]
+impl ToolActivities {
+    /// Looks the tool up in the tenant's catalog, checks the inputs against its schema and
+    /// asks the policy (`tool.execute`); emits `tool.call`. Says how to run it, or why not.
+    #[activity]
+    pub async fn prepare_tool_call(call: ToolCallRef) -> Result<ToolPlan, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Marks the call as waiting for a person and emits `tool.approval_required`.
+    #[activity]
+    pub async fn request_approval(input: ApprovalRequest) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    /// Runs the tool within its profile (taking one of its concurrency slots first) and
+    /// stores the output.
+    #[activity]
+    pub async fn execute_tool(call: ToolCallRef) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    /// Records the call's result (unless it has one): status, `tool.result`, audit row.
+    #[activity]
+    pub async fn finish_tool_call(input: FinishToolCall) -> Result<ToolCallStatus, ActivityError> {
         unimplemented!()
     }
 }
@@ -87,6 +123,26 @@ impl LlmActivities {
 pub mod defs {
     pub use super::llm_activities::*;
     pub use super::session_activities::*;
+    pub use super::tool_activities::*;
+}
+
+/// What `begin_turn` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TurnBegin {
+    /// The user message is stored; the reply can be made.
+    Begun,
+    /// Earlier turns of the session are still open: wait for them, then try again.
+    WaitForEarlier,
+    /// The policy does not allow it (or could not say: fail closed).
+    Denied { reason: String },
+}
+
+/// Input of `stream_reply`: the turn and its round (0, then one more after each round of
+/// tools).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRound {
+    pub turn: TurnRef,
+    pub round: u32,
 }
 
 /// What the streaming LLM call reports back: counts, never text.
@@ -96,6 +152,10 @@ pub struct StreamOutcome {
     pub attempt: u32,
     pub delta_count: u32,
     pub finish_reason: String,
+    /// The tool calls the model asked for (stored in `tool_calls`), in its order; empty when
+    /// the reply is final.
+    #[serde(default)]
+    pub tool_calls: Vec<Uuid>,
 }
 
 /// Input of `persist_assistant_message`: the reply is assembled from the stored deltas.
@@ -113,5 +173,40 @@ pub struct FinishTurnInput {
     pub status: TurnOutcome,
     pub assistant_message_id: Option<Uuid>,
     /// Why a failed turn failed, in words a user can read.
+    pub reason: Option<String>,
+    /// The `error` event's code for a failed turn (`turn_failed` if none).
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+}
+
+/// What `prepare_tool_call` decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToolPlan {
+    /// Run it with this profile, after a person's approval if `approval_timeout_ms` is set.
+    Run { profile: ToolProfile, approval_timeout_ms: Option<u64> },
+    /// Do not run it: unknown or disabled tool, invalid inputs, denied by the policy.
+    Refused { status: ToolCallStatus, reason: String },
+}
+
+/// How a tool runs: from its catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolProfile {
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+}
+
+/// Input of `request_approval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    pub call: ToolCallRef,
+    pub timeout_ms: u64,
+}
+
+/// Input of `finish_tool_call`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishToolCall {
+    pub call: ToolCallRef,
+    /// The result, unless the call already has one (a succeeded execution stores its own).
+    pub status: ToolCallStatus,
     pub reason: Option<String>,
 }

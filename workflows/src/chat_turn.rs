@@ -1,7 +1,9 @@
 //! `ChatTurnWorkflow`: one chat turn, step by step as in the design's table.
 //!
-//! begin turn (store the user message; while earlier turns run, wait for them first) →
-//! stream the LLM reply → store the assistant message → finish the turn (`turn.complete`).
+//! begin turn (policy gate `conversation.send`; store the user message; while earlier turns
+//! run, wait for them first) → stream the LLM reply → while the model asks for tools: run the
+//! round's calls as child `ToolExecutionWorkflow`s in parallel, then stream the next round →
+//! store the assistant message → finish the turn (`turn.complete`).
 //! A cancel request stops the stream, keeps the partial reply as `cancelled` and ends with
 //! `turn.cancelled`; a step that exhausts its retries ends with `turn.failed`, an `error` event
 //! and an audit row, then fails the workflow so operators see it in the Temporal UI.
@@ -11,14 +13,20 @@ use serde::{Deserialize, Serialize};
 use temporalio_client::{WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityExecutionError, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
+    ActivityExecutionError, ChildWorkflowOptions, ParentClosePolicy, WorkflowContext, WorkflowContextView,
+    WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
-use soma_contract::{TurnOutcome, TurnRef};
+use soma_contract::events::ErrorCode;
+use soma_contract::{ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
 
-use crate::activities::{AssistantMessageInput, FinishTurnInput, LlmActivities, SessionActivities};
+use crate::activities::{
+    AssistantMessageInput, FinishToolCall, FinishTurnInput, LlmActivities, ReplyRound, SessionActivities,
+    ToolActivities, TurnBegin,
+};
 use crate::steps;
+use crate::tool_execution::ToolExecutionWorkflow;
 
 /// Input of `ChatTurnWorkflow`.
 pub type ChatTurnInput = TurnRef;
@@ -39,7 +47,18 @@ pub struct ChatTurnWorkflow {
 enum Ended {
     Replied(Option<Uuid>),
     Cancelled,
+    /// The policy did not allow the turn: it fails, with the reason, but the workflow does not.
+    Denied(String),
     Failed(Box<ActivityExecutionError>),
+}
+
+impl From<ActivityExecutionError> for Ended {
+    fn from(err: ActivityExecutionError) -> Self {
+        match err {
+            ActivityExecutionError::Cancelled(_) => Ended::Cancelled,
+            err => Ended::Failed(Box::new(err)),
+        }
+    }
 }
 
 #[workflow_methods]
@@ -54,8 +73,7 @@ impl ChatTurnWorkflow {
         let turn = ctx.state(|s| s.turn.clone());
         let ended = match converse(ctx, &turn).await {
             Ok(message_id) => Ended::Replied(message_id),
-            Err(ActivityExecutionError::Cancelled(_)) => Ended::Cancelled,
-            Err(err) => Ended::Failed(Box::new(err)),
+            Err(ended) => ended,
         };
 
         // Steps after the conversation run even when the workflow was cancelled: the partial
@@ -63,7 +81,7 @@ impl ChatTurnWorkflow {
         let status = match &ended {
             Ended::Replied(_) => TurnOutcome::Completed,
             Ended::Cancelled => TurnOutcome::Cancelled,
-            Ended::Failed(_) => TurnOutcome::Failed,
+            Ended::Denied(_) | Ended::Failed(_) => TurnOutcome::Failed,
         };
         let assistant_message_id = match ended {
             Ended::Replied(id) => id,
@@ -76,59 +94,103 @@ impl ChatTurnWorkflow {
                 .await?
             }
         };
-        let reason = match &ended {
-            Ended::Failed(err) => Some(failure_reason(err)),
-            _ => None,
+        let (reason, code) = match &ended {
+            Ended::Failed(err) => (Some(steps::failure_reason(err)), Some(ErrorCode::TurnFailed)),
+            Ended::Denied(reason) => (Some(reason.clone()), Some(ErrorCode::PolicyDenied)),
+            _ => (None, None),
         };
         ctx.execute_activity(
             SessionActivities::finish_turn,
-            FinishTurnInput { turn, status, assistant_message_id, reason },
+            FinishTurnInput { turn, status, assistant_message_id, reason, code },
             steps::database_after_cancel(),
         )
         .await?;
 
         match ended {
-            Ended::Replied(_) => Ok(ChatTurnOutput { status, assistant_message_id }),
+            Ended::Replied(_) | Ended::Denied(_) => Ok(ChatTurnOutput { status, assistant_message_id }),
             Ended::Cancelled => Err(WorkflowTermination::cancelled()),
             Ended::Failed(err) => Err((*err).into()),
         }
     }
 }
 
-/// Why a step failed, in the words of its deepest cause: the activity's own error ("LLM
-/// provider rejected the request: HTTP 401 …") or the timeout that ended it, rather than the
-/// wrapper's "Activity task failed". This is what the user reads in the `error` event.
-fn failure_reason(err: &ActivityExecutionError) -> String {
-    let mut failure = err.failure();
-    let mut deepest = None;
-    while let Some(current) = failure {
-        if !current.message.is_empty() {
-            deepest = Some(current.message.clone());
-        }
-        failure = current.cause.as_deref();
-    }
-    deepest.unwrap_or_else(|| err.to_string())
-}
-
 /// The steps a cancel request may interrupt. Returns the assistant message's ID.
-async fn converse(
-    ctx: &mut WorkflowContext<ChatTurnWorkflow>,
-    turn: &TurnRef,
-) -> Result<Option<Uuid>, ActivityExecutionError> {
+async fn converse(ctx: &mut WorkflowContext<ChatTurnWorkflow>, turn: &TurnRef) -> Result<Option<Uuid>, Ended> {
     // A local activity: no server round trip before the LLM call when the session is idle.
-    while !ctx
-        .execute_local_activity(SessionActivities::begin_turn, turn.clone(), steps::local_database())
-        .await?
-    {
-        ctx.execute_activity(SessionActivities::wait_for_earlier_turns, turn.clone(), steps::wait()).await?;
+    loop {
+        match ctx.execute_local_activity(SessionActivities::begin_turn, turn.clone(), steps::local_database()).await? {
+            TurnBegin::Begun => break,
+            TurnBegin::Denied { reason } => return Err(Ended::Denied(reason)),
+            TurnBegin::WaitForEarlier => {
+                ctx.execute_activity(SessionActivities::wait_for_earlier_turns, turn.clone(), steps::wait()).await?;
+            }
+        }
     }
-    ctx.execute_activity(LlmActivities::stream_reply, turn.clone(), steps::llm_stream()).await?;
+    let mut round = 0;
+    loop {
+        let reply = ReplyRound { turn: turn.clone(), round };
+        let outcome = ctx.execute_activity(LlmActivities::stream_reply, reply, steps::llm_stream()).await?;
+        if outcome.tool_calls.is_empty() {
+            break;
+        }
+        run_tools(ctx, turn, &outcome.tool_calls).await?;
+        round += 1;
+    }
     ctx.execute_activity(
         SessionActivities::persist_assistant_message,
         AssistantMessageInput { turn: turn.clone(), status: TurnOutcome::Completed },
         steps::database(),
     )
     .await
+    .map_err(Ended::from)
+}
+
+/// Runs one round's tool calls as child workflows, all at once, until each has its result.
+/// Cancelling the turn cancels them (and their tools). A child that ended without recording
+/// a result (terminated by an operator, say) gets one here, so the model always hears back.
+async fn run_tools(
+    ctx: &mut WorkflowContext<ChatTurnWorkflow>,
+    turn: &TurnRef,
+    tool_call_ids: &[Uuid],
+) -> Result<(), Ended> {
+    let calls: Vec<ToolCallRef> = tool_call_ids
+        .iter()
+        .map(|&tool_call_id| ToolCallRef {
+            tenant_id: turn.tenant_id.clone(),
+            session_id: turn.session_id,
+            tool_call_id,
+            turn_id: Some(turn.turn_id),
+            request_id: turn.request_id.clone(),
+            trace_id: turn.trace_id.clone(),
+        })
+        .collect();
+    let view = &*ctx;
+    let children = calls.iter().map(|call| async move {
+        let options = ChildWorkflowOptions::builder()
+            .workflow_id(ToolExecutionWorkflow::workflow_id(call.session_id, call.tool_call_id))
+            .parent_close_policy(ParentClosePolicy::RequestCancel)
+            .build();
+        let started = view.start_child_workflow(ToolExecutionWorkflow::run, call.clone(), options).await;
+        match started {
+            Ok(child) => child.result().await.map(|outcome| outcome.status).map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        }
+    });
+    let results = temporalio_sdk::workflows::join_all(children).await;
+    if ctx.cancellation_token().is_cancelled() {
+        return Err(Ended::Cancelled);
+    }
+    for (call, result) in calls.into_iter().zip(results) {
+        if let Err(reason) = result {
+            let finish = FinishToolCall {
+                call,
+                status: ToolCallStatus::Failed,
+                reason: Some(format!("the tool's workflow ended without a result: {reason}")),
+            };
+            ctx.execute_activity(ToolActivities::finish_tool_call, finish, steps::database()).await?;
+        }
+    }
+    Ok(())
 }
 
 impl ChatTurnWorkflow {

@@ -9,6 +9,8 @@ pub mod activities;
 pub mod chat_turn;
 pub mod session_deletion;
 pub mod steps;
+pub mod tool_execution;
 
 pub use chat_turn::{ChatTurnInput, ChatTurnOutput, ChatTurnWorkflow};
 pub use session_deletion::{SessionDeletionOutput, SessionDeletionWorkflow};
+pub use tool_execution::{ToolCallOutcome, ToolDecision, ToolExecutionWorkflow};

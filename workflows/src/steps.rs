@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use temporalio_common::RetryPolicy;
-use temporalio_sdk::{ActivityCancellationType, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken};
+use temporalio_sdk::{
+    ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken,
+};
 
 /// Exponential backoff (coefficient 2) from `initial` to `max` between attempts; `attempts`
 /// caps the tries (0: retry until the step's schedule-to-close timeout, if any).
@@ -65,4 +67,29 @@ pub fn llm_stream() -> ActivityOptions {
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), 5))
         .build()
+}
+
+/// A tool's execution, within its catalog profile: its own timeout per attempt, its own number
+/// of attempts, heartbeats so a dead worker or a cancel request is noticed within seconds.
+pub fn tool(timeout: Duration, max_attempts: u32) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(timeout)
+        .heartbeat_timeout(Duration::from_secs(5))
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), max_attempts.max(1)))
+        .build()
+}
+
+/// Why a step failed, in the words of its deepest cause: the activity's own error ("LLM
+/// provider rejected the request: HTTP 401 …") or the timeout that ended it, rather than the
+/// wrapper's "Activity task failed". This is what users read in `error` and `tool.result`.
+pub fn failure_reason(err: &ActivityExecutionError) -> String {
+    let mut failure = err.failure();
+    let mut deepest = None;
+    while let Some(current) = failure {
+        if !current.message.is_empty() {
+            deepest = Some(current.message.clone());
+        }
+        failure = current.cause.as_deref();
+    }
+    deepest.unwrap_or_else(|| err.to_string())
 }

@@ -12,6 +12,9 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LlmChunk {
     Delta(String),
+    /// A piece of the `index`th tool call the model asks for: its ID and name come first,
+    /// its arguments (JSON text) in fragments.
+    ToolCall { index: usize, id: Option<String>, name: Option<String>, arguments: String },
     Finished { reason: String },
 }
 
@@ -45,10 +48,24 @@ impl crate::failure::Failure for LlmError {
     }
 }
 
+/// A message of the conversation sent to the model (OpenAI's chat format).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    /// None on an assistant message that only calls tools.
+    pub content: Option<String>,
+    /// An assistant message's calls: `{id, type: "function", function: {name, arguments}}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<Value>,
+    /// A tool message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn text(role: &str, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: Some(content.into()), tool_calls: Vec::new(), tool_call_id: None }
+    }
 }
 
 #[derive(Clone)]
@@ -85,16 +102,23 @@ impl LlmClient {
     }
 
     /// Starts a streamed completion; the stream ends after `Finished` or with an error.
+    /// `tools` are offered to the model as functions (`{type: "function", function: {name,
+    /// description, parameters}}`); none, and the model can only answer.
     pub async fn stream_chat(
         &self,
         messages: &[ChatMessage],
+        tools: &[Value],
         idempotency_key: &str,
     ) -> Result<impl Stream<Item = Result<LlmChunk, LlmError>> + Send + use<>, LlmError> {
+        let mut body = serde_json::json!({ "model": self.model, "messages": messages, "stream": true });
+        if !tools.is_empty() {
+            body["tools"] = Value::Array(tools.to_vec());
+        }
         let mut request = self
             .http
             .post(format!("{}/chat/completions", self.base_url))
             .header("Idempotency-Key", idempotency_key)
-            .json(&serde_json::json!({ "model": self.model, "messages": messages, "stream": true }));
+            .json(&body);
         if !self.api_key.is_empty() {
             request = request.bearer_auth(&self.api_key);
         }
@@ -202,6 +226,16 @@ fn parse_line(line: &str) -> Result<Option<Line>, LlmError> {
             && !text.is_empty()
         {
             chunks.push(LlmChunk::Delta(text.to_string()));
+        }
+        for call in choice.pointer("/delta/tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let text = |pointer: &str| call.pointer(pointer).and_then(Value::as_str).map(str::to_string);
+            chunks.push(LlmChunk::ToolCall {
+                index,
+                id: text("/id"),
+                name: text("/function/name"),
+                arguments: text("/function/arguments").unwrap_or_default(),
+            });
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             chunks.push(LlmChunk::Finished { reason: reason.to_string() });

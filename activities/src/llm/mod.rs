@@ -11,10 +11,14 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tokio::time::{Instant, sleep_until};
 
+use serde_json::{Value, json};
+use uuid::Uuid;
+
 use soma_contract::events::{LlmComplete, LlmDelta, LlmRetry};
-use soma_contract::{SessionEvent, TurnRef};
-use soma_core::store::{Store, StoreError};
-use soma_workflows::activities::{StreamOutcome, defs};
+use soma_contract::{SessionEvent, ToolCallStatus, TurnRef};
+use soma_core::store::{ModelToolCall, RoundCall, Store, StoreError};
+use soma_workflows::ToolExecutionWorkflow;
+use soma_workflows::activities::{ReplyRound, StreamOutcome, defs};
 
 pub use client::{ChatMessage, LlmChunk, LlmClient, LlmError};
 
@@ -23,17 +27,101 @@ use crate::failure::Classify;
 /// How often a long activity heartbeats; well inside the step's heartbeat timeout.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
+/// How much of a tool's output the model is sent (the whole stays in `tool_calls`).
+const TOOL_OUTPUT_TO_MODEL_BYTES: usize = 16 * 1024;
+
 pub struct LlmActivitiesImpl {
     store: Store,
     llm: LlmClient,
     /// After a delta is written, later ones are batched for this long before the next write.
     coalesce: Duration,
+    /// Rounds of tool calls a turn may make; the model call after the last is offered none.
+    max_tool_rounds: u32,
 }
 
 impl LlmActivitiesImpl {
-    pub fn new(store: Store, llm: LlmClient, coalesce: Duration) -> Self {
-        Self { store, llm, coalesce }
+    pub fn new(store: Store, llm: LlmClient, coalesce: Duration, max_tool_rounds: u32) -> Self {
+        Self { store, llm, coalesce, max_tool_rounds }
     }
+
+    /// The conversation for the model call of `round`: the session's messages up to this
+    /// turn's, then each earlier round's tool calls and their results.
+    async fn conversation(&self, turn: &TurnRef, round: u32) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut messages: Vec<ChatMessage> = self
+            .store
+            .conversation_until(&turn.tenant_id, turn.session_id, turn.turn_id)
+            .await?
+            .into_iter()
+            .map(|line| ChatMessage::text(line.role.as_str(), line.content))
+            .collect();
+        if round == 0 || messages.is_empty() {
+            return Ok(messages);
+        }
+        let calls = self.store.round_calls(&turn.tenant_id, turn.turn_id, round as i32).await?;
+        for round_calls in calls.chunk_by(|a, b| a.round == b.round) {
+            messages.push(ChatMessage {
+                role: "assistant".into(),
+                content: None,
+                tool_calls: round_calls
+                    .iter()
+                    .map(|call| {
+                        json!({ "id": call.provider_call_id, "type": "function",
+                                "function": { "name": call.tool_name, "arguments": call.arguments } })
+                    })
+                    .collect(),
+                tool_call_id: None,
+            });
+            for call in round_calls {
+                messages.push(ChatMessage {
+                    role: "tool".into(),
+                    content: Some(tool_message(call)),
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(call.provider_call_id.clone()),
+                });
+            }
+        }
+        Ok(messages)
+    }
+
+    /// The tenant's enabled tools as OpenAI functions, or none on the last round allowed.
+    async fn offered_tools(&self, turn: &TurnRef, round: u32) -> Result<Vec<Value>, StoreError> {
+        if round >= self.max_tool_rounds {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .store
+            .tenant_tools(&turn.tenant_id)
+            .await?
+            .into_iter()
+            .filter(|tool| tool.enabled)
+            .map(|tool| {
+                json!({ "type": "function", "function": {
+                    "name": tool.name, "description": tool.description, "parameters": tool.input_schema } })
+            })
+            .collect())
+    }
+}
+
+/// What the model is told a call gave: its output, or what became of it.
+fn tool_message(call: &RoundCall) -> String {
+    match (call.status, &call.output) {
+        (ToolCallStatus::Succeeded, Some(output)) => {
+            let (text, cut) = crate::tools::preview(output, TOOL_OUTPUT_TO_MODEL_BYTES);
+            if cut { format!("{text}\n[output cut at {} KiB]", TOOL_OUTPUT_TO_MODEL_BYTES / 1024) } else { text }
+        }
+        (status, _) => format!(
+            "The tool call did not run to a result ({status}): {}",
+            call.error.as_deref().unwrap_or("no reason given")
+        ),
+    }
+}
+
+/// A tool call being streamed: its pieces put together.
+#[derive(Default)]
+struct PendingCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
 }
 
 #[activities]
@@ -42,38 +130,37 @@ impl LlmActivitiesImpl {
     pub async fn stream_reply(
         self: Arc<Self>,
         ctx: ActivityContext,
-        turn: TurnRef,
+        input: ReplyRound,
     ) -> Result<StreamOutcome, ActivityError> {
+        let ReplyRound { turn, round } = input;
         let store = &self.store;
         let attempt = ctx.info().attempt.max(1);
         if attempt > 1 {
             tracing::warn!(session_id = %turn.session_id, turn_id = %turn.turn_id, request_id = %turn.request_id,
                            attempt, "LLM call retried");
-            if store.has_streamed_deltas(&turn.tenant_id, turn.session_id, turn.turn_id).await.classify()? {
+            if store.has_streamed_deltas(&turn.tenant_id, turn.session_id, turn.turn_id, round).await.classify()? {
                 // Tell readers to throw away what an earlier attempt streamed.
                 let retry = SessionEvent::LlmRetry(LlmRetry {
                     attempt,
                     discard_partial: true,
                     reason: "the provider stream was interrupted; restarting the reply".into(),
+                    round,
                 });
                 store.append_events(&turn.scope(), &[retry]).await.classify()?;
             }
         }
-        let history: Vec<ChatMessage> = store
-            .conversation_until(&turn.tenant_id, turn.session_id, turn.turn_id)
-            .await
-            .classify()?
-            .into_iter()
-            .map(|line| ChatMessage { role: line.role.as_str().to_string(), content: line.content })
-            .collect();
+        let history = self.conversation(&turn, round).await.classify()?;
         if history.is_empty() {
             // Not even this turn's own message: the turn is gone.
             return Err(StoreError::TurnNotFound).classify();
         }
-        let idempotency_key = format!("{}:{attempt}", turn.turn_id);
-        let mut stream = Box::pin(self.llm.stream_chat(&history, &idempotency_key).await.classify()?);
+        let tools = self.offered_tools(&turn, round).await.classify()?;
+        let idempotency_key =
+            if round == 0 { format!("{}:{attempt}", turn.turn_id) } else { format!("{}:r{round}:{attempt}", turn.turn_id) };
+        let mut stream = Box::pin(self.llm.stream_chat(&history, &tools, &idempotency_key).await.classify()?);
 
-        let mut writer = DeltaWriter { store, turn: &turn, attempt, count: 0, pending: String::new() };
+        let mut writer = DeltaWriter { store, turn: &turn, attempt, round, count: 0, pending: String::new() };
+        let mut calls: Vec<PendingCall> = Vec::new();
         let mut last_write = Instant::now() - self.coalesce;
         let mut write_at: Option<Instant> = None;
         let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
@@ -101,6 +188,17 @@ impl LlmActivitiesImpl {
                             write_at = Some(due);
                         }
                     }
+                    Some(Ok(LlmChunk::ToolCall { index, id, name, arguments })) => {
+                        if calls.len() <= index {
+                            calls.resize_with(index + 1, PendingCall::default);
+                        }
+                        let call = &mut calls[index];
+                        call.id = call.id.take().or(id);
+                        if let Some(name) = name {
+                            call.name.push_str(&name);
+                        }
+                        call.arguments.push_str(&arguments);
+                    }
                     Some(Ok(LlmChunk::Finished { reason })) => finish_reason = reason,
                     Some(Err(err)) => {
                         writer.write().await?;
@@ -120,14 +218,48 @@ impl LlmActivitiesImpl {
             }
         }
         writer.write().await?;
+        // The calls are stored before `llm.complete`: a reader that sees the end of the round
+        // finds them. A retried attempt gets the first attempt's IDs back.
+        let model_calls: Vec<ModelToolCall> = calls
+            .into_iter()
+            .enumerate()
+            .filter(|(_, call)| !call.name.is_empty())
+            .map(|(index, call)| {
+                let id = Uuid::now_v7();
+                ModelToolCall {
+                    id,
+                    workflow_id: ToolExecutionWorkflow::workflow_id(turn.session_id, id),
+                    provider_call_id: call.id.unwrap_or_else(|| format!("call_{round}_{index}")),
+                    tool_name: call.name,
+                    arguments: call.arguments,
+                }
+            })
+            .collect();
+        let tool_calls = if model_calls.is_empty() {
+            Vec::new()
+        } else {
+            store
+                .record_round_calls(
+                    &turn.tenant_id,
+                    turn.session_id,
+                    turn.turn_id,
+                    &turn.request_id,
+                    turn.trace_id.as_deref(),
+                    round as i32,
+                    &model_calls,
+                )
+                .await
+                .classify()?
+        };
         let complete = SessionEvent::LlmComplete(LlmComplete {
             attempt,
             delta_count: writer.count,
             finish_reason: finish_reason.clone(),
             model: self.llm.model().to_string(),
+            round,
         });
         store.append_events(&turn.scope(), &[complete]).await.classify()?;
-        Ok(StreamOutcome { attempt, delta_count: writer.count, finish_reason })
+        Ok(StreamOutcome { attempt, delta_count: writer.count, finish_reason, tool_calls })
     }
 }
 
@@ -136,6 +268,7 @@ struct DeltaWriter<'a> {
     store: &'a Store,
     turn: &'a TurnRef,
     attempt: u32,
+    round: u32,
     count: u32,
     pending: String,
 }
@@ -146,7 +279,12 @@ impl DeltaWriter<'_> {
             return Ok(());
         }
         let delta =
-            SessionEvent::LlmDelta(LlmDelta { text: std::mem::take(&mut self.pending), attempt: self.attempt, index: self.count });
+            SessionEvent::LlmDelta(LlmDelta {
+            text: std::mem::take(&mut self.pending),
+            attempt: self.attempt,
+            index: self.count,
+            round: self.round,
+        });
         self.store.append_events(&self.turn.scope(), &[delta]).await.classify()?;
         self.count += 1;
         Ok(())

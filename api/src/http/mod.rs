@@ -8,6 +8,7 @@ mod events;
 mod health;
 pub(crate) mod messages;
 pub(crate) mod sessions;
+mod tools;
 
 use axum::Json;
 use axum::Router;
@@ -39,6 +40,11 @@ pub fn router(ctx: ApiContext) -> (Router, Document) {
         .routes(routes!(sessions::reset))
         .routes(routes!(sessions::export))
         .routes(routes!(sessions::import))
+        .routes(routes!(tools::list))
+        .routes(routes!(tools::request))
+        .routes(routes!(tools::show))
+        .routes(routes!(tools::approve))
+        .routes(routes!(tools::deny))
         .routes(routes!(config::runtime_config))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))

@@ -97,12 +97,13 @@ fn judge(followed: &FollowedTurn, expected: &str) -> Seen {
     if followed.end.as_deref() != Some("turn.complete") {
         return Seen::Missing(format!("the turn ended {:?}", followed.end));
     }
-    if followed.shown == expected {
+    let shown = followed.shown.text();
+    if shown == expected {
         Seen::Whole
-    } else if followed.shown.len() > expected.len() {
-        Seen::Twice(format!("shown {:?}", followed.shown))
+    } else if shown.len() > expected.len() {
+        Seen::Twice(format!("shown {shown:?}"))
     } else {
-        Seen::Missing(format!("shown {:?}", followed.shown))
+        Seen::Missing(format!("shown {shown:?}"))
     }
 }
 

@@ -205,26 +205,29 @@ impl Store {
         .await?)
     }
 
-    /// Whether any attempt of the turn's LLM call has streamed a delta yet.
+    /// Whether any attempt of the turn's LLM call in `round` has streamed a delta yet.
     pub async fn has_streamed_deltas(
         &self,
         tenant_id: &str,
         session_id: Uuid,
         turn_id: Uuid,
+        round: u32,
     ) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar!(
             r#"SELECT EXISTS (SELECT 1 FROM session_events
                               WHERE session_id = $1 AND tenant_id = $2 AND turn_id = $3
-                                AND kind = 'llm.delta') AS "streamed!""#,
+                                AND kind = 'llm.delta' AND coalesce((payload->>'round')::int, 0) = $4) AS "streamed!""#,
             session_id,
             tenant_id,
             turn_id,
+            round as i32,
         )
         .fetch_one(&self.pool)
         .await?)
     }
 
-    /// The reply as streamed by the newest attempt: its deltas concatenated in order.
+    /// The reply as streamed: of each round (the model's calls between rounds of tools), the
+    /// newest attempt's deltas, concatenated in order.
     pub async fn streamed_reply(
         &self,
         tenant_id: &str,
@@ -233,10 +236,12 @@ impl Store {
     ) -> Result<String, StoreError> {
         Ok(sqlx::query_scalar!(
             r#"WITH deltas AS (
-                   SELECT id, payload FROM session_events
+                   SELECT id, payload->>'text' AS text, (payload->>'attempt')::int AS attempt,
+                          coalesce((payload->>'round')::int, 0) AS round
+                   FROM session_events
                    WHERE session_id = $1 AND tenant_id = $2 AND turn_id = $3 AND kind = 'llm.delta')
-               SELECT coalesce(string_agg(payload->>'text', '' ORDER BY id), '') AS "reply!" FROM deltas
-               WHERE (payload->>'attempt')::int = (SELECT max((payload->>'attempt')::int) FROM deltas)"#,
+               SELECT coalesce(string_agg(text, '' ORDER BY round, id), '') AS "reply!" FROM deltas d
+               WHERE attempt = (SELECT max(attempt) FROM deltas WHERE round = d.round)"#,
             session_id,
             tenant_id,
             turn_id,

@@ -9,6 +9,7 @@ mod event_writer;
 mod events;
 mod messages;
 mod sessions;
+mod tools;
 mod turns;
 
 use std::sync::{Arc, OnceLock};
@@ -21,6 +22,7 @@ pub use audit::{AuditEntry, Requester};
 pub use events::{EVENTS_CHANNEL, StoredEvent};
 pub use messages::ConversationLine;
 pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor};
+pub use tools::{CatalogTool, DecisionError, ModelToolCall, RoundCall, ToolCallRow};
 pub use turns::{AcceptedTurn, BegunTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession, TurnStart};
 
 /// Errors a caller can act on; anything else is a database failure.
@@ -30,6 +32,8 @@ pub enum StoreError {
     SessionNotFound,
     #[error("turn not found")]
     TurnNotFound,
+    #[error("tool call not found")]
+    ToolCallNotFound,
     /// A turn of the session is open, and the caller asked not to queue behind it.
     #[error("a turn of the session is running")]
     SessionBusy,
