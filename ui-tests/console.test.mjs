@@ -170,3 +170,27 @@ test("markup in model output shows as text and never runs", async () => {
   assert.equal(reply.scripts, 0);
   assert.equal(reply.bold, 1, "markdown still renders");
 });
+
+test("a tool call shows in its turn, and a person approves it with a click", async () => {
+  // The model calls the calculator by itself; its card shows the result, the reply uses it.
+  await send("What is 17*23?");
+  await completed();
+  const calculator = await page.$eval("#turns .turn:last-child .tool", (el) => ({
+    status: el.dataset.status, text: el.textContent,
+  }));
+  assert.equal(calculator.status, "succeeded");
+  assert.ok(calculator.text.includes("calculator") && calculator.text.includes("391"), calculator.text);
+  assert.ok((await page.textContent("#turns .turn:last-child .reply")).includes("391"));
+
+  // current_time needs approval on this stack (SOMA_APPROVAL_REQUIRED_TOOLS): it waits for a click.
+  await page.fill("#message", "[[tool:current_time {}]] what time is it?");
+  await page.click("#send");
+  const approve = await page.waitForSelector(
+    "#turns .turn:last-child .tool[data-status=awaiting_approval] button.approve", { timeout: WAIT });
+  if (README_SHOT) await page.screenshot({ path: join(SHOTS, "console-approval.png") });
+  await approve.click();
+  await page.waitForSelector("#turns .turn:last-child .tool[data-status=succeeded]", { timeout: WAIT });
+  await page.waitForSelector("#turns .turn:last-child[data-status=completed]", { timeout: WAIT });
+  const output = await page.textContent("#turns .turn:last-child .tool .tool-output");
+  assert.match(output, /^\d{4}-\d\d-\d\dT/, "the tool ran once approved and its output shows");
+});

@@ -49,6 +49,9 @@ export class Api {
   remove(sessionId) { return this.call("DELETE", `/v1/sessions/${sessionId}`); }
   reset(sessionId) { return this.call("POST", `/v1/sessions/${sessionId}/reset`); }
   runtimeConfig() { return this.call("GET", "/v1/runtime-config"); }
+  decideTool(toolCallId, approve, reason) {
+    return this.call("POST", `/v1/tool/${toolCallId}/${approve ? "approve" : "deny"}`, reason ? { reason } : {});
+  }
   streamToken(sessionId) { return this.call("POST", `/v1/session/${sessionId}/stream-token`); }
 
   /**
@@ -98,5 +101,6 @@ export class Api {
 }
 
 // The event kinds the console listens for (docs/architecture.md lists them all).
-const KINDS = ["message.user", "llm.delta", "llm.retry", "llm.complete", "turn.complete", "turn.failed",
+const KINDS = ["message.user", "llm.delta", "llm.retry", "llm.complete", "tool.call", "tool.approval_required",
+  "tool.result", "turn.complete", "turn.failed",
                "turn.cancelled", "error", "session.reset", "session.deleted"];

@@ -1,5 +1,6 @@
 // The Soma console: a session list, and a chat view that renders a turn's reply as its tokens
-// arrive. It honours llm.retry (the partial text is dropped), shows a banner while the stream
+// arrive, with its tool calls (approve or deny those that wait for a person). It honours
+// llm.retry (the round's partial text is dropped), shows a banner while the stream
 // reconnects and then the rest of the reply once (events are applied once, by id), links each
 // turn to its workflow in the Temporal UI, and can stop, reset and delete. It uses only the
 // public API (api.js).
@@ -15,7 +16,7 @@ const state = {
   config: null,
   session: null, // the open session's id, or null for a new chat
   stopFollowing: () => {},
-  turns: new Map(), // turn id -> { li, reply, meta, text, status, workflowId }
+  turns: new Map(), // turn id -> { li, reply, tools, meta, rounds, text, status, workflowId }
 };
 
 // ---- the key -------------------------------------------------------------------------------
@@ -131,14 +132,16 @@ function ensureTurn(turnId, workflowId) {
     user.className = "user";
     const assistant = document.createElement("div");
     assistant.className = "assistant";
+    const tools = document.createElement("div");
+    tools.className = "tools";
     const reply = document.createElement("div");
     reply.className = "reply";
     const meta = document.createElement("div");
     meta.className = "meta";
-    assistant.append(reply, meta);
+    assistant.append(tools, reply, meta);
     li.append(user, assistant);
     $("turns").appendChild(li);
-    turn = { li, user, reply, meta, text: "", status: null, workflowId: null };
+    turn = { li, user, reply, tools, meta, rounds: [], text: "", status: null, workflowId: null };
     state.turns.set(turnId, turn);
   }
   if (workflowId && !turn.workflowId) {
@@ -203,15 +206,35 @@ function onEvent(id, data) {
     case "llm.delta": {
       const turn = ensureTurn(turnId);
       if (isFinished(turn)) break; // its stored reply is shown already
-      turn.text += payload.text;
+      const round = payload.round || 0;
+      turn.rounds[round] = (turn.rounds[round] || "") + payload.text;
+      turn.text = turn.rounds.join("");
       renderReply(turn);
       break;
     }
     case "llm.retry": {
       const turn = ensureTurn(turnId);
       if (isFinished(turn)) break;
-      turn.text = ""; // the attempt that streamed it is being replaced
+      turn.rounds[payload.round || 0] = ""; // the attempt that streamed it is being replaced
+      turn.text = turn.rounds.join("");
       renderReply(turn);
+      break;
+    }
+    case "tool.call": {
+      const card = toolCard(ensureTurn(turnId), payload);
+      setToolStatus(card, "running");
+      break;
+    }
+    case "tool.approval_required": {
+      const card = toolCard(ensureTurn(turnId), payload);
+      setToolStatus(card, "awaiting_approval");
+      askApproval(card, payload.tool_call_id);
+      break;
+    }
+    case "tool.result": {
+      const card = toolCard(ensureTurn(turnId), payload);
+      card.querySelector(".decide")?.remove();
+      setToolStatus(card, payload.status, payload.output ?? payload.reason ?? "");
       break;
     }
     case "turn.complete":
@@ -233,6 +256,57 @@ function onEvent(id, data) {
       refreshSessions();
       break;
   }
+}
+
+// ---- tool calls ----------------------------------------------------------------------------
+
+/** The card of one tool call in its turn (made on its first event). */
+function toolCard(turn, payload) {
+  let card = turn.tools.querySelector(`[data-tool-call-id="${payload.tool_call_id}"]`);
+  if (!card) {
+    card = document.createElement("div");
+    card.className = "tool";
+    card.dataset.toolCallId = payload.tool_call_id;
+    const name = document.createElement("code");
+    name.textContent = `${payload.tool}(${payload.arguments ?? ""})`;
+    const status = document.createElement("span");
+    status.className = "tool-status";
+    const output = document.createElement("div");
+    output.className = "tool-output";
+    card.append(name, status, output);
+    turn.tools.appendChild(card);
+  }
+  return card;
+}
+
+function setToolStatus(card, status, output) {
+  card.dataset.status = status;
+  card.querySelector(".tool-status").textContent = ` ${status.replace("_", " ")}`;
+  if (output !== undefined) card.querySelector(".tool-output").textContent = output;
+}
+
+/** Approve / Deny buttons on a call that waits for a person. */
+function askApproval(card, toolCallId) {
+  if (card.querySelector(".decide")) return;
+  const decide = document.createElement("span");
+  decide.className = "decide";
+  for (const [label, approve] of [["Approve", true], ["Deny", false]]) {
+    const button = document.createElement("button");
+    button.textContent = label;
+    button.className = approve ? "approve" : "deny";
+    button.addEventListener("click", async () => {
+      for (const b of decide.querySelectorAll("button")) b.disabled = true;
+      try {
+        await state.api.decideTool(toolCallId, approve);
+        setToolStatus(card, approve ? "approved" : "denied");
+      } catch (err) {
+        card.querySelector(".tool-output").textContent = err.message;
+        for (const b of decide.querySelectorAll("button")) b.disabled = false;
+      }
+    });
+    decide.appendChild(button);
+  }
+  card.appendChild(decide);
 }
 
 // ---- composing -----------------------------------------------------------------------------

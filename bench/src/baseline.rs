@@ -69,6 +69,40 @@ impl EmptyStepsWorkflow {
     }
 }
 
+/// The floor of one tool round: an activity ends (the model asked for a tool), a child
+/// workflow with one activity runs (the tool), then the parent's next activity begins (the
+/// model hears back). Returns that gap in µs, as the activities' own clocks saw it.
+#[workflow]
+pub struct ToolRoundFloorWorkflow;
+
+#[workflow_methods]
+impl ToolRoundFloorWorkflow {
+    #[init]
+    pub fn new(_ctx: &WorkflowContextView, _input: ()) -> Self {
+        Self
+    }
+
+    #[run(name = "ToolRoundFloorWorkflow")]
+    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<u64> {
+        let options = || ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).build();
+        let asked = ctx.execute_activity(BaselineActivities::empty_step, (), options()).await?;
+        let child = ctx
+            .start_child_workflow(EmptyStepsWorkflow::run, EmptySteps { local: 0, regular: 1 }, Default::default())
+            .await?;
+        child.result().await?;
+        let back = ctx.execute_activity(BaselineActivities::empty_step, (), options()).await?;
+        Ok(back.saturating_sub(asked))
+    }
+}
+
+/// [`ToolRoundFloorWorkflow`]'s gap, in ms.
+pub async fn tool_round_floor(client: &temporalio_client::Client, task_queue: &str) -> anyhow::Result<f64> {
+    let workflow_id = format!("bench-tool-floor/{}", uuid::Uuid::new_v4());
+    let options = temporalio_client::WorkflowStartOptions::new(task_queue.to_string(), workflow_id).build();
+    let handle = client.start_workflow(ToolRoundFloorWorkflow::run, (), options).await?;
+    Ok(handle.get_result(Default::default()).await? as f64 / 1000.0)
+}
+
 /// The baseline's activity: does nothing, as fast as the worker can, and says when it began.
 pub struct BaselineActivities;
 
@@ -155,6 +189,7 @@ pub fn worker(
 ) -> anyhow::Result<Worker> {
     let options = WorkerOptions::new(task_queue)
         .register_workflow::<EmptyStepsWorkflow>()?
+        .register_workflow::<ToolRoundFloorWorkflow>()?
         .register_activities(BaselineActivities)
         .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
         .build();

@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Args {
     #[command(flatten)]
     stack: StackArgs,
-    /// Measure only these figures (comma-separated): rss, ttft, history, throughput, idle, active,
-    /// deletion.
+    /// Measure only these figures (comma-separated): rss, ttft, history, throughput, tools, idle,
+    /// active, deletion.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
 }
@@ -33,6 +33,7 @@ enum Figure {
     Ttft,
     History,
     Throughput,
+    Tools,
     Idle,
     Active,
     Deletion,
@@ -138,6 +139,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants(Figure::Throughput) {
         rows.push(bench.throughput().await?);
+    }
+    if wants(Figure::Tools) {
+        rows.extend(bench.tool_calls().await?);
     }
     if wants(Figure::Idle) {
         rows.push(bench.idle_streams().await?);
@@ -370,6 +374,132 @@ impl Bench {
             "≥ 0.8 × empty",
             Some(chat_rate >= 0.8 * empty_rate),
         ))
+    }
+
+    /// The time a no-op tool call adds inside a turn (the model's stream that asks for it ends
+    /// → the model's next request arrives), beside Temporal's floor for a child workflow with
+    /// one activity between two activities; then 100 direct tool calls at once, beside as many
+    /// empty workflows with the tool workflow's steps.
+    async fn tool_calls(&self) -> anyhow::Result<Vec<Row>> {
+        self.answer_at_once();
+        let moments: std::sync::Arc<std::sync::Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>> =
+            Default::default();
+        let (asked, heard) = (moments.clone(), moments.clone());
+        self.stack.provider.update_options(move |o| {
+            o.on_finish = Some(soma_devllm::TokenHook(std::sync::Arc::new(move |message: &str, calls: usize| {
+                if calls > 0 {
+                    asked.lock().unwrap().entry(message.to_string()).or_default().0 = Some(Instant::now());
+                }
+            })));
+            o.on_request = Some(soma_devllm::TokenHook(std::sync::Arc::new(move |message: &str, results: usize| {
+                if results > 0 {
+                    heard.lock().unwrap().entry(message.to_string()).or_default().1 = Some(Instant::now());
+                }
+            })));
+        });
+        let samples = if self.quick { 5 } else { 20 };
+        let mut stream = self.client.events(&self.session, None).await;
+        let (mut added50, mut floor50) = (Runs(Vec::new()), Runs(Vec::new()));
+        for run in 0..RUNS {
+            let (mut added, mut floors) = (Vec::new(), Vec::new());
+            for i in 0..samples {
+                let message = format!("what is {run}+{i}");
+                let (_, _, workflow_id) = turn(&self.client, &mut stream, Some(&self.session), &message).await?;
+                self.closed(workflow_id).await;
+                let (asked, heard) = moments.lock().unwrap().get(&message).copied().unwrap_or_default();
+                let (Some(asked), Some(heard)) = (asked, heard) else {
+                    anyhow::bail!("the model did not call the calculator for {message:?}");
+                };
+                added.push(ms(heard.duration_since(asked)));
+                floors.push(soma_bench::baseline::tool_round_floor(&self.temporal, &self.stack.baseline_task_queue()).await?);
+            }
+            added50.0.push(percentile(&mut added, 50.0));
+            floor50.0.push(percentile(&mut floors, 50.0));
+        }
+        self.stack.provider.update_options(|o| {
+            o.on_finish = None;
+            o.on_request = None;
+        });
+
+        // 100 direct calls across 20 sessions, all at once.
+        let total = if self.quick { 20 } else { 100 };
+        let sessions: Vec<uuid::Uuid> = {
+            let mut ids = Vec::new();
+            for i in 0..20.min(total) {
+                let (session, _) = self.client.complete_turn(None, &format!("tools session {i}")).await?;
+                ids.push(session.parse()?);
+            }
+            ids
+        };
+        let api = self.client.api.clone();
+        let t0 = Instant::now();
+        let requests = (0..total).map(|i| {
+            let api = api.clone();
+            let session = sessions[i % sessions.len()];
+            async move { api.request_tool(session, "calculator", serde_json::json!({"expression": format!("{i}*2")})).await }
+        });
+        let mut ids = Vec::new();
+        for accepted in futures::future::join_all(requests).await {
+            ids.push(accepted?.tool_call_id);
+        }
+        let pool = sqlx::PgPool::connect(&self.stack.database_url).await?;
+        loop {
+            let done: i64 = sqlx::query_scalar("SELECT count(*) FROM tool_calls WHERE id = ANY($1) AND status = 'succeeded'")
+                .bind(&ids)
+                .fetch_one(&pool)
+                .await?;
+            // Done when each call's workflow has recorded its result event.
+            let events: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM session_events WHERE kind = 'tool.result' AND (payload->>'tool_call_id')::uuid = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await?;
+            if done as usize >= total && events as usize >= total {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "tool calls did not finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pool.close().await;
+        let tool_rate = total as f64 / t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let starts = (0..total).map(|i| {
+            let temporal = self.temporal.clone();
+            let workflow_id = format!("bench-empty-tool/{}/{i}", self.stack.run_id);
+            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
+            async move {
+                let steps = EmptySteps { local: 0, regular: 3 };
+                let handle = temporal.start_workflow(EmptyStepsWorkflow::run, steps, options).await?;
+                handle.get_result(Default::default()).await?;
+                anyhow::Ok(())
+            }
+        });
+        for result in futures::future::join_all(starts).await {
+            result?;
+        }
+        let empty_rate = total as f64 / t0.elapsed().as_secs_f64();
+        Ok(vec![
+            row(
+                "a no-op tool call inside a turn (calculator): the model's stream asking for it ends → the model's next request arrives",
+                format!(
+                    "p50 {}; Temporal's floor for the same shape (an activity ends → a child workflow with one activity → the next activity begins) p50 {} ({RUNS} runs of {samples})",
+                    added50.show(),
+                    floor50.show()
+                ),
+                "p50 ≤ 60 ms",
+                Some(added50.median() <= 60.0),
+            ),
+            row(
+                "direct tool calls at once (POST /v1/tool/request, calculator, across 20 sessions)",
+                format!(
+                    "{total} of {total} completed: {tool_rate:.1} calls/s vs {empty_rate:.1} wf/s for empty workflows with the same 3 activities = {:.2}×",
+                    tool_rate / empty_rate
+                ),
+                "all complete",
+                Some(true),
+            ),
+        ])
     }
 
     /// Idle SSE connections held by the api, and the memory each costs it.

@@ -1,19 +1,21 @@
 //! `soma chat`: sends a message and streams its turn's reply as it is written. A dropped
 //! connection is resumed after the last event seen, so no text is shown twice or missed; a
 //! restarted reply (`llm.retry`) is announced and shown again whole. Ctrl-C during a reply
-//! cancels the turn (its partial reply is kept as cancelled).
+//! cancels the turn (its partial reply is kept as cancelled). Tool calls are shown as they
+//! run; one that waits for approval is asked about (y/n) at a terminal, or decided by
+//! `--approvals`.
 
 use std::io::IsTerminal;
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use uuid::Uuid;
 
 use soma_client::{Client, ClientError, Followed};
-use soma_contract::SessionEvent;
+use soma_contract::{SessionEvent, ShownReply};
 use soma_contract::api::{IfBusy, MessageAccepted, PostMessage};
 
-use crate::Outcome;
+use crate::{Approvals, Outcome};
 use crate::output::Output;
 
 /// How often a message is sent again (with the same Idempotency-Key, so at most one turn is
@@ -36,16 +38,22 @@ pub struct TurnResult {
     pub reconnects: usize,
 }
 
+/// Standard input, read a line at a time: the messages of the interactive loop and the
+/// answers to approval questions share it.
+type Input = Lines<BufReader<Stdin>>;
+
 pub async fn run(
     client: &Client,
     session: Option<Uuid>,
     if_busy: IfBusy,
+    approvals: Approvals,
     message: Option<String>,
     out: &Output,
 ) -> Result<Outcome, ClientError> {
+    let mut input = BufReader::new(tokio::io::stdin()).lines();
     match message {
-        Some(message) => Ok(turn(client, session, if_busy, &message, out).await?.1),
-        None => interactive(client, session, if_busy, out).await,
+        Some(message) => Ok(turn(client, session, if_busy, approvals, &mut input, &message, out).await?.1),
+        None => interactive(client, session, if_busy, approvals, &mut input, out).await,
     }
 }
 
@@ -54,10 +62,11 @@ async fn interactive(
     client: &Client,
     mut session: Option<Uuid>,
     if_busy: IfBusy,
+    approvals: Approvals,
+    lines: &mut Input,
     out: &Output,
 ) -> Result<Outcome, ClientError> {
     let prompt = std::io::stdin().is_terminal();
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut outcome = Outcome::Done;
     loop {
         if prompt {
@@ -71,7 +80,7 @@ async fn interactive(
         if line.trim().is_empty() {
             continue;
         }
-        let (id, ended) = turn(client, session, if_busy, &line, out).await?;
+        let (id, ended) = turn(client, session, if_busy, approvals, lines, &line, out).await?;
         session = Some(id);
         outcome = ended;
     }
@@ -82,6 +91,8 @@ async fn turn(
     client: &Client,
     session: Option<Uuid>,
     if_busy: IfBusy,
+    approvals: Approvals,
+    input: &mut Input,
     message: &str,
     out: &Output,
 ) -> Result<(Uuid, Outcome), ClientError> {
@@ -98,7 +109,7 @@ async fn turn(
     }
     let turn_id = accepted.turn_id.to_string();
     let mut follow = client.follow(accepted.session_id, accepted.stream_after);
-    let (mut reply, mut error, mut cancel_sent) = (String::new(), None, false);
+    let (mut reply, mut error, mut cancel_sent) = (ShownReply::default(), None, false);
     let outcome = loop {
         let next = tokio::select! {
             next = follow.next() => next?,
@@ -119,13 +130,41 @@ async fn turn(
             Some(Followed::Event(_)) => continue, // an earlier turn still finishing
         };
         match event.typed() {
-            Some(SessionEvent::LlmDelta(delta)) => {
-                reply.push_str(&delta.text);
-                out.stream(&delta.text);
+            Some(delta @ SessionEvent::LlmDelta(_)) => {
+                reply.apply(&delta);
+                if let SessionEvent::LlmDelta(delta) = delta {
+                    out.stream(&delta.text);
+                }
             }
-            Some(SessionEvent::LlmRetry(_)) => {
-                reply.clear();
+            Some(retry @ SessionEvent::LlmRetry(_)) => {
+                reply.apply(&retry);
                 out.note("\n(the reply restarted; here it is again)");
+            }
+            Some(SessionEvent::ToolCall(call)) => out.note(&format!("(tool {}({}))", call.tool, call.arguments)),
+            Some(SessionEvent::ToolResult(result)) => {
+                let detail = result.output.or(result.reason).unwrap_or_default();
+                out.note(&format!("(tool {} {}: {})", result.tool, result.status, detail.chars().take(200).collect::<String>()));
+            }
+            Some(SessionEvent::ToolApprovalRequired(asked)) => {
+                let approve = match approvals {
+                    Approvals::Approve => Some(true),
+                    Approvals::Deny => Some(false),
+                    Approvals::Ask if std::io::stdin().is_terminal() => {
+                        eprint!("approve tool {}({})? [y/N] ", asked.tool, asked.arguments);
+                        let answer = input.next_line().await.map_err(|e| ClientError::Decode(e.to_string()))?;
+                        Some(answer.is_some_and(|a| matches!(a.trim(), "y" | "Y" | "yes")))
+                    }
+                    Approvals::Ask => {
+                        out.note(&format!(
+                            "(tool {} waits for approval: soma tool approve {} | soma tool deny {})",
+                            asked.tool, asked.tool_call_id, asked.tool_call_id
+                        ));
+                        None
+                    }
+                };
+                if let Some(approve) = approve {
+                    client.decide_tool(asked.tool_call_id, approve, None).await?;
+                }
             }
             Some(SessionEvent::Error(failure)) => error = Some(failure.message),
             Some(SessionEvent::TurnComplete(_)) => break Outcome::Done,
@@ -151,7 +190,7 @@ async fn turn(
         turn_id: accepted.turn_id,
         workflow_id: accepted.workflow_id,
         status: status.into(),
-        reply,
+        reply: reply.text(),
         error,
         reconnects: follow.reconnects,
     };

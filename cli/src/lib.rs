@@ -35,6 +35,9 @@ Examples:
   soma chat \"What is Temporal?\"          a new session, the reply streamed as it is written
   soma chat --session ID \"And then?\"     go on in a session
   soma chat                              an interactive loop; Ctrl-C stops a reply, Ctrl-D quits
+  soma chat --approvals approve \"…\"     approve every tool call that asks (ask: y/n at a terminal)
+  soma tools                             the tools the model may call
+  soma tool approve ID                   decide a tool call waiting for approval (or deny)
   soma sessions --json | jq .            scripts read --json
   soma export ID > chat.jsonl && soma import chat.jsonl
   soma completions bash > /etc/bash_completion.d/soma";
@@ -67,8 +70,19 @@ pub enum Command {
         /// (its partial reply is kept as cancelled), or refuse.
         #[arg(long, value_enum, default_value_t = Busy::Queue)]
         if_busy: Busy,
+        /// Tool calls that wait for approval: ask (y/n, at a terminal; otherwise they wait
+        /// for `soma tool approve|deny`), approve or deny them all.
+        #[arg(long, value_enum, default_value_t = Approvals::Ask)]
+        approvals: Approvals,
         /// The message; several words are joined with spaces.
         message: Vec<String>,
+    },
+    /// The tools the model (and `POST /v1/tool/request`) may use.
+    Tools,
+    /// Decide a tool call that waits for approval, or show a call.
+    Tool {
+        #[command(subcommand)]
+        action: ToolAction,
     },
     /// The tenant's sessions, most recently active first.
     Sessions {
@@ -90,6 +104,33 @@ pub enum Command {
     Import { file: String },
     /// Print a completion script for a shell.
     Completions { shell: clap_complete::Shell },
+}
+
+/// `soma tool …`.
+#[derive(Debug, Subcommand)]
+pub enum ToolAction {
+    /// Let the call run.
+    Approve {
+        id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse it; the model hears the reason.
+    Deny {
+        id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// A call with its whole output.
+    Show { id: Uuid },
+}
+
+/// `--approvals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Approvals {
+    Ask,
+    Approve,
+    Deny,
 }
 
 /// `--if-busy`.
@@ -161,9 +202,35 @@ pub async fn run(cli: Cli) -> Outcome {
 
 async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outcome, ClientError> {
     match command {
-        Command::Chat { session, if_busy, message } => {
+        Command::Chat { session, if_busy, approvals, message } => {
             let message = (!message.is_empty()).then(|| message.join(" "));
-            return chat::run(client, session, if_busy.into(), message, out).await;
+            return chat::run(client, session, if_busy.into(), approvals, message, out).await;
+        }
+        Command::Tools => {
+            let list = client.tools().await?;
+            out.json_or(&list, || {
+                for tool in &list.tools {
+                    let approval = if tool.requires_approval { "  (needs approval)" } else { "" };
+                    println!("{:<24} {:<8} {}{approval}", tool.name, tool.kind, tool.description);
+                }
+            });
+        }
+        Command::Tool { action: ToolAction::Show { id } } => {
+            let call = client.tool_call(id).await?;
+            out.json_or(&call, || {
+                println!("{} {}({}) {}", call.tool_call_id, call.tool, call.arguments, call.status);
+                if let Some(output) = call.output.as_deref().or(call.error.as_deref()) {
+                    println!("{output}");
+                }
+            });
+        }
+        Command::Tool { action: ToolAction::Approve { id, reason } } => {
+            let decided = client.decide_tool(id, true, reason.as_deref()).await?;
+            out.json_or(&decided, || println!("approved tool call {id}"));
+        }
+        Command::Tool { action: ToolAction::Deny { id, reason } } => {
+            let decided = client.decide_tool(id, false, reason.as_deref()).await?;
+            out.json_or(&decided, || println!("denied tool call {id}"));
         }
         Command::Sessions { limit } => {
             let list = client.sessions(Some(limit), None).await?;

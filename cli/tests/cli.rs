@@ -166,3 +166,38 @@ async fn soma_exports_and_imports_a_session() {
         contents(app.api.all_messages(session).await.unwrap())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soma_chat_shows_tool_calls_and_decides_approvals_as_told() {
+    let app = TestApp::spawn_with("cli-tools", fast(), |config| {
+        config.approval_required_tools = "current_time".into();
+    })
+    .await;
+    let _worker = app.start_worker();
+    let url = app.api.base_url().to_string();
+
+    // The worker puts the built-in tools in the catalog as it starts.
+    let mut listed = run(&url, &["tools"]).await;
+    for _ in 0..50 {
+        if stdout(&listed).contains("http_fetch") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        listed = run(&url, &["tools"]).await;
+    }
+    assert!(stdout(&listed).contains("calculator"), "{listed:?}");
+    assert!(stdout(&listed).contains("(needs approval)"), "{listed:?}");
+
+    // The model calls the calculator; the CLI shows the call and its result.
+    let output = run(&url, &["chat", "What is 17*23?"]).await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let notes = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(notes.contains("(tool calculator") && notes.contains("succeeded: 391"), "{notes}");
+    assert!(stdout(&output).contains("391"));
+
+    // --approvals deny answers the approval request; the tool does not run.
+    let output = run(&url, &["chat", "--approvals", "deny", "[[tool:current_time {}]]"]).await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let notes = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(notes.contains("(tool current_time denied"), "{notes}");
+}

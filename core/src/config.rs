@@ -77,6 +77,9 @@ pub struct Config {
     pub policy_dir: String,
     /// An OPA server to ask instead (`POST {url}/v1/data/soma/allow`); empty: in-process.
     pub policy_opa_url: String,
+    /// Tools that always wait for a person's approval here, whatever the catalog says, comma
+    /// separated (a deployment's rule, e.g. `http_fetch`).
+    pub approval_required_tools: String,
     /// Hosts the `http_fetch` tool may reach, comma separated; none by default.
     pub tool_fetch_allowlist: String,
     /// Signs HTTP tools' requests (`X-Soma-Signature`).
@@ -125,6 +128,7 @@ impl Default for Config {
             max_tool_rounds: 8,
             policy_dir: "ops/policy".into(),
             policy_opa_url: String::new(),
+            approval_required_tools: String::new(),
             tool_fetch_allowlist: String::new(),
             tool_hmac_secret: Secret::default(),
             mcp_servers: String::new(),
@@ -218,9 +222,19 @@ impl Config {
             .collect()
     }
 
+    /// Whether the deployment requires approval for `tool` (`approval_required_tools`).
+    pub fn requires_approval(&self, tool: &str) -> bool {
+        self.approval_required_tool_names().iter().any(|name| name == tool)
+    }
+
+    /// The tools in `approval_required_tools`.
+    pub fn approval_required_tool_names(&self) -> Vec<String> {
+        comma_list(&self.approval_required_tools)
+    }
+
     /// The hosts in `tool_fetch_allowlist`.
     pub fn fetch_allowlist(&self) -> Vec<String> {
-        self.tool_fetch_allowlist.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect()
+        comma_list(&self.tool_fetch_allowlist)
     }
 
     /// The origins in `cors_allowed_origins`.
@@ -260,6 +274,11 @@ impl Config {
         );
         toml::to_string_pretty(&table).unwrap_or_default()
     }
+}
+
+/// The non-empty items of a comma-separated setting.
+fn comma_list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_string).collect()
 }
 
 /// `postgres://user:pw@host/db` → `postgres://user:********@host/db`.

@@ -54,6 +54,11 @@ pub struct DevProviderOptions {
     pub faulty_requests: usize,
     /// Called as each token is sent, for benchmarks that time delivery.
     pub on_token: Option<TokenHook>,
+    /// Called as a streamed request arrives, with how many tool results it carries after
+    /// the last user message (benchmarks time a tool round with it and `on_finish`).
+    pub on_request: Option<TokenHook>,
+    /// Called as a stream's finish chunk is sent, with how many tool calls it asked for.
+    pub on_finish: Option<TokenHook>,
 }
 
 /// Called with `(the conversation's last user message, token index)` as the token is sent.
@@ -77,6 +82,8 @@ impl Default for DevProviderOptions {
             fault: None,
             faulty_requests: 0,
             on_token: None,
+            on_request: None,
+            on_finish: None,
         }
     }
 }
@@ -204,6 +211,10 @@ async fn chat_completions(
         }))
         .into_response();
     }
+    if let Some(hook) = &options.on_request {
+        let last = request.messages.iter().rposition(|m| m.role == "user").unwrap_or(0);
+        (hook.0)(&last_user, request.messages[last..].iter().filter(|m| m.role == "tool").count());
+    }
     let stream = async_stream::stream! {
         tokio::time::sleep(options.time_to_first_token).await;
         yield Ok::<_, std::io::Error>(chunk(&id, &model, json!({ "role": "assistant", "content": "" }), None));
@@ -239,6 +250,9 @@ async fn chat_completions(
             yield Ok(chunk(&id, &model, rest, None));
         }
         let finish = if calls.is_empty() { "stop" } else { "tool_calls" };
+        if let Some(hook) = &options.on_finish {
+            (hook.0)(&last_user, calls.len());
+        }
         yield Ok(chunk(&id, &model, json!({}), Some(finish)));
         *provider.completed.lock().expect("completed lock").entry(idempotency_key).or_default() += 1;
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use soma_activities::tools::runners::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
@@ -369,4 +369,120 @@ async fn ten_rounds_of_large_outputs_leave_the_turn_history_small() {
         .unwrap();
     let bytes = described.raw_description.workflow_execution_info.as_ref().unwrap().history_size_bytes;
     assert!(bytes < 64 * 1024, "the turn's history is {bytes} bytes");
+}
+
+/// An MCP server (streamable HTTP, `rmcp`) with one tool, `add`.
+#[derive(Clone)]
+struct AddServer;
+
+impl rmcp::ServerHandler for AddServer {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(rmcp::model::ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<rmcp::model::PaginatedRequestParams>,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                            "required": ["a", "b"]});
+        let schema = Arc::new(schema.as_object().unwrap().clone());
+        Ok(rmcp::model::ListToolsResult::with_all_items(vec![rmcp::model::Tool::new("add", "Adds two numbers", schema)]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let args = request.arguments.unwrap_or_default();
+        let number = |k: &str| args.get(k).and_then(Value::as_f64).unwrap_or_default();
+        let sum = number("a") + number("b");
+        Ok(rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(sum.to_string())]).into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_servers_tool_is_listed_and_called_like_any_other() {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    };
+    let service = StreamableHttpService::new(
+        || Ok(AddServer),
+        LocalSessionManager::default().into(),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await });
+
+    let app = TestApp::spawn_with("mcp", fast_provider(), |config| config.mcp_servers = format!("demo={url}")).await;
+    let _worker = app.start_worker();
+    let mut listed = Vec::new();
+    for _ in 0..50 {
+        listed = app.api.tools().await.unwrap().tools;
+        if listed.iter().any(|t| t.name == "demo__add") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let add = listed.iter().find(|t| t.name == "demo__add").expect("the MCP tool is in the catalog");
+    assert_eq!(add.kind, ToolKind::Mcp);
+    assert_eq!(add.input_schema["required"], json!(["a", "b"]));
+
+    let (_, events) = turn_events(&app, r#"[[tool:demo__add {"a":2,"b":3}]]"#, "turn.complete").await;
+    let result = &results(&events)[0];
+    assert_eq!((result.status, result.output.as_deref()), (ToolCallStatus::Succeeded, Some("5")), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opa_server_decides_when_configured_with_the_platforms_input() {
+    // A stand-in OPA: its data API, denying the calculator and recording what it was asked.
+    let asked: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = asked.clone();
+    let opa = axum::Router::new().route(
+        "/v1/data/soma/allow",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let allow = body["input"]["resource"] != "calculator";
+                seen.lock().unwrap().push(body["input"].clone());
+                axum::Json(json!({ "result": allow }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, opa).await });
+    let app = TestApp::spawn_with("opa", fast_provider(), |config| config.policy_opa_url = url).await;
+    let _worker = app.start_worker();
+
+    let (_, events) = turn_events(&app, "What is 6*7?", "turn.complete").await;
+    let result = &results(&events)[0];
+    assert_eq!(result.status, ToolCallStatus::Denied, "{result:?}");
+    let asked = asked.lock().unwrap().clone();
+    let actions: Vec<&str> = asked.iter().map(|i| i["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["conversation.send", "tool.execute"]);
+    assert_eq!(asked[1]["tenant"], "tenant-a");
+    assert_eq!(asked[1]["resource"], "calculator");
+    assert_eq!(asked[1]["context"]["inputs"], json!({"expression": "6*7"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tools_concurrency_limit_holds_within_a_tenant() {
+    let app = spawn("concurrency").await;
+    let (server, base) = ToolServer::start().await;
+    let mut single = http_tool("one_at_a_time", &format!("{base}/slow/800"));
+    single.max_concurrent = 1;
+    app.store.put_tool(&single).await.unwrap();
+    let _worker = app.start_worker();
+
+    let message = r#"[[tool:one_at_a_time {"n":1}]] [[tool:one_at_a_time {"n":2}]]"#;
+    let (_, events) = turn_events(&app, message, "turn.complete").await;
+    assert!(results(&events).iter().all(|r| r.status == ToolCallStatus::Succeeded));
+    let mut spans = server.spans.lock().unwrap().clone();
+    spans.sort();
+    assert_eq!(spans.len(), 2);
+    assert!(spans[0].1 <= spans[1].0, "the second call waited for the first's slot: {spans:?}");
 }

@@ -73,6 +73,7 @@ pub fn tool_settings(config: &Config) -> anyhow::Result<ToolSettings> {
         fetch_allowlist: config.fetch_allowlist(),
         hmac_secret: config.tool_hmac_secret.expose().to_string(),
         mcp_servers: config.mcp_server_entries()?.into_iter().collect(),
+        approval_required: config.approval_required_tool_names(),
     })
 }
 

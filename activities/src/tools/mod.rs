@@ -107,7 +107,8 @@ impl ToolActivitiesImpl {
         if let Decision::Deny(reason) = self.policy.decide(&input).await {
             return refused(ToolCallStatus::Denied, reason);
         }
-        let approval_timeout_ms = tool.requires_approval.then_some(tool.approval_timeout_ms.max(1) as u64);
+        let requires_approval = tool.requires_approval || self.settings.approval_required.contains(&tool.name);
+        let approval_timeout_ms = requires_approval.then_some(tool.approval_timeout_ms.max(1) as u64);
         Ok(ToolPlan::Run { profile: profile(&tool), approval_timeout_ms })
     }
 

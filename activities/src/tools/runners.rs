@@ -42,6 +42,8 @@ pub struct ToolSettings {
     pub hmac_secret: String,
     /// MCP servers by name: their streamable HTTP URLs.
     pub mcp_servers: HashMap<String, String>,
+    /// Tools that always need approval here, whatever the catalog says.
+    pub approval_required: Vec<String>,
 }
 
 /// The built-in tools' catalog entries.

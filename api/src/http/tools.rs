@@ -40,11 +40,11 @@ pub async fn list(State(ctx): State<ApiContext>, principal: Principal) -> Result
         .into_iter()
         .filter(|tool| tool.enabled)
         .map(|tool| ToolInfo {
+            requires_approval: tool.requires_approval || ctx.config.requires_approval(&tool.name),
             name: tool.name,
             description: tool.description,
             input_schema: tool.input_schema,
             kind: tool.kind,
-            requires_approval: tool.requires_approval,
             timeout_ms: tool.timeout_ms,
         })
         .collect();

@@ -25,7 +25,7 @@ struct Args {
     /// Shell command that starts PostgreSQL again.
     #[arg(long, env = "SOMA_PG_START")]
     pg_start: Option<String>,
-    /// Run only these drills (1–5); all by default.
+    /// Run only these drills (1–6); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 }
@@ -158,6 +158,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(5) {
         tally(deletions_with_worker_kill(&args).await?);
+    }
+    if runs(6) {
+        tally(tools_with_worker_kill(&args).await?);
     }
     println!("chaos drills: {passed} passed, {failed} failed");
     anyhow::ensure!(failed == 0, "a drill lost, duplicated or did not finish something (counts above)");
@@ -549,4 +552,132 @@ async fn deletions_with_worker_kill(args: &Args) -> anyhow::Result<Counts> {
     pool.close().await;
     stack.finish().await;
     Ok(counts)
+}
+
+/// A tool endpoint with a side effect that honours `Idempotency-Key`, as a real one must: a
+/// repeated key gets the first answer and is not applied again. It counts applications and
+/// requests per key, so a drill sees what a tool call did however often it was sent.
+#[derive(Clone, Default)]
+struct EffectServer {
+    applied: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    requests: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl EffectServer {
+    async fn start() -> anyhow::Result<(EffectServer, String)> {
+        let server = EffectServer::default();
+        let app = axum::Router::new()
+            .route("/effect/{ms}", axum::routing::post(effect))
+            .with_state(server.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok((server, base))
+    }
+}
+
+async fn effect(
+    axum::extract::State(server): axum::extract::State<EffectServer>,
+    axum::extract::Path(ms): axum::extract::Path<u64>,
+    headers: axum::http::HeaderMap,
+) -> String {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    *server.requests.lock().unwrap().entry(key.clone()).or_default() += 1;
+    // The effect takes a while: a worker killed meanwhile leaves the request unanswered.
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let mut applied = server.applied.lock().unwrap();
+    let count = applied.entry(key.clone()).or_default();
+    if *count == 0 {
+        *count = 1;
+    }
+    format!("applied {key}")
+}
+
+/// Drill 6: SIGKILL the worker while a turn's tools run, one of them waiting for approval;
+/// approve it while no worker runs; start a new worker. Every call must end with one result,
+/// its effect applied exactly once, and the approval sent during the outage must count.
+async fn tools_with_worker_kill(args: &Args) -> anyhow::Result<Counts> {
+    let trials = if args.stack.quick { 2 } else { 10 };
+    let started = Instant::now();
+    let (server, base) = EffectServer::start().await?;
+    let mut stack = Stack::start("chaos6", &args.stack, DevProviderOptions::default()).await?;
+    let store = soma_core::Store::connect_lazy(&stack.database_url, 2)?;
+    let tool = |name: &str, ms: u64, approval: bool| {
+        let mut tool = soma_core::store::CatalogTool::builtin(name, "a drill's tool", serde_json::json!({"type": "object"}));
+        tool.kind = soma_contract::ToolKind::Http;
+        tool.endpoint = Some(format!("{base}/effect/{ms}"));
+        tool.timeout_ms = 5_000;
+        tool.max_attempts = 10;
+        tool.requires_approval = approval;
+        tool.approval_timeout_ms = 300_000;
+        tool
+    };
+    store.put_tool(&tool("slow_effect", 1_500, false)).await?;
+    store.put_tool(&tool("approved_effect", 200, true)).await?;
+    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
+    let api = stack.client.api.clone();
+    let mut counts = Counts::default();
+    for trial in 0..trials {
+        let message = format!(r#"[[tool:slow_effect {{"trial":{trial}}}]] [[tool:approved_effect {{"trial":{trial}}}]]"#);
+        let (session, _, _) = stack.client.send(None, &message).await?;
+        let session_id: uuid::Uuid = session.parse()?;
+        counts.attempted += 2;
+        // Wait for the approval request: the slow tool is running by then.
+        let waiting = wait_for_kind(&stack.client, &session, "tool.approval_required").await?;
+        let Some(SessionEvent::ToolApprovalRequired(asked)) = waiting.typed() else {
+            anyhow::bail!("trial {trial}: no approval request");
+        };
+        tokio::time::sleep(Duration::from_millis(random_below(1_000))).await;
+        stack.kill_worker();
+        // Approved while no worker runs: the decision waits in Temporal.
+        api.decide_tool(asked.tool_call_id, true, None).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stack.start_worker()?;
+        wait_for_kind(&stack.client, &session, "turn.complete").await?;
+
+        let calls: Vec<(uuid::Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM tool_calls WHERE session_id = $1 ORDER BY tool_name")
+                .bind(session_id)
+                .fetch_all(&pool)
+                .await?;
+        for (id, status) in calls {
+            let results: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM session_events WHERE kind = 'tool.result' AND (payload->>'tool_call_id')::uuid = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await?;
+            let key = id.to_string();
+            let applied = server.applied.lock().unwrap().get(&key).copied().unwrap_or(0);
+            let requests = server.requests.lock().unwrap().get(&key).copied().unwrap_or(0);
+            let seen = if status != "succeeded" || applied == 0 || results == 0 {
+                Seen::Missing(format!("status {status}, applied {applied}, {results} results"))
+            } else if applied > 1 || results > 1 {
+                Seen::Twice(format!("applied {applied}, {results} results"))
+            } else {
+                Seen::Whole
+            };
+            if requests > 1 {
+                eprintln!("trial {trial}: call {key} was sent {requests} times (the key kept its effect once)");
+            }
+            counts.add(format!("trial {trial} call {key}"), seen);
+        }
+    }
+    stack.finish().await;
+    counts.print("6. worker SIGKILL while tools run and one waits for approval (approved during the outage)", started.elapsed());
+    Ok(counts)
+}
+
+/// Reads the session's stream from the start until an event of `kind`.
+async fn wait_for_kind(client: &StackClient, session: &str, kind: &str) -> anyhow::Result<soma_client::SseEvent> {
+    let mut stream = client.events(session, None).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        match stream.next_event(deadline.saturating_duration_since(Instant::now())).await {
+            Some(event) if event.kind == kind => return Ok(event),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    anyhow::bail!("no {kind} on session {session} within 120 s")
 }
