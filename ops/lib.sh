@@ -170,6 +170,9 @@ ensure_postgres() {
   bin=$(pg_bin)
   if port_open "$PG_PORT"; then
     log "PostgreSQL: reusing the server on 127.0.0.1:$PG_PORT"
+    # It may be another checkout's cluster: the drills stop and start the one that runs.
+    SOMA_PG_RUNNING_DATA=$(psql "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -qAtc 'show data_directory' 2>/dev/null || true)
+    export SOMA_PG_RUNNING_DATA
   else
     if [ ! -f "$data/PG_VERSION" ]; then
       log "PostgreSQL: creating a cluster in $data"
@@ -198,7 +201,7 @@ stop_postgres() {
 # postgres user when we are root). The crash drills run them to take the database away.
 pg_ctl_command() {
   local data bin args
-  data=$(pg_data_dir)
+  data=${SOMA_PG_RUNNING_DATA:-$(pg_data_dir)}
   bin=$(pg_bin)
   case $1 in
     start) args=(-D "$data" -l "$data/server.log" -w -t 60
