@@ -286,7 +286,7 @@ async fn a_tool_that_needs_approval_waits_for_a_person_of_its_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_the_turn_cancels_its_running_tool() {
     let app = spawn("cancel-tool").await;
-    let (_server, base) = ToolServer::start().await;
+    let (server, base) = ToolServer::start().await;
     let mut slow = http_tool("very_slow", &format!("{base}/slow/20000"));
     slow.timeout_ms = 60_000;
     app.store.put_tool(&slow).await.unwrap();
@@ -299,7 +299,12 @@ async fn cancelling_the_turn_cancels_its_running_tool() {
         SessionEvent::ToolCall(call) => call.tool_call_id,
         other => panic!("{other:?}"),
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Cancel once the tool is really running: its request has reached the tool server.
+    let deadline = Instant::now() + DEADLINE;
+    while server.requests(&call.to_string()) == 0 {
+        assert!(Instant::now() < deadline, "the tool never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     assert_eq!(app.cancel(&session_id).await.0, 202);
     let events = stream.until("turn.cancelled", DEADLINE).await;

@@ -182,6 +182,16 @@ impl Store {
 
     /// The tenant's tools, enabled or not, by name.
     pub async fn tenant_tools(&self, tenant_id: &str) -> Result<Vec<CatalogTool>, StoreError> {
+        self.catalog(tenant_id, None).await
+    }
+
+    /// One tool as the tenant sees it.
+    pub async fn tenant_tool(&self, tenant_id: &str, name: &str) -> Result<Option<CatalogTool>, StoreError> {
+        Ok(self.catalog(tenant_id, Some(name)).await?.pop())
+    }
+
+    /// The tenant's view of the catalog: every tool, or the one called `name`.
+    async fn catalog(&self, tenant_id: &str, name: Option<&str>) -> Result<Vec<CatalogTool>, StoreError> {
         Ok(sqlx::query_as!(
             CatalogTool,
             r#"SELECT name AS "name!", description AS "description!", input_schema AS "input_schema!",
@@ -189,16 +199,12 @@ impl Store {
                       requires_approval AS "requires_approval!", timeout_ms AS "timeout_ms!",
                       max_attempts AS "max_attempts!", approval_timeout_ms AS "approval_timeout_ms!",
                       max_concurrent AS "max_concurrent!"
-               FROM tenant_tools($1) ORDER BY name"#,
+               FROM tenant_tools($1) WHERE $2::text IS NULL OR name = $2 ORDER BY name"#,
             tenant_id,
+            name,
         )
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    /// One tool as the tenant sees it.
-    pub async fn tenant_tool(&self, tenant_id: &str, name: &str) -> Result<Option<CatalogTool>, StoreError> {
-        Ok(self.tenant_tools(tenant_id).await?.into_iter().find(|tool| tool.name == name))
     }
 
     /// Stores the calls the model asked for in a round of a turn, once (a retried step finds
