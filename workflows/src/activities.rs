@@ -193,6 +193,10 @@ pub enum ToolPlan {
 pub struct ToolProfile {
     pub timeout_ms: u64,
     pub max_attempts: u32,
+    /// The tool runs inside the worker at once, calling nothing (a built-in such as the
+    /// calculator): it runs as a local activity, with no server round trip.
+    #[serde(default)]
+    pub instant: bool,
 }
 
 /// Input of `request_approval`.

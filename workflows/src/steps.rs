@@ -47,6 +47,13 @@ pub fn database_after_cancel() -> ActivityOptions {
     options
 }
 
+/// [`local_database`], detached from the workflow's cancellation like [`database_after_cancel`].
+pub fn local_database_after_cancel() -> LocalActivityOptions {
+    let mut options = local_database();
+    options.cancellation_token = Some(WorkflowCancellationToken::new());
+    options
+}
+
 /// Waiting on something else (earlier turns of the session) for as long as it takes;
 /// heartbeats tell a dead worker from a long wait.
 pub fn wait() -> ActivityOptions {
@@ -75,6 +82,15 @@ pub fn tool(timeout: Duration, max_attempts: u32) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(timeout)
         .heartbeat_timeout(Duration::from_secs(5))
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), max_attempts.max(1)))
+        .build()
+}
+
+/// An instant tool (see `ToolProfile::instant`) as a local activity: the same timeout and
+/// attempts as [`tool`], no heartbeats (it calls nothing that could stall).
+pub fn instant_tool(timeout: Duration, max_attempts: u32) -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .start_to_close_timeout(timeout)
         .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), max_attempts.max(1)))
         .build()
 }

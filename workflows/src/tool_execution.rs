@@ -5,6 +5,10 @@
 //! denial) → execute within the tool's profile → record the result (`tool.result`, audit).
 //! Whatever happens to the tool, the call ends with a result the model and the user see: the
 //! workflow fails only if recording that result does.
+//!
+//! The bookkeeping steps (prepare, ask for approval, record) are local activities, and so is
+//! the execution of an instant tool: a tool round costs the server's floor for a child
+//! workflow, not three activity dispatches on top of it.
 #![allow(unreachable_pub)]
 
 use std::time::Duration;
@@ -64,10 +68,10 @@ impl ToolExecutionWorkflow {
         };
         // Runs even when the workflow was cancelled: the call's end must be recorded.
         let status = ctx
-            .execute_activity(
+            .execute_local_activity(
                 ToolActivities::finish_tool_call,
                 FinishToolCall { call, status, reason },
-                steps::database_after_cancel(),
+                steps::local_database_after_cancel(),
             )
             .await?;
         if status == ToolCallStatus::Cancelled {
@@ -89,14 +93,15 @@ async fn run_tool(
     ctx: &mut WorkflowContext<ToolExecutionWorkflow>,
     call: &ToolCallRef,
 ) -> Result<(ToolCallStatus, Option<String>), ActivityExecutionError> {
-    let plan = ctx.execute_activity(ToolActivities::prepare_tool_call, call.clone(), steps::database()).await?;
+    let plan =
+        ctx.execute_local_activity(ToolActivities::prepare_tool_call, call.clone(), steps::local_database()).await?;
     let (profile, approval_timeout_ms) = match plan {
         ToolPlan::Refused { status, reason } => return Ok((status, Some(reason))),
         ToolPlan::Run { profile, approval_timeout_ms } => (profile, approval_timeout_ms),
     };
     if let Some(timeout_ms) = approval_timeout_ms {
         let request = ApprovalRequest { call: call.clone(), timeout_ms };
-        ctx.execute_activity(ToolActivities::request_approval, request, steps::database()).await?;
+        ctx.execute_local_activity(ToolActivities::request_approval, request, steps::local_database()).await?;
         let timeout = Duration::from_millis(timeout_ms);
         temporalio_sdk::workflows::select! {
             _ = ctx.wait_condition(|s: &ToolExecutionWorkflow| s.decision.is_some()) => {}
@@ -117,8 +122,14 @@ async fn run_tool(
             }
         }
     }
-    let options = steps::tool(Duration::from_millis(profile.timeout_ms), profile.max_attempts);
-    ctx.execute_activity(ToolActivities::execute_tool, call.clone(), options).await?;
+    let timeout = Duration::from_millis(profile.timeout_ms);
+    if profile.instant {
+        let options = steps::instant_tool(timeout, profile.max_attempts);
+        ctx.execute_local_activity(ToolActivities::execute_tool, call.clone(), options).await?;
+    } else {
+        let options = steps::tool(timeout, profile.max_attempts);
+        ctx.execute_activity(ToolActivities::execute_tool, call.clone(), options).await?;
+    }
     Ok((ToolCallStatus::Succeeded, None))
 }
 

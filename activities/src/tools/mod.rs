@@ -64,7 +64,11 @@ impl ToolActivitiesImpl {
 }
 
 fn profile(tool: &CatalogTool) -> ToolProfile {
-    ToolProfile { timeout_ms: tool.timeout_ms.max(1) as u64, max_attempts: tool.max_attempts.max(1) as u32 }
+    ToolProfile {
+        timeout_ms: tool.timeout_ms.max(1) as u64,
+        max_attempts: tool.max_attempts.max(1) as u32,
+        instant: runners::is_instant(tool),
+    }
 }
 
 #[activities]

@@ -69,6 +69,13 @@ pub fn builtin_catalog() -> Vec<CatalogTool> {
     ]
 }
 
+/// Whether `tool` runs inside the worker in microseconds, calling nothing (the calculator, the
+/// clock): such a call needs no heartbeats and is run as a local activity, with no server
+/// round trip.
+pub fn is_instant(tool: &CatalogTool) -> bool {
+    tool.kind == ToolKind::Builtin && matches!(tool.name.as_str(), "calculator" | "current_time")
+}
+
 /// Runs `tool` on `inputs` (already checked against its schema).
 pub async fn run(
     settings: &ToolSettings,
