@@ -62,6 +62,24 @@ impl Failure for temporalio_client::errors::WorkflowInteractionError {
     }
 }
 
+/// Starting a workflow: the server being away is transient, a payload it cannot read is not.
+impl Failure for temporalio_client::errors::WorkflowStartError {
+    fn is_transient(&self) -> bool {
+        !matches!(self, Self::PayloadConversion(_))
+    }
+}
+
+/// The memory backend says itself whether it may answer later (and when).
+impl Failure for soma_core::memory::MemoryError {
+    fn is_transient(&self) -> bool {
+        soma_core::memory::MemoryError::is_transient(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        soma_core::memory::MemoryError::retry_after(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

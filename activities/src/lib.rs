@@ -5,11 +5,13 @@
 
 pub mod failure;
 pub mod llm;
+pub mod memory;
 pub mod policy;
 pub mod session;
 pub mod tools;
 
 pub use llm::{LlmActivitiesImpl, LlmClient, LlmError};
+pub use memory::{MemoryActivitiesImpl, MemorySettings};
 pub use policy::Policy;
 pub use session::SessionActivitiesImpl;
 pub use tools::{ToolActivitiesImpl, ToolSettings};

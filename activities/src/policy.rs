@@ -14,6 +14,7 @@ use serde_json::Value;
 /// The actions gated.
 pub const CONVERSATION_SEND: &str = "conversation.send";
 pub const TOOL_EXECUTE: &str = "tool.execute";
+pub const MEMORY_WRITE: &str = "memory.write";
 
 /// The document a policy decides on.
 #[derive(Debug, Clone, Serialize)]

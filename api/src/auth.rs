@@ -19,6 +19,14 @@ pub enum Scope {
     Tenant,
 }
 
+/// An operator, authenticated by an admin key (`admin_api_keys`): the admin routes, across
+/// tenants. Admin keys and tenant keys are separate lists, so neither opens the other's routes.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Who acted, as audit rows name it: `admin:{name}`.
+    pub subject: String,
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -35,19 +43,41 @@ struct KeyEntry {
 
 pub struct ApiKeys {
     entries: Vec<KeyEntry>,
+    /// Admin keys: `tenant_id` holds the admin's name.
+    admins: Vec<KeyEntry>,
+}
+
+fn key_entries<'a>(entries: impl Iterator<Item = Result<(&'a str, &'a str), String>>) -> anyhow::Result<Vec<KeyEntry>> {
+    let mut parsed = Vec::new();
+    for entry in entries {
+        let (owner, hash) = entry.map_err(anyhow::Error::msg)?;
+        let hash: [u8; 32] =
+            hex::decode(hash)?.try_into().map_err(|_| anyhow::anyhow!("api key hash for {owner} is not 32 bytes"))?;
+        parsed.push(KeyEntry { tenant_id: owner.to_string(), hash });
+    }
+    Ok(parsed)
+}
+
+/// The entry `key` matches; every entry is compared, match or not.
+fn matching<'a>(entries: &'a [KeyEntry], key: &str) -> Option<&'a KeyEntry> {
+    let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let mut found = None;
+    for entry in entries {
+        if bool::from(entry.hash.ct_eq(&hash)) {
+            found = Some(entry);
+        }
+    }
+    found
 }
 
 impl ApiKeys {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let mut entries = Vec::new();
-        for entry in config.api_key_entries() {
-            let (tenant, hash) = entry.map_err(anyhow::Error::msg)?;
-            let hash: [u8; 32] = hex::decode(hash)?
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("api key hash for {tenant} is not 32 bytes"))?;
-            entries.push(KeyEntry { tenant_id: tenant.to_string(), hash });
-        }
-        Ok(Self { entries })
+        Ok(Self { entries: key_entries(config.api_key_entries())?, admins: key_entries(config.admin_key_entries())? })
+    }
+
+    /// The operator an admin key stands for.
+    pub fn admin_for(&self, key: &str) -> Option<Admin> {
+        matching(&self.admins, key).map(|entry| Admin { subject: format!("admin:{}", entry.tenant_id) })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -56,14 +86,7 @@ impl ApiKeys {
 
     /// The principal a key stands for. Every entry is compared, match or not.
     pub fn principal_for(&self, key: &str) -> Option<Principal> {
-        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let mut found = None;
-        for entry in &self.entries {
-            if bool::from(entry.hash.ct_eq(&hash)) {
-                found = Some(entry);
-            }
-        }
-        found.map(|entry| Principal {
+        matching(&self.entries, key).map(|entry| Principal {
             tenant_id: entry.tenant_id.clone(),
             subject: format!("key:{}", &hex::encode(entry.hash)[..12]),
             scopes: vec![Scope::Tenant],
@@ -102,6 +125,16 @@ impl FromRequestParts<ApiContext> for Principal {
     }
 }
 
+/// Admin routes require an admin key.
+impl FromRequestParts<ApiContext> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, ApiError> {
+        let key = presented_key(parts).ok_or(ApiError::Unauthorized)?;
+        ctx.keys.admin_for(key).ok_or(ApiError::Unauthorized)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +152,18 @@ mod tests {
         assert_eq!(keys.principal_for("k-globex").unwrap().tenant_id, "globex");
         assert!(keys.principal_for("k-other").is_none());
         assert!(keys.principal_for("").is_none());
+    }
+
+    #[test]
+    fn admin_keys_and_tenant_keys_open_only_their_own_routes() {
+        let config = Config {
+            api_keys: format!("acme:{}", hash_key("k-acme")),
+            admin_api_keys: format!("ops:{}", hash_key("k-ops")),
+            ..Config::default()
+        };
+        let keys = ApiKeys::from_config(&config).unwrap();
+        assert_eq!(keys.admin_for("k-ops").unwrap().subject, "admin:ops");
+        assert!(keys.admin_for("k-acme").is_none());
+        assert!(keys.principal_for("k-ops").is_none());
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use temporalio_client::Client;
 
-use soma_core::{Config, SessionWakeups, Store};
+use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
 
 pub use auth::ApiKeys;
 pub use error::ApiError;
@@ -29,6 +29,8 @@ pub struct ApiContext {
     pub feeds: Arc<feed::Feeds>,
     pub keys: Arc<ApiKeys>,
     pub stream_tokens: Arc<stream_token::StreamTokens>,
+    /// The memory backend recall and feedback go to.
+    pub memory: MemoryBackend,
     /// Flips to true when the server shuts down, so open event streams end (graceful
     /// shutdown waits for every connection, and an SSE stream never ends by itself).
     pub closing: tokio::sync::watch::Sender<bool>,
@@ -46,7 +48,8 @@ impl ApiContext {
         let closing = tokio::sync::watch::Sender::new(false);
         let feeds = Arc::new(feed::Feeds::new(store.clone(), wakeups));
         let stream_tokens = Arc::new(stream_token::StreamTokens::from_config(&config));
-        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, stream_tokens, closing })
+        let memory = MemoryBackend::from_config(&config, store.clone());
+        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, stream_tokens, memory, closing })
     }
 }
 

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::status::{ApprovalDecision, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus};
+use crate::status::{
+    ApprovalDecision, DeadLetterKind, DeadLetterStatus, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus,
+};
 
 /// Derives `utoipa::ToSchema` with the `openapi` feature.
 macro_rules! api_type {
@@ -299,6 +301,105 @@ api_type! {
         pub workflow_id: String,
         pub created_at: DateTime<Utc>,
         pub finished_at: Option<DateTime<Utc>>,
+    }
+
+    /// `GET /v1/memory/recall`: the tenant's memories most relevant to `q`, best first.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct RecallResponse {
+        pub memories: Vec<MemoryItem>,
+        /// Part of the backend's storage did not answer (the results may be incomplete).
+        pub degraded: bool,
+        /// `postgres` or `somabrain`.
+        pub backend: String,
+    }
+
+    /// One remembered item.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct MemoryItem {
+        /// The write's idempotency key: `{tenant}/{namespace}/{session_id}/{role}/{ts}/{hash16}`.
+        pub key: String,
+        pub content: String,
+        pub score: f64,
+        pub session_id: Option<Uuid>,
+        pub role: Option<String>,
+        pub created_at: Option<DateTime<Utc>>,
+    }
+
+    /// `POST /v1/memory/feedback`: how useful a recalled memory was.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MemoryFeedback {
+        /// The memory's key, as recall gave it.
+        pub key: String,
+        /// From -1 (harmful) to 1 (exactly what was needed).
+        pub utility: f64,
+        /// The reward the platform's learning loop uses; defaults to `utility`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reward: Option<f64>,
+    }
+
+    /// The answer to `POST /v1/memory/feedback`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct FeedbackAccepted {
+        pub accepted: bool,
+    }
+
+    /// A dead letter: work that exhausted its retries or failed for good, with its payload.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct DeadLetter {
+        pub id: Uuid,
+        pub kind: DeadLetterKind,
+        pub tenant_id: String,
+        /// The work's idempotency key; a replay runs under it again.
+        pub key: String,
+        pub session_id: Option<Uuid>,
+        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+        pub payload: serde_json::Value,
+        pub error: String,
+        pub attempts: i32,
+        pub status: DeadLetterStatus,
+        pub resolved_by: Option<String>,
+        pub resolution: Option<String>,
+        pub resolved_at: Option<DateTime<Utc>>,
+        pub created_at: DateTime<Utc>,
+    }
+
+    /// `GET /v1/admin/dead-letters`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct DeadLetterList {
+        pub dead_letters: Vec<DeadLetter>,
+    }
+
+    /// `POST /v1/admin/dead-letters/replay`: replays every open dead letter that matches.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct ReplayAll {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub kind: Option<DeadLetterKind>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tenant_id: Option<String>,
+    }
+
+    /// What a replay started: the dead letters replayed and their workflows.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Replayed {
+        pub replayed: Vec<ReplayedLetter>,
+    }
+
+    /// One replayed dead letter.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ReplayedLetter {
+        pub id: Uuid,
+        pub workflow_id: String,
+    }
+
+    /// `POST /v1/admin/dead-letters/{id}/discard`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Discard {
+        /// Why it is given up on (required: it goes to the audit log).
+        #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+        pub reason: String,
     }
 
     /// `GET /v1/health`.

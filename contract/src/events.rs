@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::status::{Role, ToolCallStatus, TurnOutcome};
+use crate::status::{MemoryWriteStatus, RecallStatus, Role, ToolCallStatus, TurnOutcome};
 
 /// Declares [`SessionEvent`] from a table of `"kind" => Variant(Payload)`, so each kind's name
 /// is written once: serde's tag, [`SessionEvent::kind`] and [`SessionEvent::KINDS`] all use it.
@@ -49,6 +49,9 @@ macro_rules! session_events {
 session_events! {
     /// The user's message, stored and about to be answered.
     "message.user" => MessageUser(UserMessage),
+    /// What the turn recalled from memory for the model (keys and scores), or that memory
+    /// was unavailable and the turn goes on without it.
+    "memory.recall" => MemoryRecall(MemoryRecall),
     /// A piece of the reply as the provider streams it (coalesced over a few ms).
     "llm.delta" => LlmDelta(LlmDelta),
     /// The provider call is being retried: drop the partial reply shown so far.
@@ -61,6 +64,9 @@ session_events! {
     "tool.approval_required" => ToolApprovalRequired(ToolApprovalRequired),
     /// The tool call's result: its output, or why there is none (denied, failed, timed out).
     "tool.result" => ToolResult(ToolResult),
+    /// A message's memory write ended: delivered to the memory backend, refused by the
+    /// policy, or dead-lettered after its retries.
+    "memory.write" => MemoryWrite(MemoryWrite),
     /// The turn ended with its reply stored.
     "turn.complete" => TurnComplete(TurnEnd),
     /// The turn failed after its retries; an `error` event says why.
@@ -168,6 +174,39 @@ impl ToolResult {
     pub const PREVIEW_BYTES: usize = 4096;
 }
 
+/// `memory.recall`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemoryRecall {
+    pub status: RecallStatus,
+    /// What was put in the prompt, best first (within the recall's token budget).
+    pub memories: Vec<RecalledMemory>,
+    /// Why memory was unavailable or degraded.
+    pub reason: Option<String>,
+}
+
+/// One recalled memory, as `memory.recall` names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecalledMemory {
+    pub key: String,
+    pub score: f64,
+    /// The first words of what is remembered.
+    pub preview: String,
+}
+
+/// `memory.write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemoryWrite {
+    pub key: String,
+    pub role: Option<Role>,
+    pub status: MemoryWriteStatus,
+    pub attempts: u32,
+    /// Why a write was refused or dead-lettered.
+    pub reason: Option<String>,
+}
+
 /// `turn.complete`, `turn.failed` and `turn.cancelled`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -267,11 +306,21 @@ impl SessionEvent {
             SessionEvent::TurnComplete(_) | SessionEvent::TurnFailed(_) | SessionEvent::TurnCancelled(_) => {
                 format!("{subject}:turn.end")
             }
+            // A replayed write (under the replay's request) ends again.
+            SessionEvent::MemoryWrite(write) => format!(
+                "{subject}:memory.write:{}:{}:{}",
+                write.key,
+                write.status,
+                scope.request_id.unwrap_or_default()
+            ),
             // A session may be reset many times: once per request.
             SessionEvent::SessionReset(_) => {
                 format!("{subject}:session.reset:{}", scope.request_id.unwrap_or_default())
             }
-            SessionEvent::MessageUser(_) | SessionEvent::Error(_) | SessionEvent::SessionDeleted(_) => {
+            SessionEvent::MessageUser(_)
+            | SessionEvent::MemoryRecall(_)
+            | SessionEvent::Error(_)
+            | SessionEvent::SessionDeleted(_) => {
                 format!("{subject}:{}", self.kind())
             }
         }
@@ -301,6 +350,15 @@ impl SessionEvent {
                 content: "What is Temporal?".into(),
                 persona_id: None,
                 seq: 1,
+            }),
+            SessionEvent::MemoryRecall(MemoryRecall {
+                status: RecallStatus::Recalled,
+                memories: vec![RecalledMemory {
+                    key: format!("acme/default/{id}/user/1795000000123/2cf24dba5fb0a30e"),
+                    score: 0.42,
+                    preview: "My favourite colour is teal".into(),
+                }],
+                reason: None,
             }),
             SessionEvent::LlmDelta(LlmDelta { text: "Temporal is".into(), attempt: 1, index: 0, round: 0 }),
             SessionEvent::LlmRetry(LlmRetry {
@@ -334,6 +392,13 @@ impl SessionEvent {
                 status: ToolCallStatus::Succeeded,
                 output: Some("391".into()),
                 truncated: false,
+                reason: None,
+            }),
+            SessionEvent::MemoryWrite(MemoryWrite {
+                key: format!("acme/default/{id}/assistant/1795000000456/9f86d081884c7d65"),
+                role: Some(Role::Assistant),
+                status: MemoryWriteStatus::Delivered,
+                attempts: 1,
                 reason: None,
             }),
             SessionEvent::TurnComplete(end(TurnOutcome::Completed)),

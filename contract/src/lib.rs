@@ -3,12 +3,16 @@
 //! feature), no I/O, so both the deterministic workflows and the store can use it.
 
 pub mod api;
+pub mod memory;
 pub mod events;
 pub mod status;
 pub mod refs;
 pub mod reply;
 
 pub use events::{EventData, EventMeta, EventScope, SessionEvent};
-pub use status::{ApprovalDecision, MessageStatus, Role, ToolCallStatus, ToolKind, TurnOutcome, TurnStatus};
-pub use refs::{SessionRef, ToolCallRef, TurnRef};
+pub use status::{
+    ApprovalDecision, DeadLetterKind, DeadLetterStatus, MemoryWriteStatus, MessageStatus, RecallStatus, Role, ToolCallStatus,
+    ToolKind, TurnOutcome, TurnStatus,
+};
+pub use refs::{MemoryWriteRef, SessionRef, ToolCallRef, TurnRef};
 pub use reply::ShownReply;

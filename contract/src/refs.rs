@@ -84,3 +84,30 @@ impl ToolCallRef {
         }
     }
 }
+
+/// What a memory write's workflow carries: the write's idempotency key (its payload waits in
+/// `memory_writes`) and where its `memory.write` event goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryWriteRef {
+    pub tenant_id: String,
+    /// `{tenant}/{namespace}/{session_id}/{role}/{ts}/{hash16}`: see [`crate::memory::memory_key`].
+    pub key: String,
+    pub session_id: Option<Uuid>,
+    pub turn_id: Option<Uuid>,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+}
+
+impl MemoryWriteRef {
+    /// Where the write's event goes: its turn's stream, or its session's; none without a
+    /// session (a replayed write whose session is gone).
+    pub fn scope(&self) -> Option<EventScope<'_>> {
+        Some(EventScope {
+            tenant_id: &self.tenant_id,
+            session_id: self.session_id?,
+            turn_id: self.turn_id,
+            request_id: Some(&self.request_id),
+            trace_id: self.trace_id.as_deref(),
+        })
+    }
+}

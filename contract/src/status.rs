@@ -116,6 +116,50 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Where a memory write is.
+    pub enum MemoryWriteStatus {
+        /// Owed to the backend; its workflow is trying (and retrying).
+        Pending => "pending",
+        /// The backend has it (or queued it itself, which counts as accepted).
+        Delivered => "delivered",
+        /// The policy (`memory.write`) did not allow it.
+        Denied => "denied",
+        /// Failed for good or out of retries: in `dead_letters`, waiting for a replay.
+        DeadLettered => "dead_lettered",
+    }
+}
+
+text_enum! {
+    /// How much recall a turn got.
+    pub enum RecallStatus {
+        /// The backend answered in full.
+        Recalled => "recalled",
+        /// The backend answered from part of its storage (SomaBrain's `degraded: true`).
+        Degraded => "degraded",
+        /// The backend could not be reached in time: the turn goes on without memories.
+        Unavailable => "unavailable",
+    }
+}
+
+text_enum! {
+    /// Where a dead letter is.
+    pub enum DeadLetterStatus {
+        Open => "open",
+        /// Started again under the same idempotency key.
+        Replayed => "replayed",
+        /// Given up on by a person, with a reason.
+        Discarded => "discarded",
+    }
+}
+
+text_enum! {
+    /// The kinds of work that can end as a dead letter.
+    pub enum DeadLetterKind {
+        MemoryWrite => "memory_write",
+    }
+}
+
 impl ToolCallStatus {
     /// Whether the call has its result.
     pub fn is_final(self) -> bool {

@@ -46,6 +46,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which memory backend the engine writes to and recalls from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryBackendKind {
+    /// Built in: the `memories` table, full-text search.
+    #[default]
+    Postgres,
+    /// The platform's memory service over HTTP.
+    Somabrain,
+}
+
 /// The effective configuration of an api or worker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +98,29 @@ pub struct Config {
     /// MCP servers whose tools join the catalog, as `name=url` (streamable HTTP), comma
     /// separated; their tools are named `{name}__{tool}`.
     pub mcp_servers: String,
+    /// The memory backend: `postgres` (built in, full-text search) or `somabrain` (the
+    /// platform's memory service at `somabrain_url`).
+    pub memory_backend: MemoryBackendKind,
+    /// SomaBrain's base URL (e.g. `http://somabrain:30101`).
+    pub somabrain_url: String,
+    /// SomaBrain's bearer token.
+    pub somabrain_token: Secret,
+    /// The memory namespace every write and recall uses (part of each memory's key).
+    pub memory_namespace: String,
+    /// How many memories a turn recalls at most…
+    pub memory_recall_top_k: u32,
+    /// …within this many tokens of prompt (about 4 characters each).
+    pub memory_recall_token_budget: u32,
+    /// A turn's recall waiting longer than this goes on without memories (and says so).
+    pub memory_recall_timeout_ms: u64,
+    /// A memory write's retries back off exponentially up to this interval…
+    pub memory_retry_max_interval_secs: u64,
+    /// …for at most this long in all, then the write becomes a dead letter. The default rides
+    /// out a backend outage of an hour.
+    pub memory_retry_budget_secs: u64,
+    /// Admin API keys as `name:sha256_hex_of_key`, comma separated: dead letters and other
+    /// operations across tenants.
+    pub admin_api_keys: String,
     /// How often each worker sweeps for turns that need recovering.
     pub turn_recovery_interval_ms: u64,
     /// An open turn that has not changed for this long is looked at by the sweep: started if
@@ -132,6 +166,16 @@ impl Default for Config {
             tool_fetch_allowlist: String::new(),
             tool_hmac_secret: Secret::default(),
             mcp_servers: String::new(),
+            memory_backend: MemoryBackendKind::Postgres,
+            somabrain_url: String::new(),
+            somabrain_token: Secret::default(),
+            memory_namespace: "default".into(),
+            memory_recall_top_k: 5,
+            memory_recall_token_budget: 800,
+            memory_recall_timeout_ms: 2_000,
+            memory_retry_max_interval_secs: 120,
+            memory_retry_budget_secs: 2 * 3600,
+            admin_api_keys: String::new(),
             turn_recovery_interval_ms: 5_000,
             turn_recovery_quiet_ms: 10_000,
             max_message_bytes: 32 * 1024,
@@ -198,10 +242,19 @@ impl Config {
             }
         }
         self.mcp_server_entries()?;
-        for entry in self.api_key_entries() {
-            let (tenant, hash) = entry.map_err(ConfigError)?;
-            if tenant.is_empty() || hash.len() != 64 {
-                return Err(ConfigError(format!("api key for tenant {tenant:?} is not a sha256")));
+        if self.memory_backend == MemoryBackendKind::Somabrain && url::Url::parse(&self.somabrain_url).is_err() {
+            return Err(ConfigError(format!(
+                "memory_backend is somabrain but somabrain_url {:?} is not a URL",
+                self.somabrain_url
+            )));
+        }
+        if self.memory_retry_budget_secs == 0 || self.memory_retry_max_interval_secs == 0 {
+            return Err(ConfigError("memory_retry_budget_secs and memory_retry_max_interval_secs must be positive".into()));
+        }
+        for entry in self.api_key_entries().chain(self.admin_key_entries()) {
+            let (owner, hash) = entry.map_err(ConfigError)?;
+            if owner.is_empty() || hash.len() != 64 {
+                return Err(ConfigError(format!("api key for {owner:?} is not a sha256")));
             }
         }
         Ok(())
@@ -244,9 +297,20 @@ impl Config {
 
     /// `(tenant_id, sha256_hex)` pairs from `api_keys`.
     pub fn api_key_entries(&self) -> impl Iterator<Item = Result<(&str, &str), String>> {
-        self.api_keys.split(',').map(str::trim).filter(|e| !e.is_empty()).map(|entry| {
-            entry.split_once(':').ok_or_else(|| format!("api_keys entry {entry:?} is not tenant:sha256"))
-        })
+        key_entries(&self.api_keys, "api_keys", "tenant")
+    }
+
+    /// How long memory writes keep trying.
+    pub fn memory_retry(&self) -> soma_contract::memory::MemoryRetry {
+        soma_contract::memory::MemoryRetry {
+            max_interval_secs: self.memory_retry_max_interval_secs,
+            budget_secs: self.memory_retry_budget_secs,
+        }
+    }
+
+    /// `(name, sha256 hex)` of each admin key in `admin_api_keys`.
+    pub fn admin_key_entries(&self) -> impl Iterator<Item = Result<(&str, &str), String>> {
+        key_entries(&self.admin_api_keys, "admin_api_keys", "name")
     }
 
     /// The LLM provider's base URL and model, or why the worker cannot run without them.
@@ -277,6 +341,17 @@ impl Config {
 }
 
 /// The non-empty items of a comma-separated setting.
+/// `owner:sha256` entries of a key list (`api_keys`, `admin_api_keys`).
+fn key_entries<'a>(
+    value: &'a str,
+    setting: &'static str,
+    owner: &'static str,
+) -> impl Iterator<Item = Result<(&'a str, &'a str), String>> {
+    value.split(',').map(str::trim).filter(|e| !e.is_empty()).map(move |entry| {
+        entry.split_once(':').ok_or_else(|| format!("{setting} entry {entry:?} is not {owner}:sha256"))
+    })
+}
+
 fn comma_list(value: &str) -> Vec<String> {
     value.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_string).collect()
 }

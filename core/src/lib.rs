@@ -4,12 +4,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod http;
+pub mod memory;
 pub mod store;
 pub mod telemetry;
 pub mod temporal;
 pub mod tool_inputs;
 pub mod wakeups;
 
-pub use config::{Config, Secret};
+pub use config::{Config, MemoryBackendKind, Secret};
+pub use memory::MemoryBackend;
 pub use store::Store;
 pub use wakeups::SessionWakeups;

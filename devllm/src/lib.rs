@@ -93,11 +93,22 @@ struct Provider {
     requests: AtomicUsize,
     /// Streams sent to their end (`[DONE]`), by the request's `Idempotency-Key`.
     completed: std::sync::Mutex<HashMap<String, usize>>,
+    /// The system messages of the latest requests (what the model was told besides the
+    /// conversation: recalled memories, say), oldest first.
+    system_messages: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many requests' system messages are kept.
+const KEPT_SYSTEM_MESSAGES: usize = 200;
 
 impl Provider {
     fn new(options: DevProviderOptions) -> Arc<Provider> {
-        Arc::new(Provider { options: options.into(), requests: AtomicUsize::new(0), completed: Default::default() })
+        Arc::new(Provider {
+            options: options.into(),
+            requests: AtomicUsize::new(0),
+            completed: Default::default(),
+            system_messages: Default::default(),
+        })
     }
 }
 
@@ -122,6 +133,11 @@ impl DevProviderHandle {
     pub fn completed_twice(&self) -> Vec<(String, usize)> {
         let completed = self.provider.completed.lock().expect("completed lock");
         completed.iter().filter(|(_, n)| **n > 1).map(|(key, n)| (key.clone(), *n)).collect()
+    }
+
+    /// The system messages the latest requests carried (up to 200), oldest first.
+    pub fn system_messages(&self) -> Vec<String> {
+        self.provider.system_messages.lock().expect("system messages lock").iter().cloned().collect()
     }
 
     /// Changes how later requests are answered (a benchmark's phases differ in timing).
@@ -191,6 +207,15 @@ async fn chat_completions(
         }
     };
     let number = provider.requests.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut kept = provider.system_messages.lock().expect("system messages lock");
+        for message in request.messages.iter().filter(|m| m.role == "system") {
+            if kept.len() == KEPT_SYSTEM_MESSAGES {
+                kept.pop_front();
+            }
+            kept.push_back(message.content.clone().unwrap_or_default());
+        }
+    }
     let options = provider.options.lock().expect("options lock").clone();
     let fault = options.fault.clone().filter(|_| number < options.faulty_requests);
     if let Some(Fault::Status { status, retry_after_secs }) = fault {

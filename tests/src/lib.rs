@@ -16,8 +16,12 @@ use soma_devllm::{DevProviderHandle, DevProviderOptions};
 use uuid::Uuid;
 
 
+pub mod somabrain;
+
 pub const KEY_A: &str = "test-key-tenant-a";
 pub const KEY_B: &str = "test-key-tenant-b";
+/// An admin key (`admin_api_keys`): the admin routes, across tenants.
+pub const KEY_ADMIN: &str = "test-key-admin";
 
 /// Generous bound for anything a test waits on; failures say what they waited for.
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -74,6 +78,7 @@ impl TestApp {
                 soma_api::auth::hash_key(KEY_A),
                 soma_api::auth::hash_key(KEY_B)
             ),
+            admin_api_keys: format!("ops:{}", soma_api::auth::hash_key(KEY_ADMIN)),
             ..Config::load(None).expect("the environment's config is valid")
         };
         configure(&mut config);

@@ -12,10 +12,13 @@ use temporalio_common::telemetry::TelemetryOptions;
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
-use soma_activities::{LlmActivitiesImpl, LlmClient, Policy, SessionActivitiesImpl, ToolActivitiesImpl, ToolSettings};
+use soma_activities::{
+    LlmActivitiesImpl, LlmClient, MemoryActivitiesImpl, MemorySettings, Policy, SessionActivitiesImpl, ToolActivitiesImpl,
+    ToolSettings,
+};
 use soma_core::telemetry::SharedSubscriber;
-use soma_core::{Config, SessionWakeups, Store};
-use soma_workflows::{ChatTurnWorkflow, SessionDeletionWorkflow, ToolExecutionWorkflow};
+use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
+use soma_workflows::{ChatTurnWorkflow, MemoryWriteWorkflow, SessionDeletionWorkflow, ToolExecutionWorkflow};
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
@@ -42,10 +45,15 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
         Ok(count) => tracing::info!(count, "tool catalog refreshed"),
         Err(err) => tracing::warn!(error = %err, "could not refresh the tool catalog; using what it holds"),
     }
+    let backend = MemoryBackend::from_config(config, store.clone());
+    tracing::info!(backend = backend.name(), namespace = %config.memory_namespace, "memory backend");
+    let memory = MemoryActivitiesImpl::new(store.clone(), backend, policy.clone(), memory_settings(config));
     Ok(WorkerOptions::new(config.task_queue.clone())
         .register_workflow::<ChatTurnWorkflow>()?
         .register_workflow::<SessionDeletionWorkflow>()?
         .register_workflow::<ToolExecutionWorkflow>()?
+        .register_workflow::<MemoryWriteWorkflow>()?
+        .register_activities(memory)
         .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy))
         .register_activities(tools)
         .register_activities(LlmActivitiesImpl::new(store, llm, coalesce, config.max_tool_rounds))
@@ -64,6 +72,17 @@ pub fn policy(config: &Config) -> anyhow::Result<Policy> {
     } else {
         tracing::info!(url = %config.policy_opa_url, "policies evaluated by OPA");
         Ok(Policy::opa(config.policy_opa_url.trim()))
+    }
+}
+
+/// What memory needs from the config.
+pub fn memory_settings(config: &Config) -> MemorySettings {
+    MemorySettings {
+        namespace: config.memory_namespace.clone(),
+        recall_top_k: config.memory_recall_top_k,
+        recall_token_budget: config.memory_recall_token_budget,
+        recall_timeout: Duration::from_millis(config.memory_recall_timeout_ms),
+        retry: config.memory_retry(),
     }
 }
 
@@ -89,7 +108,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let options = worker_options(config, store.clone()).await?;
     let quiet_for = Duration::from_millis(config.turn_recovery_quiet_ms);
-    let recovery = recovery::TurnRecovery::new(store, client.clone(), config.task_queue.clone(), quiet_for);
+    let recovery =
+        recovery::TurnRecovery::new(store, client.clone(), config.task_queue.clone(), quiet_for, config.memory_retry());
     let sweeping = tokio::spawn(recovery.run(Duration::from_millis(config.turn_recovery_interval_ms)));
     let mut worker = Worker::new(runtime, client, options)?;
     let stop = worker.shutdown_handle();

@@ -10,6 +10,10 @@
 //!
 //! Every worker sweeps; starting a workflow and recording an end are both idempotent, so
 //! several sweeps at once do no harm. Each action is logged and audited (actor `recovery`).
+//!
+//! The same sweep finds memory writes that are still owed but have not moved for longer than
+//! their retries ever wait (their workflow never started, or was terminated; a dead letter's
+//! replay whose start failed) and starts their workflow again under the same key.
 
 use std::time::Duration;
 
@@ -19,9 +23,10 @@ use temporalio_client::{Client, UntypedWorkflow, WorkflowExecutionStatus};
 
 use soma_activities::session::{record_turn_end, store_reply};
 use soma_contract::TurnOutcome;
+use soma_contract::memory::MemoryRetry;
 use soma_core::Store;
 use soma_core::store::{AuditEntry, StalledTurn};
-use soma_workflows::ChatTurnWorkflow;
+use soma_workflows::{ChatTurnWorkflow, MemoryWriteInput, MemoryWriteWorkflow};
 use soma_workflows::activities::FinishTurnInput;
 
 /// The audit log's name for what the sweep does.
@@ -38,6 +43,8 @@ pub struct SweepReport {
     pub started: usize,
     /// Turns whose workflow had ended without them, now recorded as failed.
     pub failed: usize,
+    /// Owed memory writes whose workflow was gone, now started again.
+    pub memory_writes_started: usize,
 }
 
 pub struct TurnRecovery {
@@ -46,11 +53,13 @@ pub struct TurnRecovery {
     task_queue: String,
     /// An open turn that has not changed for this long is looked at.
     quiet_for: Duration,
+    /// How memory writes retry (a write quiet for longer than its longest backoff is stuck).
+    memory_retry: MemoryRetry,
 }
 
 impl TurnRecovery {
-    pub fn new(store: Store, temporal: Client, task_queue: String, quiet_for: Duration) -> Self {
-        Self { store, temporal, task_queue, quiet_for }
+    pub fn new(store: Store, temporal: Client, task_queue: String, quiet_for: Duration, memory_retry: MemoryRetry) -> Self {
+        Self { store, temporal, task_queue, quiet_for, memory_retry }
     }
 
     /// Sweeps every `every` until the process ends. A failed sweep is logged and tried again.
@@ -60,7 +69,7 @@ impl TurnRecovery {
         loop {
             tick.tick().await;
             match self.sweep().await {
-                Ok(report) if report.started + report.failed > 0 => {
+                Ok(report) if report.started + report.failed + report.memory_writes_started > 0 => {
                     tracing::info!(?report, "turn recovery sweep");
                 }
                 Ok(_) => {}
@@ -89,7 +98,33 @@ impl TurnRecovery {
                 }
             }
         }
+        report.memory_writes_started = self.sweep_memory_writes().await?;
         Ok(report)
+    }
+
+    /// Starts the workflow of each owed memory write that has none running. Returns how many.
+    async fn sweep_memory_writes(&self) -> anyhow::Result<usize> {
+        let quiet_for = Duration::from_secs(2 * self.memory_retry.max_interval_secs + 60).max(self.quiet_for);
+        let mut started = 0;
+        for write in self.store.stalled_memory_writes(quiet_for, BATCH).await? {
+            let workflow_id = MemoryWriteWorkflow::workflow_id(&write.key);
+            let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id.clone());
+            match handle.describe(Default::default()).await {
+                Ok(description) if !is_closed(description.status()) => continue,
+                Ok(_) | Err(WorkflowInteractionError::NotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+            let outcome = "started: the owed write had no running workflow";
+            let details = json!({ "key": write.key, "workflow_id": workflow_id });
+            let entry = AuditEntry::for_memory_write(&write, ACTOR, "memory.write.recover", outcome, details);
+            self.store.audit(&entry).await?;
+            let options = MemoryWriteWorkflow::start_options(&self.task_queue, &write.key);
+            let input = MemoryWriteInput { write, retry: self.memory_retry };
+            soma_core::temporal::start_once(&self.temporal, MemoryWriteWorkflow::run, input, options).await?;
+            tracing::warn!(%workflow_id, "started the workflow of an owed memory write that had none");
+            started += 1;
+        }
+        Ok(started)
     }
 
     async fn start(&self, stalled: &StalledTurn) -> anyhow::Result<()> {

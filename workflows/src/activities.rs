@@ -10,7 +10,7 @@ use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
 
 use soma_contract::events::ErrorCode;
-use soma_contract::{SessionRef, ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
+use soma_contract::{MemoryWriteRef, RecallStatus, SessionRef, ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
 
 /// Session and stream writes: the store.
 pub struct SessionActivities;
@@ -119,9 +119,55 @@ impl ToolActivities {
     }
 }
 
+/// Memory: the memory backend (and the policy for `memory.write`).
+pub struct MemoryActivities;
+
+#[activity_definitions]
+impl MemoryActivities {
+    /// Recalls what is relevant to the turn's user message (top-k within a token budget) and
+    /// records it with the turn (`memory.recall`) for the model's prompt. A backend that fails
+    /// or is slow degrades the turn, it does not fail it: the event says memory was
+    /// unavailable.
+    #[activity]
+    pub async fn recall_for_turn(turn: TurnRef) -> Result<RecallStatus, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Records the memory writes the turn owes (its user message, and its reply when it
+    /// completed) and starts their `MemoryWriteWorkflow`s without waiting for them. Returns
+    /// how many were started.
+    #[activity]
+    pub async fn remember_turn(turn: TurnRef) -> Result<u32, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Asks the policy (`memory.write`); a write it does not allow is recorded as denied
+    /// (`memory.write` event, audit row). Returns whether it may go on.
+    #[activity]
+    pub async fn check_memory_write(write: MemoryWriteRef) -> Result<bool, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Writes the memory to the backend under its idempotency key (a write already there
+    /// changes nothing), then emits `memory.write`. Each failed attempt is recorded with its
+    /// error.
+    #[activity]
+    pub async fn remember(write: MemoryWriteRef) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    /// Files the write as a dead letter with its payload, error and attempts; `memory.write`
+    /// (dead-lettered) and an audit row.
+    #[activity]
+    pub async fn dead_letter_memory_write(input: DeadLetterInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The generated marker types, which `soma-activities` names in `#[activity(definition = …)]`.
 pub mod defs {
     pub use super::llm_activities::*;
+    pub use super::memory_activities::*;
     pub use super::session_activities::*;
     pub use super::tool_activities::*;
 }
@@ -213,4 +259,12 @@ pub struct FinishToolCall {
     /// The result, unless the call already has one (a succeeded execution stores its own).
     pub status: ToolCallStatus,
     pub reason: Option<String>,
+}
+
+/// Input of `dead_letter_memory_write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterInput {
+    pub write: MemoryWriteRef,
+    /// Why it is given up on, in the words of the last failure.
+    pub reason: String,
 }

@@ -1,9 +1,10 @@
 //! `ChatTurnWorkflow`: one chat turn, step by step as in the design's table.
 //!
 //! begin turn (policy gate `conversation.send`; store the user message; while earlier turns
-//! run, wait for them first) → stream the LLM reply → while the model asks for tools: run the
+//! run, wait for them first) → recall memories for the prompt → stream the LLM reply → while the model asks for tools: run the
 //! round's calls as child `ToolExecutionWorkflow`s in parallel, then stream the next round →
-//! store the assistant message → finish the turn (`turn.complete`).
+//! store the assistant message → finish the turn (`turn.complete`) → start the memory writes
+//! of its messages (not awaited: a turn completes while the memory backend is down).
 //! A cancel request stops the stream, keeps the partial reply as `cancelled` and ends with
 //! `turn.cancelled`; a step that exhausts its retries ends with `turn.failed`, an `error` event
 //! and an audit row, then fails the workflow so operators see it in the Temporal UI.
@@ -22,8 +23,8 @@ use soma_contract::events::ErrorCode;
 use soma_contract::{ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
 
 use crate::activities::{
-    AssistantMessageInput, FinishToolCall, FinishTurnInput, LlmActivities, ReplyRound, SessionActivities,
-    ToolActivities, TurnBegin,
+    AssistantMessageInput, FinishToolCall, FinishTurnInput, LlmActivities, MemoryActivities, ReplyRound,
+    SessionActivities, ToolActivities, TurnBegin,
 };
 use crate::steps;
 use crate::tool_execution::ToolExecutionWorkflow;
@@ -101,10 +102,13 @@ impl ChatTurnWorkflow {
         };
         ctx.execute_activity(
             SessionActivities::finish_turn,
-            FinishTurnInput { turn, status, assistant_message_id, reason, code },
+            FinishTurnInput { turn: turn.clone(), status, assistant_message_id, reason, code },
             steps::database_after_cancel(),
         )
         .await?;
+        // After the turn's end, so remembering never delays the user; its writes run on.
+        ctx.execute_local_activity(MemoryActivities::remember_turn, turn, steps::local_database_after_cancel())
+            .await?;
 
         match ended {
             Ended::Replied(_) | Ended::Denied(_) => Ok(ChatTurnOutput { status, assistant_message_id }),
@@ -126,6 +130,8 @@ async fn converse(ctx: &mut WorkflowContext<ChatTurnWorkflow>, turn: &TurnRef) -
             }
         }
     }
+    // Local too: recall costs the backend's answer, not a server round trip.
+    ctx.execute_local_activity(MemoryActivities::recall_for_turn, turn.clone(), steps::local_database()).await?;
     let mut round = 0;
     loop {
         let reply = ReplyRound { turn: turn.clone(), round };

@@ -7,10 +7,12 @@
 
 pub mod activities;
 pub mod chat_turn;
+pub mod memory_write;
 pub mod session_deletion;
 pub mod steps;
 pub mod tool_execution;
 
 pub use chat_turn::{ChatTurnInput, ChatTurnOutput, ChatTurnWorkflow};
+pub use memory_write::{MemoryWriteInput, MemoryWriteWorkflow};
 pub use session_deletion::{SessionDeletionOutput, SessionDeletionWorkflow};
 pub use tool_execution::{ToolCallOutcome, ToolDecision, ToolExecutionWorkflow};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use temporalio_common::RetryPolicy;
 use temporalio_sdk::{
-    ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken,
+    ActivityCancellationType, ActivityCloseTimeouts, ActivityExecutionError, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken,
 };
 
 /// Exponential backoff (coefficient 2) from `initial` to `max` between attempts; `attempts`
@@ -84,6 +84,15 @@ pub fn tool(timeout: Duration, max_attempts: u32) -> ActivityOptions {
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), max_attempts.max(1)))
         .build()
+}
+
+/// A memory write: each attempt may take SomaBrain's 30 s; attempts back off exponentially
+/// from 1 s to `max_interval` for `budget` in all (the write then becomes a dead letter). A
+/// refusal (auth, validation) is not retried at all; a 429's `Retry-After` is honoured.
+pub fn memory_write(max_interval: Duration, budget: Duration) -> ActivityOptions {
+    let timeouts =
+        ActivityCloseTimeouts::ScheduleAndStartToClose { schedule_to_close: budget, start_to_close: Duration::from_secs(40) };
+    ActivityOptions::with_close_timeouts(timeouts).retry_policy(backoff(Duration::from_secs(1), max_interval, 0)).build()
 }
 
 /// An instant tool (see `ToolProfile::instant`) as a local activity: the same timeout and

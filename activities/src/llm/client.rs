@@ -126,20 +126,12 @@ impl LlmClient {
             .await
             .map_err(|_| LlmError::transient(format!("no response within {:?}", self.stall_timeout)))?
             .map_err(|e| LlmError::transient(e.to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let body = response.text().await.unwrap_or_default();
-            let message = format!("HTTP {status}: {}", body.chars().take(500).collect::<String>());
-            return Err(if status.as_u16() == 429 || status.is_server_error() {
-                LlmError::Transient { message, retry_after }
+        if !response.status().is_success() {
+            let refusal = soma_core::http::Refusal::read(response, 500).await;
+            return Err(if refusal.is_transient() {
+                LlmError::Transient { message: refusal.message, retry_after: refusal.retry_after }
             } else {
-                LlmError::Rejected(message)
+                LlmError::Rejected(refusal.message)
             });
         }
         Ok(parse_sse(response.bytes_stream(), self.stall_timeout))

@@ -44,16 +44,19 @@ impl LlmActivitiesImpl {
         Self { store, llm, coalesce, max_tool_rounds }
     }
 
-    /// The conversation for the model call of `round`: the session's messages up to this
-    /// turn's, then each earlier round's tool calls and their results.
+    /// The conversation for the model call of `round`: what the turn recalled from memory (a
+    /// system message), the session's messages up to this turn's, then each earlier round's
+    /// tool calls and their results.
     async fn conversation(&self, turn: &TurnRef, round: u32) -> Result<Vec<ChatMessage>, StoreError> {
-        let mut messages: Vec<ChatMessage> = self
-            .store
-            .conversation_until(&turn.tenant_id, turn.session_id, turn.turn_id)
-            .await?
-            .into_iter()
-            .map(|line| ChatMessage::text(line.role.as_str(), line.content))
-            .collect();
+        let (recalled, lines) = tokio::try_join!(
+            self.store.turn_recall(&turn.tenant_id, turn.turn_id),
+            self.store.conversation_until(&turn.tenant_id, turn.session_id, turn.turn_id),
+        )?;
+        let mut messages: Vec<ChatMessage> = recalled.as_ref().and_then(memory_message).into_iter().collect();
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        messages.extend(lines.into_iter().map(|line| ChatMessage::text(line.role.as_str(), line.content)));
         if round == 0 || messages.is_empty() {
             return Ok(messages);
         }
@@ -100,6 +103,23 @@ impl LlmActivitiesImpl {
             })
             .collect())
     }
+}
+
+/// The system message that gives the model what the turn recalled (`turns.recalled`).
+fn memory_message(recalled: &Value) -> Option<ChatMessage> {
+    let lines: Vec<String> = recalled
+        .as_array()?
+        .iter()
+        .filter_map(|memory| memory["content"].as_str())
+        .map(|content| format!("- {}", content.replace('\n', " ")))
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Some(ChatMessage::text(
+        "system",
+        format!("Relevant memories from earlier conversations, most relevant first:\n{}", lines.join("\n")),
+    ))
 }
 
 /// What the model is told a call gave: its output, or what became of it.

@@ -2,10 +2,12 @@
 //! puts its `#[utoipa::path]` into the OpenAPI document: a route cannot be served and
 //! undocumented (a test checks that no route is added any other way).
 
+mod admin;
 mod config;
 mod console;
 mod events;
 mod health;
+mod memory;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 mod tools;
@@ -45,6 +47,12 @@ pub fn router(ctx: ApiContext) -> (Router, Document) {
         .routes(routes!(tools::show))
         .routes(routes!(tools::approve))
         .routes(routes!(tools::deny))
+        .routes(routes!(memory::recall))
+        .routes(routes!(memory::feedback))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::replay_all))
+        .routes(routes!(admin::replay))
+        .routes(routes!(admin::discard))
         .routes(routes!(config::runtime_config))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))

@@ -3,7 +3,7 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use soma_contract::TurnRef;
+use soma_contract::{MemoryWriteRef, TurnRef};
 
 use super::{Store, StoreError};
 
@@ -49,6 +49,28 @@ impl<'a> AuditEntry<'a> {
             session_id: Some(session_id),
             turn_id: None,
             actor: by.actor,
+            action,
+            outcome,
+            details,
+            dedupe_key: None,
+        }
+    }
+
+    /// An entry about a memory write, under the request that caused it.
+    pub fn for_memory_write(
+        write: &'a MemoryWriteRef,
+        actor: &'a str,
+        action: &'a str,
+        outcome: &'a str,
+        details: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            tenant_id: &write.tenant_id,
+            request_id: Some(&write.request_id),
+            trace_id: write.trace_id.as_deref(),
+            session_id: write.session_id,
+            turn_id: write.turn_id,
+            actor,
             action,
             outcome,
             details,

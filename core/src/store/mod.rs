@@ -7,6 +7,7 @@
 mod audit;
 mod event_writer;
 mod events;
+mod memory;
 mod messages;
 mod sessions;
 mod tools;
@@ -20,6 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 
 pub use audit::{AuditEntry, Requester};
 pub use events::{EVENTS_CHANNEL, StoredEvent};
+pub use memory::{DeadLetterFilter, MemoryWriteRow, TurnMessage};
 pub use messages::ConversationLine;
 pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor};
 pub use tools::{CatalogTool, DecisionError, ModelToolCall, RoundCall, ToolCallRow};

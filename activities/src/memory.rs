@@ -1,0 +1,298 @@
+//! `MemoryActivities`: recall for a turn's prompt, and each memory write's steps, holding the
+//! memory backend, the store and the policy. Each is safe to run again: the write's key makes
+//! the backend write idempotent, statuses only move forward, events and audit rows are keyed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+use soma_contract::events::{MemoryRecall, MemoryWrite, RecalledMemory};
+use soma_contract::memory::{MemoryPayload, MemoryRetry, memory_key};
+use soma_contract::{MemoryWriteRef, MemoryWriteStatus, MessageStatus, RecallStatus, Role, SessionEvent, TurnRef};
+use soma_core::memory::{MemoryBackend, MemoryError};
+use soma_contract::api::MemoryItem;
+use soma_core::store::{AuditEntry, MemoryWriteRow, Store, StoreError};
+use soma_workflows::activities::{DeadLetterInput, defs};
+use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow};
+
+use crate::failure::Classify;
+use crate::policy::{Decision, MEMORY_WRITE, Policy, PolicyInput};
+use crate::session::WORKER_ACTOR;
+
+/// About this many characters make a token, for the recall's token budget.
+const CHARS_PER_TOKEN: usize = 4;
+/// How much of a recalled memory `memory.recall` shows.
+const PREVIEW_CHARS: usize = 120;
+
+/// What memory needs from the deployment.
+#[derive(Debug, Clone)]
+pub struct MemorySettings {
+    pub namespace: String,
+    pub recall_top_k: u32,
+    pub recall_token_budget: u32,
+    pub recall_timeout: Duration,
+    pub retry: MemoryRetry,
+}
+
+pub struct MemoryActivitiesImpl {
+    store: Store,
+    backend: MemoryBackend,
+    policy: Arc<Policy>,
+    settings: MemorySettings,
+}
+
+impl MemoryActivitiesImpl {
+    pub fn new(store: Store, backend: MemoryBackend, policy: Arc<Policy>, settings: MemorySettings) -> Self {
+        Self { store, backend, policy, settings }
+    }
+
+    async fn write_row(&self, write: &MemoryWriteRef) -> Result<Option<MemoryWriteRow>, ActivityError> {
+        self.store.memory_write(&write.tenant_id, &write.key).await.classify()
+    }
+
+    /// Emits `memory.write` on the write's stream (if its session is still there).
+    async fn announce(&self, write: &MemoryWriteRef, event: MemoryWrite) -> Result<(), StoreError> {
+        match write.scope() {
+            Some(scope) => self.store.append_events(&scope, &[SessionEvent::MemoryWrite(event)]).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Records how a write ended, for the audit log (once per outcome).
+    async fn audit(&self, write: &MemoryWriteRef, outcome: MemoryWriteStatus, details: serde_json::Value) -> Result<(), StoreError> {
+        let entry = AuditEntry::for_memory_write(write, WORKER_ACTOR, MEMORY_WRITE, outcome.as_str(), details);
+        // A replayed write may end the same way again: one row per dead letter, not per key.
+        let once = format!("{}:memory.write:{outcome}:{}", write.key, write.request_id);
+        self.store.audit(&entry.once(once)).await
+    }
+}
+
+/// The memories that fit in `budget_chars`, best first; the one that crosses the budget is cut.
+fn within_budget(hits: Vec<MemoryItem>, budget_chars: usize) -> Vec<MemoryItem> {
+    let mut left = budget_chars;
+    let mut kept = Vec::new();
+    for mut hit in hits {
+        if left == 0 {
+            break;
+        }
+        let chars = hit.content.chars().count();
+        if chars > left {
+            hit.content = hit.content.chars().take(left).collect::<String>() + "…";
+        }
+        left = left.saturating_sub(chars);
+        kept.push(hit);
+    }
+    kept
+}
+
+fn preview(content: &str) -> String {
+    let mut preview: String = content.chars().take(PREVIEW_CHARS).collect();
+    if content.chars().count() > PREVIEW_CHARS {
+        preview.push('…');
+    }
+    preview
+}
+
+#[activities]
+impl MemoryActivitiesImpl {
+    #[activity(definition = defs::RecallForTurn)]
+    pub async fn recall_for_turn(self: Arc<Self>, _ctx: ActivityContext, turn: TurnRef) -> Result<RecallStatus, ActivityError> {
+        let query = self.store.turn(&turn.tenant_id, turn.turn_id).await.classify()?.user_message;
+        let settings = &self.settings;
+        let recall = self.backend.recall(&turn.tenant_id, &query, None, settings.recall_top_k);
+        let (status, hits, reason) = match tokio::time::timeout(settings.recall_timeout, recall).await {
+            Ok(Ok(recalled)) => {
+                let budget = settings.recall_token_budget as usize * CHARS_PER_TOKEN;
+                let status = if recalled.degraded { RecallStatus::Degraded } else { RecallStatus::Recalled };
+                let reason = recalled.degraded.then(|| recalled.reasons.join("; "));
+                (status, within_budget(recalled.hits, budget), reason)
+            }
+            Ok(Err(err)) => (RecallStatus::Unavailable, Vec::new(), Some(err.to_string())),
+            Err(_) => {
+                let waited = settings.recall_timeout.as_millis();
+                (RecallStatus::Unavailable, Vec::new(), Some(format!("memory did not answer within {waited} ms")))
+            }
+        };
+        if hits.is_empty() && status == RecallStatus::Recalled {
+            // Nothing relevant: nothing to record.
+            return Ok(status);
+        }
+        if !hits.is_empty() {
+            let recalled: Vec<_> =
+                hits.iter().map(|h| json!({ "key": h.key, "score": h.score, "content": h.content })).collect();
+            self.store.set_turn_recall(&turn.tenant_id, turn.turn_id, &json!(recalled)).await.classify()?;
+        }
+        if let Some(reason) = &reason {
+            tracing::warn!(turn_id = %turn.turn_id, %status, %reason, "recall for the turn was not complete");
+        }
+        let memories =
+            hits.iter().map(|h| RecalledMemory { key: h.key.clone(), score: h.score, preview: preview(&h.content) }).collect();
+        let event = SessionEvent::MemoryRecall(MemoryRecall { status, memories, reason });
+        self.store.append_events(&turn.scope(), &[event]).await.classify()?;
+        Ok(status)
+    }
+
+    #[activity(definition = defs::RememberTurn)]
+    pub async fn remember_turn(self: Arc<Self>, ctx: ActivityContext, turn: TurnRef) -> Result<u32, ActivityError> {
+        let messages = self.store.turn_messages(&turn.tenant_id, turn.turn_id).await.classify()?;
+        let client = ctx.client();
+        let task_queue = ctx.info().task_queue.clone();
+        let mut started = 0;
+        // The user's message always; the reply only when it was finished.
+        for message in messages.into_iter().filter(|m| m.role == Role::User || m.status == MessageStatus::Complete) {
+            let key = memory_key(
+                &turn.tenant_id,
+                &self.settings.namespace,
+                turn.session_id,
+                message.role,
+                message.created_at,
+                &message.content,
+            );
+            let payload = MemoryPayload {
+                id: message.id,
+                kind: MemoryPayload::CONVERSATION_EVENT.into(),
+                role: message.role,
+                content: message.content,
+                attachments: Vec::new(),
+                session_id: Some(turn.session_id),
+                persona_id: message.persona_id,
+                metadata: json!({ "tenant_id": turn.tenant_id, "turn_id": turn.turn_id,
+                                  "request_id": turn.request_id, "created_at": message.created_at }),
+                idempotency_key: key.clone(),
+            };
+            let write = MemoryWriteRef {
+                tenant_id: turn.tenant_id.clone(),
+                key: key.clone(),
+                session_id: Some(turn.session_id),
+                turn_id: Some(turn.turn_id),
+                request_id: turn.request_id.clone(),
+                trace_id: turn.trace_id.clone(),
+            };
+            let status = self.store.stage_memory_write(&write, Some(message.role), &json!(payload)).await.classify()?;
+            if status != MemoryWriteStatus::Pending {
+                continue;
+            }
+            let input = MemoryWriteInput { write, retry: self.settings.retry };
+            let options = MemoryWriteWorkflow::start_options(&task_queue, &key);
+            soma_core::temporal::start_once(&client, MemoryWriteWorkflow::run, input, options).await.classify()?;
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    #[activity(definition = defs::CheckMemoryWrite)]
+    pub async fn check_memory_write(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        write: MemoryWriteRef,
+    ) -> Result<bool, ActivityError> {
+        let Some(row) = self.write_row(&write).await? else {
+            // Its session was deleted since: nothing is owed any more.
+            return Ok(false);
+        };
+        let role = row.role.map(Role::as_str).unwrap_or("unknown");
+        let input = PolicyInput {
+            tenant: &write.tenant_id,
+            persona_id: None,
+            action: MEMORY_WRITE,
+            resource: role,
+            context: json!({ "session_id": write.session_id, "turn_id": write.turn_id, "key": write.key }),
+        };
+        let Decision::Deny(reason) = self.policy.decide(&input).await else {
+            return Ok(true);
+        };
+        let store = &self.store;
+        store
+            .set_memory_write_status(&write.tenant_id, &write.key, MemoryWriteStatus::Denied, 0, Some(&reason))
+            .await
+            .classify()?;
+        self.audit(&write, MemoryWriteStatus::Denied, json!({ "key": write.key, "reason": reason })).await.classify()?;
+        let event =
+            MemoryWrite { key: write.key.clone(), role: row.role, status: MemoryWriteStatus::Denied, attempts: 0, reason: Some(reason) };
+        self.announce(&write, event).await.classify()?;
+        Ok(false)
+    }
+
+    #[activity(definition = defs::Remember)]
+    pub async fn remember(self: Arc<Self>, ctx: ActivityContext, write: MemoryWriteRef) -> Result<(), ActivityError> {
+        let Some(row) = self.write_row(&write).await? else {
+            return Ok(());
+        };
+        let attempt = ctx.info().attempt as i32;
+        if row.status != MemoryWriteStatus::Delivered {
+            let payload: MemoryPayload = serde_json::from_value(row.payload.clone())
+                .map_err(|e| MemoryError::Refused(format!("the stored payload is not a memory: {e}")))
+                .classify()?;
+            if let Err(err) = self.backend.remember(&write.tenant_id, &payload, &write.request_id).await {
+                // Best effort: the failure itself is what Temporal retries.
+                let message = err.to_string();
+                let recorded = self
+                    .store
+                    .set_memory_write_status(&write.tenant_id, &write.key, MemoryWriteStatus::Pending, attempt, Some(&message))
+                    .await;
+                if let Err(db) = recorded {
+                    tracing::warn!(key = %write.key, error = %db, "could not record a memory write's failed attempt");
+                }
+                return Err(err).classify();
+            }
+            self.store
+                .set_memory_write_status(&write.tenant_id, &write.key, MemoryWriteStatus::Delivered, attempt, None)
+                .await
+                .classify()?;
+        }
+        let event = MemoryWrite {
+            key: write.key.clone(),
+            role: row.role,
+            status: MemoryWriteStatus::Delivered,
+            attempts: attempt.max(row.attempts) as u32,
+            reason: None,
+        };
+        self.announce(&write, event).await.classify()
+    }
+
+    #[activity(definition = defs::DeadLetterMemoryWrite)]
+    pub async fn dead_letter_memory_write(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: DeadLetterInput,
+    ) -> Result<(), ActivityError> {
+        let DeadLetterInput { write, reason } = input;
+        let Some(dead_letter_id) =
+            self.store.dead_letter_memory_write(&write.tenant_id, &write.key, &reason).await.classify()?
+        else {
+            return Ok(());
+        };
+        let row = self.write_row(&write).await?;
+        let (role, attempts) = row.map(|r| (r.role, r.attempts)).unwrap_or((None, 0));
+        let details = json!({ "key": write.key, "dead_letter_id": dead_letter_id, "reason": reason, "attempts": attempts });
+        self.audit(&write, MemoryWriteStatus::DeadLettered, details).await.classify()?;
+        let event = MemoryWrite {
+            key: write.key.clone(),
+            role,
+            status: MemoryWriteStatus::DeadLettered,
+            attempts: attempts as u32,
+            reason: Some(reason),
+        };
+        self.announce(&write, event).await.classify()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(content: &str) -> MemoryItem {
+        MemoryItem { key: content.into(), content: content.into(), score: 1.0, session_id: None, role: None, created_at: None }
+    }
+
+    #[test]
+    fn recall_keeps_the_best_memories_that_fit_the_budget() {
+        let kept = within_budget(vec![hit("aaaa"), hit("bbbbbb"), hit("cc")], 7);
+        let contents: Vec<_> = kept.iter().map(|h| h.content.as_str()).collect();
+        assert_eq!(contents, ["aaaa", "bbb…"]);
+        assert!(within_budget(vec![hit("aaaa")], 0).is_empty());
+    }
+}

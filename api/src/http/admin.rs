@@ -1,0 +1,241 @@
+//! Operators' routes (admin keys only): dead letters across tenants, listed, replayed under
+//! their idempotency key, or discarded with a reason. Every replay and discard is audited.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use soma_contract::api::{DeadLetter, DeadLetterList, Discard, ErrorBody, ReplayAll, Replayed, ReplayedLetter};
+use soma_contract::{DeadLetterKind, DeadLetterStatus, MemoryWriteRef};
+use soma_core::store::{AuditEntry, DeadLetterFilter};
+use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow};
+
+use crate::auth::Admin;
+use crate::extract::{AppJson, AppQuery};
+use crate::request_ids::RequestIds;
+use crate::{ApiContext, ApiError};
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    kind: Option<DeadLetterKind>,
+    tenant_id: Option<String>,
+    /// Only those filed at least this many seconds ago.
+    #[param(minimum = 0)]
+    older_than_secs: Option<u32>,
+    /// `open` by default.
+    status: Option<DeadLetterStatus>,
+    /// 1 to 1000; 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// Dead letters, oldest first (open ones unless `status` says otherwise).
+#[utoipa::path(
+    get, path = "/v1/admin/dead-letters", tag = "admin", params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "The matching dead letters", body = DeadLetterList),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list(
+    State(ctx): State<ApiContext>,
+    _admin: Admin,
+    AppQuery(query): AppQuery<DeadLetterQuery>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let filter = DeadLetterFilter {
+        kind: query.kind,
+        tenant_id: query.tenant_id,
+        before: query.older_than_secs.map(|secs| Utc::now() - chrono::Duration::seconds(i64::from(secs))),
+        status: query.status,
+        limit,
+    };
+    let dead_letters = ctx.store.dead_letters(&filter).await?;
+    Ok(Json(DeadLetterList { dead_letters }))
+}
+
+/// Replays one open dead letter: its work starts again under the same idempotency key, so
+/// replaying something that was in fact delivered changes nothing.
+#[utoipa::path(
+    post, path = "/v1/admin/dead-letters/{id}/replay", tag = "admin",
+    params(("id" = Uuid, Path, description = "The dead letter")),
+    responses(
+        (status = 200, description = "Replayed: its workflow runs", body = Replayed),
+        (status = 401, description = "No or a wrong admin key", body = ErrorBody),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+        (status = 409, description = "`not_open`: already replayed or discarded", body = ErrorBody),
+        (status = 503, description = "The database or Temporal is unavailable (a recorded replay is started by the worker's sweep)", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn replay(
+    State(ctx): State<ApiContext>,
+    admin: Admin,
+    ids: RequestIds,
+    Path(id): Path<String>,
+) -> Result<Json<Replayed>, ApiError> {
+    let letter = open_letter(&ctx, &id).await?;
+    let replayed = replay_letter(&ctx, &admin, &ids, letter).await?.ok_or_else(not_open)?;
+    Ok(Json(Replayed { replayed: vec![replayed] }))
+}
+
+/// Replays every open dead letter that matches (all of them without a filter).
+#[utoipa::path(
+    post, path = "/v1/admin/dead-letters/replay", tag = "admin", request_body = Option<ReplayAll>,
+    responses(
+        (status = 200, description = "What was replayed", body = Replayed),
+        (status = 400, description = "Malformed JSON or a wrong field", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = ErrorBody),
+        (status = 503, description = "The database or Temporal is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn replay_all(
+    State(ctx): State<ApiContext>,
+    admin: Admin,
+    ids: RequestIds,
+    body: axum::body::Bytes,
+) -> Result<Json<Replayed>, ApiError> {
+    let filter: ReplayAll = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayAll::default()
+    } else {
+        serde_json::from_slice::<Option<ReplayAll>>(&body)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))?
+    };
+    let mut replayed = Vec::new();
+    loop {
+        let page = DeadLetterFilter { kind: filter.kind, tenant_id: filter.tenant_id.clone(), limit: DEFAULT_PAGE, ..Default::default() };
+        let letters = ctx.store.dead_letters(&page).await?;
+        if letters.is_empty() {
+            break;
+        }
+        for letter in letters {
+            replayed.extend(replay_letter(&ctx, &admin, &ids, letter).await?);
+        }
+    }
+    Ok(Json(Replayed { replayed }))
+}
+
+/// Gives up on an open dead letter, with a reason (audited).
+#[utoipa::path(
+    post, path = "/v1/admin/dead-letters/{id}/discard", tag = "admin",
+    params(("id" = Uuid, Path, description = "The dead letter")), request_body = Discard,
+    responses(
+        (status = 200, description = "Discarded", body = DeadLetter),
+        (status = 400, description = "Malformed JSON, or `invalid_reason` (blank)", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = ErrorBody),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+        (status = 409, description = "`not_open`: already replayed or discarded", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn discard(
+    State(ctx): State<ApiContext>,
+    admin: Admin,
+    ids: RequestIds,
+    Path(id): Path<String>,
+    AppJson(discard): AppJson<Discard>,
+) -> Result<Json<DeadLetter>, ApiError> {
+    let reason = discard.reason.trim();
+    if reason.is_empty() {
+        return Err(ApiError::bad_request("invalid_reason", "say why the dead letter is discarded"));
+    }
+    let letter = open_letter(&ctx, &id).await?;
+    let request = (ids.request_id.as_str(), Some(ids.trace_id.as_str()));
+    if !ctx.store.resolve_dead_letter(letter.id, DeadLetterStatus::Discarded, &admin.subject, Some(reason), request).await? {
+        return Err(not_open());
+    }
+    audit(&ctx, &admin, &ids, &letter, "discarded", json!({ "reason": reason })).await?;
+    let letter = ctx.store.dead_letter(letter.id).await?.ok_or(ApiError::NotFound("dead letter"))?;
+    Ok(Json(letter))
+}
+
+fn not_open() -> ApiError {
+    ApiError::Conflict { code: "not_open", message: "the dead letter was already replayed or discarded".into() }
+}
+
+async fn open_letter(ctx: &ApiContext, id: &str) -> Result<DeadLetter, ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound("dead letter"))?;
+    let letter = ctx.store.dead_letter(id).await?.ok_or(ApiError::NotFound("dead letter"))?;
+    if letter.status != DeadLetterStatus::Open {
+        return Err(not_open());
+    }
+    Ok(letter)
+}
+
+/// Marks the letter replayed (its write owed again) and starts its workflow. None if someone
+/// else resolved it first. If Temporal is away the replay stays recorded, and the worker's
+/// sweep starts the owed write.
+async fn replay_letter(
+    ctx: &ApiContext,
+    admin: &Admin,
+    ids: &RequestIds,
+    letter: DeadLetter,
+) -> Result<Option<ReplayedLetter>, ApiError> {
+    let request = (ids.request_id.as_str(), Some(ids.trace_id.as_str()));
+    if !ctx.store.resolve_dead_letter(letter.id, DeadLetterStatus::Replayed, &admin.subject, None, request).await? {
+        return Ok(None);
+    }
+    let workflow_id = match letter.kind {
+        DeadLetterKind::MemoryWrite => {
+            let write = MemoryWriteRef {
+                tenant_id: letter.tenant_id.clone(),
+                key: letter.key.clone(),
+                session_id: letter.session_id,
+                turn_id: None,
+                request_id: ids.request_id.clone(),
+                trace_id: Some(ids.trace_id.clone()),
+            };
+            let input = MemoryWriteInput { write, retry: ctx.config.memory_retry() };
+            let options = MemoryWriteWorkflow::start_options(&ctx.config.task_queue, &letter.key);
+            soma_core::temporal::start_once(&ctx.temporal, MemoryWriteWorkflow::run, input, options)
+                .await
+                .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })?;
+            MemoryWriteWorkflow::workflow_id(&letter.key)
+        }
+    };
+    audit(ctx, admin, ids, &letter, "replayed", json!({ "workflow_id": workflow_id })).await?;
+    Ok(Some(ReplayedLetter { id: letter.id, workflow_id }))
+}
+
+async fn audit(
+    ctx: &ApiContext,
+    admin: &Admin,
+    ids: &RequestIds,
+    letter: &DeadLetter,
+    outcome: &str,
+    mut details: serde_json::Value,
+) -> Result<(), ApiError> {
+    details["dead_letter_id"] = json!(letter.id);
+    details["key"] = json!(letter.key);
+    let entry = AuditEntry {
+        tenant_id: &letter.tenant_id,
+        request_id: Some(&ids.request_id),
+        trace_id: Some(&ids.trace_id),
+        session_id: letter.session_id,
+        turn_id: None,
+        actor: &admin.subject,
+        action: "dead_letter.resolve",
+        outcome,
+        details,
+        dedupe_key: None,
+    };
+    Ok(ctx.store.audit(&entry).await?)
+}
