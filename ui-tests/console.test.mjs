@@ -194,3 +194,23 @@ test("a tool call shows in its turn, and a person approves it with a click", asy
   const output = await page.textContent("#turns .turn:last-child .tool .tool-output");
   assert.match(output, /^\d{4}-\d\d-\d\dT/, "the tool ran once approved and its output shows");
 });
+
+test("a turn's memory panel shows what was recalled, and its messages being remembered", async () => {
+  // Remembered after the first turn; recalled by a later one, in a new session.
+  await send("My favourite fruit is the quince, remember it");
+  await completed();
+  await page.waitForFunction(
+    () => document.querySelector("#turns .turn:last-child .memory .remembered")?.textContent.includes("assistant: delivered"),
+    null, { timeout: WAIT });
+  await page.click("#new-session");
+  await send("Which fruit is my favourite?");
+  await completed();
+  const panel = await page.$eval("#turns .turn:last-child .memory", (el) => ({
+    hidden: el.hidden, status: el.dataset.status, summary: el.querySelector("summary").textContent,
+    items: [...el.querySelectorAll("li")].map((li) => li.textContent),
+  }));
+  assert.equal(panel.hidden, false);
+  assert.equal(panel.status, "recalled");
+  assert.match(panel.summary, /^memory: \d+ recalled$/);
+  assert.ok(panel.items.some((item) => item.includes("quince")), JSON.stringify(panel.items));
+});

@@ -132,16 +132,19 @@ function ensureTurn(turnId, workflowId) {
     user.className = "user";
     const assistant = document.createElement("div");
     assistant.className = "assistant";
+    const memory = document.createElement("details");
+    memory.className = "memory";
+    memory.hidden = true;
     const tools = document.createElement("div");
     tools.className = "tools";
     const reply = document.createElement("div");
     reply.className = "reply";
     const meta = document.createElement("div");
     meta.className = "meta";
-    assistant.append(tools, reply, meta);
+    assistant.append(memory, tools, reply, meta);
     li.append(user, assistant);
     $("turns").appendChild(li);
-    turn = { li, user, reply, tools, meta, rounds: [], text: "", status: null, workflowId: null };
+    turn = { li, user, reply, tools, memory, meta, rounds: [], text: "", status: null, workflowId: null, remembered: {} };
     state.turns.set(turnId, turn);
   }
   if (workflowId && !turn.workflowId) {
@@ -237,6 +240,12 @@ function onEvent(id, data) {
       setToolStatus(card, payload.status, payload.output ?? payload.reason ?? "");
       break;
     }
+    case "memory.recall":
+      showRecall(ensureTurn(turnId), payload);
+      break;
+    case "memory.write":
+      showRemembered(ensureTurn(turnId), payload);
+      break;
     case "turn.complete":
       setStatus(ensureTurn(turnId), "completed");
       break;
@@ -256,6 +265,44 @@ function onEvent(id, data) {
       refreshSessions();
       break;
   }
+}
+
+// ---- memory --------------------------------------------------------------------------------
+
+/** The turn's memory panel: what recall gave the model (key, score, the first words), or why
+ *  memory was unavailable; and how its messages' memory writes ended. */
+function showRecall(turn, payload) {
+  const panel = turn.memory;
+  panel.hidden = false;
+  panel.dataset.status = payload.status;
+  const summary = document.createElement("summary");
+  const count = payload.memories.length;
+  summary.textContent = payload.status === "unavailable"
+    ? `memory unavailable: ${payload.reason ?? ""}`
+    : `memory: ${count} recalled${payload.status === "degraded" ? " (degraded)" : ""}`;
+  const list = document.createElement("ol");
+  for (const memory of payload.memories) {
+    const item = document.createElement("li");
+    item.textContent = `${memory.score.toFixed(2)} · ${memory.preview}`;
+    item.title = memory.key;
+    list.appendChild(item);
+  }
+  panel.replaceChildren(summary, list, panel.querySelector(".remembered") ?? document.createElement("div"));
+}
+
+function showRemembered(turn, payload) {
+  turn.remembered[payload.role ?? payload.key] = payload.status;
+  const panel = turn.memory;
+  if (!panel.querySelector("summary")) panel.append(Object.assign(document.createElement("summary"), { textContent: "memory" }));
+  panel.hidden = false;
+  let line = panel.querySelector(".remembered");
+  if (!line) {
+    line = document.createElement("div");
+    panel.appendChild(line);
+  }
+  line.className = "remembered";
+  line.textContent = Object.entries(turn.remembered).map(([role, status]) => `${role}: ${status.replace("_", " ")}`).join(" · ");
+  if (Object.values(turn.remembered).includes("dead_lettered")) panel.dataset.status = "dead_lettered";
 }
 
 // ---- tool calls ----------------------------------------------------------------------------

@@ -20,6 +20,8 @@ use soma_tests::fresh_database;
 use procs::Proc;
 
 pub const KEY: &str = "soma-bench-key";
+/// The stack's admin key (dead letters).
+pub const ADMIN_KEY: &str = "soma-bench-admin-key";
 /// A key of another tenant, for checks that one tenant cannot reach another's sessions.
 pub const OTHER_TENANT_KEY: &str = "soma-bench-other-tenant-key";
 pub const WAIT: Duration = Duration::from_secs(120);
@@ -113,6 +115,7 @@ impl Stack {
                     soma_api::auth::hash_key(OTHER_TENANT_KEY)
                 ),
             ),
+            ("SOMA_ADMIN_API_KEYS", format!("bench-admin:{}", soma_api::auth::hash_key(ADMIN_KEY))),
             // One secret for every api process of the stack, so a restarted api takes the
             // stream tokens the one before it minted.
             ("SOMA_STREAM_TOKEN_SECRET", uuid::Uuid::new_v4().to_string()),

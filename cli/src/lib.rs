@@ -38,6 +38,8 @@ Examples:
   soma chat --approvals approve \"…\"     approve every tool call that asks (ask: y/n at a terminal)
   soma tools                             the tools the model may call
   soma tool approve ID                   decide a tool call waiting for approval (or deny)
+  soma recall favourite colour           what memory recalls for a query
+  soma dead-letters replay --all         replay what ran out of retries (with an admin key)
   soma sessions --json | jq .            scripts read --json
   soma export ID > chat.jsonl && soma import chat.jsonl
   soma completions bash > /etc/bash_completion.d/soma";
@@ -51,6 +53,9 @@ pub struct Cli {
     /// The API key.
     #[arg(long, global = true, env = "SOMA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// An admin key, for `soma dead-letters`.
+    #[arg(long, global = true, env = "SOMA_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
     /// Print JSON (one object per command) for scripts, instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,
@@ -83,6 +88,20 @@ pub enum Command {
     Tool {
         #[command(subcommand)]
         action: ToolAction,
+    },
+    /// What memory recalls for a query (what the model would be given).
+    Recall {
+        /// Only this session's memories.
+        #[arg(long)]
+        session: Option<Uuid>,
+        /// What to look for; several words are joined with spaces.
+        query: Vec<String>,
+    },
+    /// Work that ran out of retries or failed for good (memory writes): list, replay, discard.
+    /// Needs an admin key.
+    DeadLetters {
+        #[command(subcommand)]
+        action: Option<DeadLetterAction>,
     },
     /// The tenant's sessions, most recently active first.
     Sessions {
@@ -123,6 +142,24 @@ pub enum ToolAction {
     },
     /// A call with its whole output.
     Show { id: Uuid },
+}
+
+/// `soma dead-letters …`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// Start one again under its idempotency key, or every open one with --all.
+    Replay {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<Uuid>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Give up on one, saying why (audited).
+    Discard {
+        id: Uuid,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `--approvals`.
@@ -184,7 +221,11 @@ pub async fn run(cli: Cli) -> Outcome {
         clap_complete::generate(shell, &mut command, "soma", &mut std::io::stdout());
         return Outcome::Done;
     }
-    let client = match settings::client(cli.api_url, cli.api_key) {
+    let (key, kind) = match cli.command {
+        Command::DeadLetters { .. } => (cli.admin_key, settings::KeyKind::Admin),
+        _ => (cli.api_key, settings::KeyKind::Tenant),
+    };
+    let client = match settings::client(cli.api_url, key, kind) {
         Ok(client) => client,
         Err(err) => {
             out.error(&format!("{err:#}"));
@@ -231,6 +272,48 @@ async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outc
         Command::Tool { action: ToolAction::Deny { id, reason } } => {
             let decided = client.decide_tool(id, false, reason.as_deref()).await?;
             out.json_or(&decided, || println!("denied tool call {id}"));
+        }
+        Command::Recall { session, query } => {
+            let recalled = client.recall(&query.join(" "), session).await?;
+            out.json_or(&recalled, || {
+                for memory in &recalled.memories {
+                    println!("{:.3}  {}  {}", memory.score, memory.key, memory.content);
+                }
+                if recalled.memories.is_empty() {
+                    out.note("nothing remembered matches");
+                }
+                if recalled.degraded {
+                    out.note("the memory backend answered from part of its storage (degraded)");
+                }
+            });
+        }
+        Command::DeadLetters { action: None } => {
+            let list = client.dead_letters().await?;
+            out.json_or(&list, || {
+                for letter in &list.dead_letters {
+                    let when = letter.created_at.format("%Y-%m-%d %H:%M:%S");
+                    println!("{}  {}  {}  {} attempts  {}", letter.id, when, letter.kind, letter.attempts, letter.key);
+                    println!("    {}", letter.error);
+                }
+                if list.dead_letters.is_empty() {
+                    out.note("no open dead letters");
+                }
+            });
+        }
+        Command::DeadLetters { action: Some(DeadLetterAction::Replay { id, .. }) } => {
+            let replayed = client.replay_dead_letters(id).await?;
+            out.json_or(&replayed, || {
+                for letter in &replayed.replayed {
+                    println!("replayed {}  (workflow {})", letter.id, letter.workflow_id);
+                }
+                if replayed.replayed.is_empty() {
+                    out.note("nothing to replay");
+                }
+            });
+        }
+        Command::DeadLetters { action: Some(DeadLetterAction::Discard { id, reason }) } => {
+            let letter = client.discard_dead_letter(id, &reason).await?;
+            out.json_or(&letter, || println!("discarded {id}: {reason}"));
         }
         Command::Sessions { limit } => {
             let list = client.sessions(Some(limit), None).await?;

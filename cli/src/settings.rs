@@ -8,8 +8,27 @@ use anyhow::{Context, bail};
 
 use soma_client::Client;
 
-/// The client for the API the flags, the environment or `.soma/dev.env` name.
-pub fn client(api_url: Option<String>, api_key: Option<String>) -> anyhow::Result<Client> {
+/// Which key a command presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A tenant's key (`--api-key`, `SOMA_API_KEY`).
+    Tenant,
+    /// An admin key (`--admin-key`, `SOMA_ADMIN_KEY`), for the operators' commands.
+    Admin,
+}
+
+impl KeyKind {
+    fn variable(self) -> &'static str {
+        match self {
+            KeyKind::Tenant => "SOMA_API_KEY",
+            KeyKind::Admin => "SOMA_ADMIN_KEY",
+        }
+    }
+}
+
+/// The client for the API the flags, the environment or `.soma/dev.env` name, with the key of
+/// `kind`.
+pub fn client(api_url: Option<String>, api_key: Option<String>, kind: KeyKind) -> anyhow::Result<Client> {
     let dev_env = find_dev_env(&std::env::current_dir()?).map(|path| read_dev_env(&path)).transpose()?;
     let from_dev_env = |name: &str| {
         dev_env.as_ref().and_then(|vars| vars.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone()))
@@ -17,8 +36,10 @@ pub fn client(api_url: Option<String>, api_key: Option<String>) -> anyhow::Resul
     let Some(url) = api_url.or_else(|| from_dev_env("SOMA_API_URL")) else {
         bail!("no API to talk to: give --api-url or SOMA_API_URL (or run `ops/dev up`, which writes .soma/dev.env)");
     };
-    let Some(key) = api_key.or_else(|| from_dev_env("SOMA_API_KEY")) else {
-        bail!("no API key: give --api-key or SOMA_API_KEY");
+    let variable = kind.variable();
+    let Some(key) = api_key.or_else(|| from_dev_env(variable)) else {
+        let flag = if kind == KeyKind::Admin { "--admin-key" } else { "--api-key" };
+        bail!("no API key: give {flag} or {variable}");
     };
     Ok(Client::new(&url, &key))
 }

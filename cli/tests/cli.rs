@@ -201,3 +201,51 @@ async fn soma_chat_shows_tool_calls_and_decides_approvals_as_told() {
     let notes = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(notes.contains("(tool current_time denied"), "{notes}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soma_recalls_memories_and_an_operator_replays_dead_letters() {
+    use soma_tests::somabrain::{BRAIN_TOKEN, BrainMode, FakeSomaBrain};
+    let brain = FakeSomaBrain::start().await;
+    let brain_url = brain.url.clone();
+    let app = TestApp::spawn_with("cli-memory", fast(), move |config| {
+        config.memory_backend = soma_core::MemoryBackendKind::Somabrain;
+        config.somabrain_url = brain_url;
+        config.somabrain_token = soma_core::Secret::new(BRAIN_TOKEN);
+        config.memory_retry_max_interval_secs = 1;
+    })
+    .await;
+    let _worker = app.start_worker();
+    let url = app.api.base_url().to_string();
+
+    // The backend refuses the writes: they become dead letters.
+    brain.set_mode(BrainMode::Refuses);
+    assert_eq!(run(&url, &["chat", "Quokkas live on Rottnest Island"]).await.status.code(), Some(0));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while app.count("dead_letters").await < 2 {
+        assert!(std::time::Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Only an admin key lists them.
+    let refused = run(&url, &["dead-letters", "--admin-key", KEY_A]).await;
+    assert_eq!(refused.status.code(), Some(3), "a tenant key is refused: {refused:?}");
+    let admin = soma_tests::KEY_ADMIN;
+    let listed = run(&url, &["dead-letters", "--admin-key", admin]).await;
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    assert_eq!(stdout(&listed).matches("memory_write").count(), 2, "{}", stdout(&listed));
+    assert!(stdout(&listed).contains("422"), "the error shows: {}", stdout(&listed));
+
+    // The cause is fixed; one command replays them; recall then finds the message.
+    brain.set_mode(BrainMode::Healthy);
+    let replayed = run(&url, &["--json", "dead-letters", "--admin-key", admin, "replay", "--all"]).await;
+    let replayed: Value = serde_json::from_str(stdout(&replayed).trim()).unwrap();
+    assert_eq!(replayed["replayed"].as_array().map(Vec::len), Some(2), "{replayed}");
+    let mut recalled = String::new();
+    while !recalled.contains("Rottnest") {
+        assert!(std::time::Instant::now() < deadline, "never recalled: {recalled}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        recalled = stdout(&run(&url, &["recall", "quokkas", "Rottnest"]).await);
+    }
+    let empty = run(&url, &["dead-letters", "--admin-key", admin]).await;
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no open dead letters"), "{empty:?}");
+}

@@ -206,6 +206,35 @@ impl Client {
         decode(self.request(Method::POST, &format!("/v1/tool/{id}/{verb}")).json(&body).send().await?).await
     }
 
+    /// The tenant's memories most relevant to `query` (and of `session`, if given).
+    pub async fn recall(&self, query: &str, session: Option<Uuid>) -> Result<soma_contract::api::RecallResponse, ClientError> {
+        let mut request = self.request(Method::GET, "/v1/memory/recall").query(&[("q", query)]);
+        if let Some(session) = session {
+            request = request.query(&[("session_id", session.to_string())]);
+        }
+        decode(request.send().await?).await
+    }
+
+    /// Open dead letters (an admin key's call).
+    pub async fn dead_letters(&self) -> Result<soma_contract::api::DeadLetterList, ClientError> {
+        decode(self.request(Method::GET, "/v1/admin/dead-letters").send().await?).await
+    }
+
+    /// Replays one dead letter, or (`None`) every open one (an admin key's call).
+    pub async fn replay_dead_letters(&self, id: Option<Uuid>) -> Result<soma_contract::api::Replayed, ClientError> {
+        let path = match id {
+            Some(id) => format!("/v1/admin/dead-letters/{id}/replay"),
+            None => "/v1/admin/dead-letters/replay".to_string(),
+        };
+        decode(self.request(Method::POST, &path).send().await?).await
+    }
+
+    /// Gives up on a dead letter, saying why (an admin key's call).
+    pub async fn discard_dead_letter(&self, id: Uuid, reason: &str) -> Result<soma_contract::api::DeadLetter, ClientError> {
+        let body = soma_contract::api::Discard { reason: reason.to_string() };
+        decode(self.request(Method::POST, &format!("/v1/admin/dead-letters/{id}/discard")).json(&body).send().await?).await
+    }
+
     pub async fn runtime_config(&self) -> Result<RuntimeConfig, ClientError> {
         decode(self.request(Method::GET, "/v1/runtime-config").send().await?).await
     }

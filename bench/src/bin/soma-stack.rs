@@ -2,7 +2,8 @@
 //! dev server, an in-process dev provider) for a test program written in another language:
 //! `soma-stack --bin-dir … -- COMMAND ARGS…` starts it, runs COMMAND with
 //!
-//! - `SOMA_API_URL`, `SOMA_API_KEY` (and `SOMA_OTHER_TENANT_KEY`, another tenant's key),
+//! - `SOMA_API_URL`, `SOMA_API_KEY` (and `SOMA_OTHER_TENANT_KEY`, another tenant's key;
+//!   `SOMA_ADMIN_KEY`, an admin key),
 //! - `SOMA_STACK_CONTROL`: a URL taking `POST /api/kill`, `/api/start`, `/api/restart`, so the
 //!   program can take the api away mid-stream,
 //!
@@ -18,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use clap::Parser;
-use soma_bench::{KEY, OTHER_TENANT_KEY, Stack, StackArgs};
+use soma_bench::{ADMIN_KEY, KEY, OTHER_TENANT_KEY, Stack, StackArgs};
 use soma_devllm::DevProviderOptions;
 use tokio::sync::Mutex;
 
@@ -58,6 +59,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .env("SOMA_API_URL", &api_url)
         .env("SOMA_API_KEY", KEY)
         .env("SOMA_OTHER_TENANT_KEY", OTHER_TENANT_KEY)
+        .env("SOMA_ADMIN_KEY", ADMIN_KEY)
         .env("SOMA_STACK_CONTROL", &control_url)
         .status()
         .await?;
