@@ -78,6 +78,16 @@ impl Stack {
     /// Reads `SOMA_BENCH_DATABASE_URL` and `TEMPORAL_ADDRESS` (set by ops/bench, ops/chaos,
     /// ops/test).
     pub async fn start(name: &str, args: &StackArgs, provider: DevProviderOptions) -> anyhow::Result<Stack> {
+        Self::start_with(name, args, provider, Vec::new()).await
+    }
+
+    /// [`start`](Self::start), with more configuration for the api and the worker.
+    pub async fn start_with(
+        name: &str,
+        args: &StackArgs,
+        provider: DevProviderOptions,
+        more_env: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<Stack> {
         let (bin_dir, log_dir) = (args.bin_dir.clone(), args.log_dir.clone());
         let admin_url = std::env::var("SOMA_BENCH_DATABASE_URL").map_err(|_| {
             anyhow::anyhow!("SOMA_BENCH_DATABASE_URL is not set: run through ops/bench, ops/chaos or ops/test")
@@ -101,7 +111,7 @@ impl Stack {
         )?;
         let api_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let task_queue = format!("{name}-{run_id}");
-        let env = vec![
+        let mut env = vec![
             ("DATABASE_URL", database_url.clone()),
             ("TEMPORAL_ADDRESS", temporal_address),
             ("SOMA_TASK_QUEUE", task_queue.clone()),
@@ -122,6 +132,7 @@ impl Stack {
             ("SOMA_LISTEN_ADDR", api_addr.to_string()),
             ("SOMA_LOG_FILTER", "warn".to_string()),
         ];
+        env.extend(more_env);
         std::fs::create_dir_all(&log_dir)?;
         let client = StackClient { api: Client::new(&format!("http://{api_addr}"), KEY), emits };
         let mut stack = Stack {

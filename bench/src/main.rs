@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Args {
     #[command(flatten)]
     stack: StackArgs,
-    /// Measure only these figures (comma-separated): rss, ttft, history, throughput, tools, idle,
-    /// active, deletion.
+    /// Measure only these figures (comma-separated): rss, ttft, history, throughput, tools,
+    /// memory, idle, active, deletion.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
 }
@@ -34,6 +34,7 @@ enum Figure {
     History,
     Throughput,
     Tools,
+    Memory,
     Idle,
     Active,
     Deletion,
@@ -142,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants(Figure::Tools) {
         rows.extend(bench.tool_calls().await?);
+    }
+    if wants(Figure::Memory) {
+        rows.extend(bench.memory().await?);
     }
     if wants(Figure::Idle) {
         rows.push(bench.idle_streams().await?);
@@ -469,7 +473,7 @@ impl Bench {
             let workflow_id = format!("bench-empty-tool/{}/{i}", self.stack.run_id);
             let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
             async move {
-                let steps = EmptySteps { local: 0, regular: 3 };
+                let steps = EmptySteps { local: 3, regular: 0 };
                 let handle = temporal.start_workflow(EmptyStepsWorkflow::run, steps, options).await?;
                 handle.get_result(Default::default()).await?;
                 anyhow::Ok(())
@@ -493,11 +497,112 @@ impl Bench {
             row(
                 "direct tool calls at once (POST /v1/tool/request, calculator, across 20 sessions)",
                 format!(
-                    "{total} of {total} completed: {tool_rate:.1} calls/s vs {empty_rate:.1} wf/s for empty workflows with the same 3 activities = {:.2}×",
+                    "{total} of {total} completed: {tool_rate:.1} calls/s vs {empty_rate:.1} wf/s for empty workflows with the same 3 local activities = {:.2}×",
                     tool_rate / empty_rate
                 ),
                 "all complete",
                 Some(true),
+            ),
+        ])
+    }
+
+    /// Memory on the built-in backend: a turn's end → its messages visible in recall
+    /// (`GET /v1/memory/recall`, polled every 5 ms), p50 and p95; then writes started all at
+    /// once (staged as a turn stages them), beside as many empty workflows with the same steps.
+    async fn memory(&self) -> anyhow::Result<Vec<Row>> {
+        self.answer_at_once();
+        let samples = if self.quick { 10 } else { 40 };
+        let mut visible = Vec::new();
+        for i in 0..samples {
+            let (session, _) = self.client.complete_turn(None, &format!("memory probe {i}")).await?;
+            let ended = Instant::now();
+            let session: uuid::Uuid = session.parse()?;
+            loop {
+                let recalled = self.client.api.recall("", Some(session)).await?;
+                if recalled.memories.len() >= 2 {
+                    break;
+                }
+                anyhow::ensure!(ended.elapsed() < Duration::from_secs(60), "the turn's messages were never remembered");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            visible.push(ms(ended.elapsed()));
+        }
+        let (p50, p95) = (percentile(&mut visible, 50.0), percentile(&mut visible, 95.0));
+
+        // Writes all at once: staged like a turn's, each its own MemoryWriteWorkflow.
+        let total = if self.quick { 20 } else { 100 };
+        let store = soma_core::Store::connect_lazy(&self.stack.database_url, 5)?;
+        let session: uuid::Uuid = self.session.parse()?;
+        let mut inputs = Vec::new();
+        for i in 0..total {
+            let key = format!("bench/{}/memory/{i}", self.stack.run_id);
+            let payload = soma_contract::memory::MemoryPayload {
+                id: uuid::Uuid::now_v7(),
+                kind: soma_contract::memory::MemoryPayload::CONVERSATION_EVENT.into(),
+                role: soma_contract::Role::User,
+                content: format!("bench memory number {i}"),
+                attachments: Vec::new(),
+                session_id: Some(session),
+                persona_id: None,
+                metadata: serde_json::json!({}),
+                idempotency_key: key.clone(),
+            };
+            let write = soma_contract::MemoryWriteRef {
+                tenant_id: "bench".into(),
+                key,
+                session_id: Some(session),
+                turn_id: None,
+                request_id: format!("bench-{}", self.stack.run_id),
+                trace_id: None,
+            };
+            store.stage_memory_write(&write, Some(soma_contract::Role::User), &serde_json::json!(payload)).await?;
+            inputs.push(soma_workflows::MemoryWriteInput { write, retry: soma_core::Config::default().memory_retry() });
+        }
+        let t0 = Instant::now();
+        let starts = inputs.into_iter().map(|input| {
+            let temporal = self.temporal.clone();
+            let options = soma_workflows::MemoryWriteWorkflow::start_options(&self.stack.task_queue, &input.write.key);
+            async move {
+                let handle = temporal.start_workflow(soma_workflows::MemoryWriteWorkflow::run, input, options).await?;
+                anyhow::Ok(handle.get_result(Default::default()).await?)
+            }
+        });
+        let mut delivered = 0;
+        for ended in futures::future::join_all(starts).await {
+            delivered += usize::from(ended? == soma_contract::MemoryWriteStatus::Delivered);
+        }
+        let write_rate = total as f64 / t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let starts = (0..total).map(|i| {
+            let temporal = self.temporal.clone();
+            let workflow_id = format!("bench-empty-memory/{}/{i}", self.stack.run_id);
+            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
+            async move {
+                let steps = EmptySteps { local: 1, regular: 1 };
+                let handle = temporal.start_workflow(EmptyStepsWorkflow::run, steps, options).await?;
+                handle.get_result(Default::default()).await?;
+                anyhow::Ok(())
+            }
+        });
+        for result in futures::future::join_all(starts).await {
+            result?;
+        }
+        let empty_rate = total as f64 / t0.elapsed().as_secs_f64();
+        Ok(vec![
+            row(
+                "memory write accepted → visible in recall (built-in backend; from the turn's end, which starts its writes)",
+                format!("p50 {p50:.1} ms, p95 {p95:.1} ms ({samples} turns, 2 writes each)"),
+                "p50 ≤ 100 ms, p95 ≤ 500 ms",
+                Some(p50 <= 100.0 && p95 <= 500.0),
+            ),
+            row(
+                "memory writes at once (MemoryWriteWorkflow: local policy gate, remember)",
+                format!(
+                    "{delivered} of {total} delivered: {write_rate:.1} writes/s vs {empty_rate:.1} wf/s for empty workflows with the same steps (1 local, 1 regular activity) = {:.2}×",
+                    write_rate / empty_rate
+                ),
+                "all delivered",
+                Some(delivered == total),
             ),
         ])
     }

@@ -25,7 +25,7 @@ struct Args {
     /// Shell command that starts PostgreSQL again.
     #[arg(long, env = "SOMA_PG_START")]
     pg_start: Option<String>,
-    /// Run only these drills (1–6); all by default.
+    /// Run only these drills (1–7); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 }
@@ -161,6 +161,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(6) {
         tally(tools_with_worker_kill(&args).await?);
+    }
+    if runs(7) {
+        tally(memory_outage_with_worker_kill(&args).await?);
     }
     println!("chaos drills: {passed} passed, {failed} failed");
     anyhow::ensure!(failed == 0, "a drill lost, duplicated or did not finish something (counts above)");
@@ -665,6 +668,96 @@ async fn tools_with_worker_kill(args: &Args) -> anyhow::Result<Counts> {
     }
     stack.finish().await;
     counts.print("6. worker SIGKILL while tools run and one waits for approval (approved during the outage)", started.elapsed());
+    Ok(counts)
+}
+
+/// Drill 7: the memory backend (a SomaBrain server that follows its contract) down for a while
+/// under a steady load of turns, the worker SIGKILLed once in the middle. Every turn must
+/// complete while it is down; afterwards every stored message must be remembered exactly once
+/// (one memory per message ID: a write retried under another key would show twice), and no
+/// write may end as a dead letter (none was made to fail for good).
+async fn memory_outage_with_worker_kill(args: &Args) -> anyhow::Result<Counts> {
+    use soma_tests::somabrain::{BRAIN_TOKEN, BrainMode, FakeSomaBrain};
+    let (outage, turns) = if args.stack.quick { (Duration::from_secs(12), 8) } else { (Duration::from_secs(120), 60) };
+    let started = Instant::now();
+    let brain = FakeSomaBrain::start().await;
+    let env = vec![
+        ("SOMA_MEMORY_BACKEND", "somabrain".to_string()),
+        ("SOMA_SOMABRAIN_URL", brain.url.clone()),
+        ("SOMA_SOMABRAIN_TOKEN", BRAIN_TOKEN.to_string()),
+        ("SOMA_MEMORY_RETRY_MAX_INTERVAL_SECS", "2".to_string()),
+        ("SOMA_MEMORY_RECALL_TIMEOUT_MS", "300".to_string()),
+    ];
+    let provider = DevProviderOptions {
+        time_to_first_token: Duration::from_millis(20),
+        token_interval: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let mut stack = Stack::start_with("chaos7", &args.stack, provider, env).await?;
+    brain.set_mode(BrainMode::Down);
+    let outage_began = Instant::now();
+    let mut killed = false;
+    for i in 0..turns {
+        stack.client.complete_turn(None, &format!("outage turn {i}: remember the word parsnip{i}")).await?;
+        if !killed && outage_began.elapsed() >= outage / 2 {
+            // The writes owed so far are between retries: kill the worker that runs them.
+            stack.kill_worker();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stack.start_worker()?;
+            killed = true;
+        }
+        let pace = outage.mul_f64((i + 1) as f64 / turns as f64);
+        tokio::time::sleep(pace.saturating_sub(outage_began.elapsed())).await;
+    }
+    tokio::time::sleep(outage.saturating_sub(outage_began.elapsed())).await;
+    brain.set_mode(BrainMode::Healthy);
+
+    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
+    let mut counts = Counts::default();
+    let unfinished: i64 = sqlx::query_scalar("SELECT count(*) FROM turns WHERE status <> 'completed'").fetch_one(&pool).await?;
+    if unfinished > 0 {
+        eprintln!("{unfinished} turns did not complete while memory was down");
+        counts.lost += unfinished as usize;
+    }
+    let expected: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT id FROM messages WHERE role = 'user' OR status = 'complete'").fetch_all(&pool).await?;
+    counts.attempted = expected.len();
+    let stored_ids = || -> std::collections::HashMap<String, usize> {
+        let mut ids = std::collections::HashMap::new();
+        for memory in brain.stored("bench") {
+            *ids.entry(memory["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        }
+        ids
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while expected.iter().any(|(id,)| !stored_ids().contains_key(&id.to_string())) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = stored_ids();
+    for (id,) in &expected {
+        let seen = match stored.get(&id.to_string()).copied().unwrap_or(0) {
+            0 => Seen::Missing(format!("message {id} was never remembered")),
+            1 => Seen::Whole,
+            n => Seen::Twice(format!("message {id} is remembered {n} times")),
+        };
+        counts.add(format!("message {id}"), seen);
+    }
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&pool).await?;
+    if dead > 0 {
+        eprintln!("{dead} writes were dead-lettered, though none failed for good");
+        counts.lost += dead as usize;
+    }
+    let resent = brain.accepted().values().filter(|n| **n > 1).count();
+    if resent > 0 {
+        eprintln!("{resent} writes reached the backend twice under their key (it kept each once)");
+    }
+    pool.close().await;
+    stack.finish().await;
+    let drill = format!(
+        "7. memory backend down for {} s under steady turns, worker SIGKILL in the middle",
+        outage.as_secs()
+    );
+    counts.print(&drill, started.elapsed());
     Ok(counts)
 }
 
