@@ -101,6 +101,6 @@ export class Api {
 }
 
 // The event kinds the console listens for (docs/architecture.md lists them all).
-const KINDS = ["message.user", "llm.delta", "llm.retry", "llm.complete", "tool.call", "tool.approval_required",
-  "tool.result", "turn.complete", "turn.failed",
-               "turn.cancelled", "error", "session.reset", "session.deleted"];
+const KINDS = ["message.user", "memory.recall", "llm.delta", "llm.retry", "llm.complete", "tool.call",
+  "tool.approval_required", "tool.result", "memory.write", "turn.complete", "turn.failed", "turn.cancelled", "error",
+  "session.reset", "session.deleted"];

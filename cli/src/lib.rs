@@ -53,7 +53,7 @@ pub struct Cli {
     /// The API key.
     #[arg(long, global = true, env = "SOMA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// An admin key, for `soma dead-letters`.
+    /// An admin key, for `soma dead-letters` and `soma tools --refresh`.
     #[arg(long, global = true, env = "SOMA_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
     /// Print JSON (one object per command) for scripts, instead of text for people.
@@ -83,7 +83,11 @@ pub enum Command {
         message: Vec<String>,
     },
     /// The tools the model (and `POST /v1/tool/request`) may use.
-    Tools,
+    Tools {
+        /// First refresh the catalog from the MCP servers (needs an admin key).
+        #[arg(long)]
+        refresh: bool,
+    },
     /// Decide a tool call that waits for approval, or show a call.
     Tool {
         #[command(subcommand)]
@@ -222,7 +226,7 @@ pub async fn run(cli: Cli) -> Outcome {
         return Outcome::Done;
     }
     let (key, kind) = match cli.command {
-        Command::DeadLetters { .. } => (cli.admin_key, settings::KeyKind::Admin),
+        Command::DeadLetters { .. } | Command::Tools { refresh: true } => (cli.admin_key, settings::KeyKind::Admin),
         _ => (cli.api_key, settings::KeyKind::Tenant),
     };
     let client = match settings::client(cli.api_url, key, kind) {
@@ -247,7 +251,19 @@ async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outc
             let message = (!message.is_empty()).then(|| message.join(" "));
             return chat::run(client, session, if_busy.into(), approvals, message, out).await;
         }
-        Command::Tools => {
+        Command::Tools { refresh: true } => {
+            let refreshed = client.refresh_tools().await?;
+            out.json_or(&refreshed, || {
+                println!("{} tools in the catalog, {} retired", refreshed.tools, refreshed.retired);
+                for server in &refreshed.servers {
+                    match &server.error {
+                        None => println!("  MCP server {}: {} tools", server.name, server.tools),
+                        Some(error) => println!("  MCP server {}: not listed ({error}); its tools kept", server.name),
+                    }
+                }
+            });
+        }
+        Command::Tools { refresh: false } => {
             let list = client.tools().await?;
             out.json_or(&list, || {
                 for tool in &list.tools {

@@ -215,6 +215,11 @@ impl Client {
         decode(request.send().await?).await
     }
 
+    /// Refreshes the tool catalog from the MCP servers (an admin key's call).
+    pub async fn refresh_tools(&self) -> Result<soma_contract::api::CatalogRefreshed, ClientError> {
+        decode(self.request(Method::POST, "/v1/admin/tools/refresh").send().await?).await
+    }
+
     /// Open dead letters (an admin key's call).
     pub async fn dead_letters(&self) -> Result<soma_contract::api::DeadLetterList, ClientError> {
         decode(self.request(Method::GET, "/v1/admin/dead-letters").send().await?).await

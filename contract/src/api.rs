@@ -303,6 +303,27 @@ api_type! {
         pub finished_at: Option<DateTime<Utc>>,
     }
 
+    /// `POST /v1/admin/tools/refresh`: the catalog refreshed from the built-ins and the MCP
+    /// servers in the config.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CatalogRefreshed {
+        /// Entries written (built-ins and every tool the MCP servers listed).
+        pub tools: u32,
+        /// MCP tools removed: no longer listed by their server, or of a server no longer configured.
+        pub retired: u64,
+        pub servers: Vec<McpServerListing>,
+    }
+
+    /// How one MCP server answered the refresh.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct McpServerListing {
+        pub name: String,
+        pub tools: u32,
+        /// Why it could not be listed (its tools are then kept as they were).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+    }
+
     /// `GET /v1/memory/recall`: the tenant's memories most relevant to `q`, best first.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct RecallResponse {
@@ -332,9 +353,11 @@ api_type! {
         /// The memory's key, as recall gave it.
         pub key: String,
         /// From -1 (harmful) to 1 (exactly what was needed).
+        #[cfg_attr(feature = "openapi", schema(minimum = -1, maximum = 1))]
         pub utility: f64,
         /// The reward the platform's learning loop uses; defaults to `utility`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(minimum = -1, maximum = 1))]
         pub reward: Option<f64>,
     }
 

@@ -137,8 +137,20 @@ async fn a_remembered_message_is_recalled_into_a_later_prompt_within_its_tenant_
     .unwrap();
     assert!(recorded.unwrap().to_string().contains(&user_key));
 
+    // The model can look memory up itself: the built-in tool memory_recall, for its tenant.
+    let (_, events) = turn(&app, None, r#"[[tool:memory_recall {"query":"favourite colour"}]]"#).await;
+    let result = events
+        .iter()
+        .find_map(|e| match e.event() {
+            SessionEvent::ToolResult(result) => Some(result),
+            _ => None,
+        })
+        .expect("a tool.result");
+    assert!(result.output.as_deref().is_some_and(|o| o.contains("teal")), "{result:?}");
+
     // Bad requests change nothing.
-    assert_eq!(app.get(KEY_A, "/v1/memory/recall").await.0, 400);
+    let (status, latest) = app.get(KEY_A, "/v1/memory/recall").await;
+    assert_eq!((status, latest["memories"].as_array().map(|m| !m.is_empty())), (200, Some(true)), "no q: the latest");
     assert_eq!(app.get(KEY_A, "/v1/memory/recall?q=teal&top_k=0").await.0, 400);
     let (status, body) = post_json(&app, KEY_A, "/v1/memory/feedback", json!({ "key": user_key, "utility": 3 })).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_feedback")));
@@ -287,4 +299,33 @@ async fn a_refused_or_expired_write_becomes_a_dead_letter_that_a_replay_delivers
     assert_eq!(post_json(&app, KEY_ADMIN, &path, json!({ "reason": "twice" })).await.0, 409);
     let missing = format!("/v1/admin/dead-letters/{}/replay", Uuid::now_v7());
     assert_eq!(post_json(&app, KEY_ADMIN, &missing, json!(null)).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_tenant_the_policy_keeps_out_of_memory_is_never_remembered() {
+    const KEY: &str = "test-key-no-memory";
+    let app = TestApp::spawn_with("memory_denied", fast_provider(), |config| {
+        config.api_keys = format!("tenant-without-memory:{}", soma_api::auth::hash_key(KEY));
+    })
+    .await;
+    let _worker = app.start_worker();
+    let api = app.api.with_key(KEY);
+    let accepted = api.say(None, "Please forget this right away").await.unwrap();
+    let mut stream = api.events(accepted.session_id, None).await.unwrap();
+    let mut denied = Vec::new();
+    while denied.len() < 2 {
+        let events = stream.until("memory.write", DEADLINE).await;
+        if let Some(SessionEvent::MemoryWrite(write)) = events.last().map(|e| e.event()) {
+            denied.push(write);
+        }
+    }
+    assert!(denied.iter().all(|w| w.status == MemoryWriteStatus::Denied), "{denied:?}");
+    assert!(denied[0].reason.as_deref().unwrap().contains("does not keep memories"), "{denied:?}");
+    assert_eq!(app.count("memories").await, 0);
+    assert_eq!(app.count("dead_letters").await, 0, "a denial is not retried or dead-lettered");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'memory.write' AND outcome = 'denied'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(audited, 2);
 }

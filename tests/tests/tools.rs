@@ -376,9 +376,12 @@ async fn ten_rounds_of_large_outputs_leave_the_turn_history_small() {
     assert!(bytes < 64 * 1024, "the turn's history is {bytes} bytes");
 }
 
-/// An MCP server (streamable HTTP, `rmcp`) with one tool, `add`.
-#[derive(Clone)]
-struct AddServer;
+/// An MCP server (streamable HTTP, `rmcp`) with one tool, `add`, and `multiply` while
+/// `offers_multiply` is set.
+#[derive(Clone, Default)]
+struct AddServer {
+    offers_multiply: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl rmcp::ServerHandler for AddServer {
     fn get_info(&self) -> rmcp::model::ServerConfig {
@@ -393,7 +396,11 @@ impl rmcp::ServerHandler for AddServer {
         let schema = json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
                             "required": ["a", "b"]});
         let schema = Arc::new(schema.as_object().unwrap().clone());
-        Ok(rmcp::model::ListToolsResult::with_all_items(vec![rmcp::model::Tool::new("add", "Adds two numbers", schema)]))
+        let mut tools = vec![rmcp::model::Tool::new("add", "Adds two numbers", schema.clone())];
+        if self.offers_multiply.load(std::sync::atomic::Ordering::SeqCst) {
+            tools.push(rmcp::model::Tool::new("multiply", "Multiplies two numbers", schema));
+        }
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(
@@ -413,8 +420,10 @@ async fn an_mcp_servers_tool_is_listed_and_called_like_any_other() {
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     };
+    let server = AddServer::default();
+    let offers_multiply = server.offers_multiply.clone();
     let service = StreamableHttpService::new(
-        || Ok(AddServer),
+        move || Ok(server.clone()),
         LocalSessionManager::default().into(),
         StreamableHttpServerConfig::default(),
     );
@@ -439,6 +448,28 @@ async fn an_mcp_servers_tool_is_listed_and_called_like_any_other() {
     let (_, events) = turn_events(&app, r#"[[tool:demo__add {"a":2,"b":3}]]"#, "turn.complete").await;
     let result = &results(&events)[0];
     assert_eq!((result.status, result.output.as_deref()), (ToolCallStatus::Succeeded, Some("5")), "{result:?}");
+
+    // The server offers another tool: a refresh on demand (admin key) lists it; when the server
+    // stops offering it, the next refresh removes it.
+    let refresh = |key: &'static str| {
+        let api = app.api.with_key(key);
+        async move {
+            let response = api.request(reqwest::Method::POST, "/v1/admin/tools/refresh").send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(refresh(soma_tests::KEY_A).await.0, 401, "a tenant key does not refresh the catalog");
+    offers_multiply.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, refreshed) = refresh(soma_tests::KEY_ADMIN).await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_eq!(refreshed["servers"], json!([{ "name": "demo", "tools": 2 }]), "{refreshed}");
+    let names = |tools: Vec<soma_contract::api::ToolInfo>| tools.into_iter().map(|t| t.name).collect::<Vec<_>>();
+    assert!(names(app.api.tools().await.unwrap().tools).contains(&"demo__multiply".to_string()));
+    offers_multiply.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (_, refreshed) = refresh(soma_tests::KEY_ADMIN).await;
+    assert_eq!(refreshed["retired"], 1, "{refreshed}");
+    let listed = names(app.api.tools().await.unwrap().tools);
+    assert!(listed.contains(&"demo__add".to_string()) && !listed.contains(&"demo__multiply".to_string()), "{listed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,9 @@ use soma_activities::{
 };
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
-use soma_workflows::{ChatTurnWorkflow, MemoryWriteWorkflow, SessionDeletionWorkflow, ToolExecutionWorkflow};
+use soma_workflows::{
+    ChatTurnWorkflow, MemoryWriteWorkflow, SessionDeletionWorkflow, ToolCatalogRefreshWorkflow, ToolExecutionWorkflow,
+};
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
@@ -40,18 +42,19 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
     let wakeups = Arc::new(SessionWakeups::default());
     wakeups.start(&store).await?;
     let policy = Arc::new(policy(config)?);
-    let tools = ToolActivitiesImpl::new(store.clone(), policy.clone(), tool_settings(config)?);
-    match tools.refresh_catalog().await {
-        Ok(count) => tracing::info!(count, "tool catalog refreshed"),
-        Err(err) => tracing::warn!(error = %err, "could not refresh the tool catalog; using what it holds"),
-    }
     let backend = MemoryBackend::from_config(config, store.clone());
     tracing::info!(backend = backend.name(), namespace = %config.memory_namespace, "memory backend");
+    let tools = ToolActivitiesImpl::new(store.clone(), policy.clone(), tool_settings(config)?, backend.clone());
+    match tools.refresh().await {
+        Ok(refreshed) => tracing::info!(tools = refreshed.tools, retired = refreshed.retired, "tool catalog refreshed"),
+        Err(err) => tracing::warn!(error = %err, "could not refresh the tool catalog; using what it holds"),
+    }
     let memory = MemoryActivitiesImpl::new(store.clone(), backend, policy.clone(), memory_settings(config));
     Ok(WorkerOptions::new(config.task_queue.clone())
         .register_workflow::<ChatTurnWorkflow>()?
         .register_workflow::<SessionDeletionWorkflow>()?
         .register_workflow::<ToolExecutionWorkflow>()?
+        .register_workflow::<ToolCatalogRefreshWorkflow>()?
         .register_workflow::<MemoryWriteWorkflow>()?
         .register_activities(memory)
         .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy))

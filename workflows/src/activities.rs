@@ -9,6 +9,7 @@ use temporalio_macros::activity_definitions;
 use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
 
+use soma_contract::api::CatalogRefreshed;
 use soma_contract::events::ErrorCode;
 use soma_contract::{MemoryWriteRef, RecallStatus, SessionRef, ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
 
@@ -92,6 +93,13 @@ pub struct ToolActivities;
 
 #[activity_definitions]
 impl ToolActivities {
+    /// Puts the built-ins and the configured MCP servers' tools in the catalog and removes the
+    /// MCP tools no longer offered; says how each server answered.
+    #[activity]
+    pub async fn refresh_tool_catalog() -> Result<CatalogRefreshed, ActivityError> {
+        unimplemented!()
+    }
+
     /// Looks the tool up in the tenant's catalog, checks the inputs against its schema and
     /// asks the policy (`tool.execute`); emits `tool.call`. Says how to run it, or why not.
     #[activity]

@@ -10,9 +10,11 @@ pub mod chat_turn;
 pub mod memory_write;
 pub mod session_deletion;
 pub mod steps;
+pub mod tool_catalog;
 pub mod tool_execution;
 
 pub use chat_turn::{ChatTurnInput, ChatTurnOutput, ChatTurnWorkflow};
 pub use memory_write::{MemoryWriteInput, MemoryWriteWorkflow};
 pub use session_deletion::{SessionDeletionOutput, SessionDeletionWorkflow};
+pub use tool_catalog::ToolCatalogRefreshWorkflow;
 pub use tool_execution::{ToolCallOutcome, ToolDecision, ToolExecutionWorkflow};

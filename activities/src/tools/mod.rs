@@ -12,7 +12,9 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use soma_contract::events::{ToolApprovalRequired, ToolCall, ToolResult};
+use soma_contract::api::{CatalogRefreshed, McpServerListing};
 use soma_contract::{SessionEvent, ToolCallRef, ToolCallStatus};
+use soma_core::MemoryBackend;
 use soma_core::store::{AuditEntry, CatalogTool, Store, StoreError, ToolCallRow};
 use soma_core::tool_inputs;
 use soma_workflows::activities::{ApprovalRequest, FinishToolCall, ToolPlan, ToolProfile, defs};
@@ -30,27 +32,43 @@ pub struct ToolActivitiesImpl {
     policy: Arc<Policy>,
     settings: ToolSettings,
     http: reqwest::Client,
+    memory: MemoryBackend,
 }
 
 impl ToolActivitiesImpl {
-    pub fn new(store: Store, policy: Arc<Policy>, settings: ToolSettings) -> Self {
+    pub fn new(store: Store, policy: Arc<Policy>, settings: ToolSettings, memory: MemoryBackend) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client builds");
-        Self { store, policy, settings, http }
+        Self { store, policy, settings, http, memory }
     }
 
-    /// Puts the built-in tools and the MCP servers' tools in the catalog (at start and on
-    /// demand). Returns how many entries were written.
-    pub async fn refresh_catalog(&self) -> Result<usize, StoreError> {
+    /// Puts the built-in tools and the MCP servers' tools in the catalog, and removes the MCP
+    /// tools no longer offered (at start, and on demand through `ToolCatalogRefreshWorkflow`).
+    /// A server that cannot be listed keeps its tools as they were.
+    pub async fn refresh(&self) -> Result<CatalogRefreshed, StoreError> {
         let mut entries = runners::builtin_catalog();
-        entries.extend(runners::mcp_catalog(&self.settings).await);
+        let (mut servers, mut answered) = (Vec::new(), Vec::new());
+        for (server, listing) in runners::mcp_catalog(&self.settings).await {
+            let (tools, error) = match listing {
+                Ok(tools) => {
+                    answered.push(server.clone());
+                    (tools, None)
+                }
+                Err(error) => (Vec::new(), Some(error)),
+            };
+            servers.push(McpServerListing { name: server, tools: tools.len() as u32, error });
+            entries.extend(tools);
+        }
         for entry in &entries {
             self.store.upsert_tool(entry).await?;
         }
-        Ok(entries.len())
+        let configured: Vec<String> = self.settings.mcp_servers.keys().cloned().collect();
+        let offered: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        let retired = self.store.retire_mcp_tools(&configured, &answered, &offered).await?;
+        Ok(CatalogRefreshed { tools: entries.len() as u32, retired, servers })
     }
 
     async fn call_row(&self, call: &ToolCallRef) -> Result<ToolCallRow, ActivityError> {
@@ -73,6 +91,11 @@ fn profile(tool: &CatalogTool) -> ToolProfile {
 
 #[activities]
 impl ToolActivitiesImpl {
+    #[activity(definition = defs::RefreshToolCatalog)]
+    pub async fn refresh_tool_catalog(self: Arc<Self>, _ctx: ActivityContext) -> Result<CatalogRefreshed, ActivityError> {
+        self.refresh().await.classify()
+    }
+
     #[activity(definition = defs::PrepareToolCall)]
     pub async fn prepare_tool_call(
         self: Arc<Self>,
@@ -176,7 +199,9 @@ impl ToolActivitiesImpl {
         }
         let inputs = tool_inputs::parse_arguments(&row.arguments).map_err(ToolError::Permanent).classify()?;
         let key = call.tool_call_id.to_string();
-        let running = runners::run(&self.settings, &self.http, &tool, &inputs, &key, timeout);
+        let clients = runners::Clients { settings: &self.settings, http: &self.http, memory: &self.memory };
+        let this_call = runners::Call { tenant_id: &call.tenant_id, idempotency_key: &key, timeout };
+        let running = runners::run(&clients, &tool, &inputs, &this_call);
         tokio::pin!(running);
         let output = loop {
             tokio::select! {

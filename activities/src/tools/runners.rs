@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use soma_contract::ToolKind;
+use soma_core::MemoryBackend;
 use soma_core::store::CatalogTool;
 
 /// Largest output kept, in bytes; longer ones are cut (and say so).
@@ -61,6 +62,13 @@ pub fn builtin_catalog() -> Vec<CatalogTool> {
             json!({"type": "object", "properties": {}, "additionalProperties": false}),
         ),
         CatalogTool::builtin(
+            "memory_recall",
+            "Recalls what the user said in earlier conversations that is relevant to a query (the tenant's memory).",
+            json!({"type": "object", "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 1000},
+                   "top_k": {"type": "integer", "minimum": 1, "maximum": 20}}, "required": ["query"],
+                   "additionalProperties": false}),
+        ),
+        CatalogTool::builtin(
             "http_fetch",
             "Fetches a web page or API response with GET (only hosts the deployment allows; at most 256 KiB).",
             json!({"type": "object", "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2000}},
@@ -76,17 +84,26 @@ pub fn is_instant(tool: &CatalogTool) -> bool {
     tool.kind == ToolKind::Builtin && matches!(tool.name.as_str(), "calculator" | "current_time")
 }
 
+/// What a tool runs with: the deployment's settings and the clients the tools share.
+pub struct Clients<'a> {
+    pub settings: &'a ToolSettings,
+    pub http: &'a reqwest::Client,
+    /// For `memory_recall`.
+    pub memory: &'a MemoryBackend,
+}
+
+/// One call: whose it is, its idempotency key (the call's ID), and how long it may take.
+pub struct Call<'a> {
+    pub tenant_id: &'a str,
+    pub idempotency_key: &'a str,
+    pub timeout: Duration,
+}
+
 /// Runs `tool` on `inputs` (already checked against its schema).
-pub async fn run(
-    settings: &ToolSettings,
-    http: &reqwest::Client,
-    tool: &CatalogTool,
-    inputs: &Value,
-    idempotency_key: &str,
-    timeout: Duration,
-) -> Result<String, ToolError> {
+pub async fn run(clients: &Clients<'_>, tool: &CatalogTool, inputs: &Value, call: &Call<'_>) -> Result<String, ToolError> {
+    let (settings, http, idempotency_key, timeout) = (clients.settings, clients.http, call.idempotency_key, call.timeout);
     let output = match tool.kind {
-        ToolKind::Builtin => run_builtin(settings, tool, inputs, timeout).await?,
+        ToolKind::Builtin => run_builtin(clients, tool, inputs, call).await?,
         ToolKind::Http => run_http(settings, http, tool, inputs, idempotency_key, timeout).await?,
         ToolKind::Mcp => run_mcp(settings, tool, inputs).await?,
     };
@@ -100,7 +117,8 @@ fn cut(output: String) -> String {
     }
 }
 
-async fn run_builtin(settings: &ToolSettings, tool: &CatalogTool, inputs: &Value, timeout: Duration) -> Result<String, ToolError> {
+async fn run_builtin(clients: &Clients<'_>, tool: &CatalogTool, inputs: &Value, call: &Call<'_>) -> Result<String, ToolError> {
+    let (settings, timeout) = (clients.settings, call.timeout);
     match tool.name.as_str() {
         "calculator" => {
             let expression = inputs.get("expression").and_then(Value::as_str).unwrap_or_default();
@@ -111,8 +129,27 @@ async fn run_builtin(settings: &ToolSettings, tool: &CatalogTool, inputs: &Value
             let url = inputs.get("url").and_then(Value::as_str).unwrap_or_default();
             fetch(&settings.fetch_allowlist, url, timeout).await
         }
+        "memory_recall" => {
+            let query = inputs.get("query").and_then(Value::as_str).unwrap_or_default();
+            let top_k = inputs.get("top_k").and_then(Value::as_u64).unwrap_or(5).clamp(1, 20) as u32;
+            recall(clients.memory, call.tenant_id, query, top_k).await
+        }
         other => Err(ToolError::Permanent(format!("no built-in tool is called {other}"))),
     }
+}
+
+/// The tenant's memories relevant to `query`, one per line, best first.
+async fn recall(memory: &MemoryBackend, tenant_id: &str, query: &str, top_k: u32) -> Result<String, ToolError> {
+    let recalled = memory.recall(tenant_id, query, None, top_k).await.map_err(|err| {
+        if err.is_transient() { ToolError::Transient(err.to_string()) } else { ToolError::Permanent(err.to_string()) }
+    })?;
+    if recalled.hits.is_empty() {
+        return Ok(format!("Nothing remembered matches {query:?}."));
+    }
+    let lines: Vec<String> =
+        recalled.hits.iter().map(|hit| format!("- ({:.2}) {}", hit.score, hit.content.replace('\n', " "))).collect();
+    let degraded = if recalled.degraded { "\n(memory answered from part of its storage)" } else { "" };
+    Ok(format!("{}{degraded}", lines.join("\n")))
 }
 
 /// Arithmetic only (`exmex`): no variables, no code.
@@ -246,12 +283,13 @@ async fn run_mcp(settings: &ToolSettings, tool: &CatalogTool, inputs: &Value) ->
     if result.is_error == Some(true) { Err(ToolError::Permanent(text)) } else { Ok(text) }
 }
 
-/// The tools of every configured MCP server, as catalog entries named `{server}__{tool}`.
-pub async fn mcp_catalog(settings: &ToolSettings) -> Vec<CatalogTool> {
+/// The tools of every configured MCP server, as catalog entries named `{server}__{tool}`, per
+/// server (or why it could not be listed).
+pub async fn mcp_catalog(settings: &ToolSettings) -> Vec<(String, Result<Vec<CatalogTool>, String>)> {
     use rmcp::ServiceExt;
     use rmcp::transport::StreamableHttpClientTransport;
 
-    let mut entries = Vec::new();
+    let mut listings = Vec::new();
     for (server, url) in &settings.mcp_servers {
         let listed = async {
             let client = ().serve(StreamableHttpClientTransport::from_uri(url.as_str())).await?;
@@ -260,24 +298,30 @@ pub async fn mcp_catalog(settings: &ToolSettings) -> Vec<CatalogTool> {
             anyhow::Ok(tools?)
         }
         .await;
-        match listed {
-            Ok(tools) => {
-                for tool in tools {
-                    let mut entry = CatalogTool::builtin(
-                        &format!("{server}__{}", tool.name),
-                        tool.description.as_deref().unwrap_or(""),
-                        Value::Object((*tool.input_schema).clone()),
-                    );
-                    entry.kind = ToolKind::Mcp;
-                    entry.endpoint = Some(server.clone());
-                    entry.remote_name = Some(tool.name.to_string());
-                    entries.push(entry);
-                }
-            }
-            Err(err) => tracing::warn!(%server, %url, error = %err, "could not list the MCP server's tools"),
-        }
+        let listing = listed
+            .map(|tools| {
+                tools
+                    .into_iter()
+                    .map(|tool| {
+                        let mut entry = CatalogTool::builtin(
+                            &format!("{server}__{}", tool.name),
+                            tool.description.as_deref().unwrap_or(""),
+                            Value::Object((*tool.input_schema).clone()),
+                        );
+                        entry.kind = ToolKind::Mcp;
+                        entry.endpoint = Some(server.clone());
+                        entry.remote_name = Some(tool.name.to_string());
+                        entry
+                    })
+                    .collect()
+            })
+            .map_err(|err| {
+                tracing::warn!(%server, %url, error = %err, "could not list the MCP server's tools");
+                format!("{err:#}")
+            });
+        listings.push((server.clone(), listing));
     }
-    entries
+    listings
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Operators' routes (admin keys only): dead letters across tenants, listed, replayed under
-//! their idempotency key, or discarded with a reason. Every replay and discard is audited.
+//! their idempotency key, or discarded with a reason (every replay and discard is audited);
+//! the tool catalog refreshed from the MCP servers.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -9,10 +10,12 @@ use serde_json::json;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use soma_contract::api::{DeadLetter, DeadLetterList, Discard, ErrorBody, ReplayAll, Replayed, ReplayedLetter};
+use soma_contract::api::{
+    CatalogRefreshed, DeadLetter, DeadLetterList, Discard, ErrorBody, ReplayAll, Replayed, ReplayedLetter,
+};
 use soma_contract::{DeadLetterKind, DeadLetterStatus, MemoryWriteRef};
 use soma_core::store::{AuditEntry, DeadLetterFilter};
-use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow};
+use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow, ToolCatalogRefreshWorkflow};
 
 use crate::auth::Admin;
 use crate::extract::{AppJson, AppQuery};
@@ -165,6 +168,36 @@ pub async fn discard(
     audit(&ctx, &admin, &ids, &letter, "discarded", json!({ "reason": reason })).await?;
     let letter = ctx.store.dead_letter(letter.id).await?.ok_or(ApiError::NotFound("dead letter"))?;
     Ok(Json(letter))
+}
+
+/// How long a refresh may take before the request gives up on waiting (it goes on).
+const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Refreshes the tool catalog now: the built-ins and every configured MCP server's tools
+/// written, MCP tools no longer offered removed (a worker runs it, as each does when it
+/// starts). A refresh already running is joined.
+#[utoipa::path(
+    post, path = "/v1/admin/tools/refresh", tag = "admin",
+    responses(
+        (status = 200, description = "Refreshed: how many tools, and how each MCP server answered", body = CatalogRefreshed),
+        (status = 401, description = "No or a wrong admin key", body = ErrorBody),
+        (status = 503, description = "Temporal is unavailable, or no worker finished the refresh within 60 s", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn refresh_tools(State(ctx): State<ApiContext>, _admin: Admin) -> Result<Json<CatalogRefreshed>, ApiError> {
+    let unavailable = |cause: anyhow::Error| ApiError::Unavailable { what: "the workflow service", cause };
+    let options = ToolCatalogRefreshWorkflow::start_options(&ctx.config.task_queue);
+    let handle = ctx
+        .temporal
+        .start_workflow(ToolCatalogRefreshWorkflow::run, (), options)
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+    let refreshed = tokio::time::timeout(REFRESH_WAIT, handle.get_result(Default::default()))
+        .await
+        .map_err(|_| unavailable(anyhow::anyhow!("no worker finished the catalog refresh within 60 s")))?
+        .map_err(|e| unavailable(e.into()))?;
+    Ok(Json(refreshed))
 }
 
 fn not_open() -> ApiError {

@@ -20,8 +20,8 @@ const MAX_TOP_K: u32 = 100;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RecallQuery {
-    /// What to look for (any of its words); may be empty with `session_id` (the session's
-    /// latest memories).
+    /// What to look for (any of its words); empty: the latest memories (of `session_id`, if
+    /// given).
     #[serde(default)]
     q: String,
     /// Only this session's memories.
@@ -45,7 +45,7 @@ impl From<MemoryError> for ApiError {
     get, path = "/v1/memory/recall", tag = "memory", params(RecallQuery),
     responses(
         (status = 200, description = "What recall found", body = RecallResponse),
-        (status = 400, description = "`invalid_query`: no `q` and no `session_id`, or a bad `top_k`", body = ErrorBody),
+        (status = 400, description = "`invalid_query`: a bad `top_k`", body = ErrorBody),
         (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 503, description = "The memory backend is unavailable", body = ErrorBody),
     ),
@@ -59,9 +59,6 @@ pub async fn recall(
     let top_k = query.top_k.unwrap_or(DEFAULT_TOP_K);
     if !(1..=MAX_TOP_K).contains(&top_k) {
         return Err(ApiError::bad_request("invalid_query", format!("top_k must be between 1 and {MAX_TOP_K}")));
-    }
-    if query.q.trim().is_empty() && query.session_id.is_none() {
-        return Err(ApiError::bad_request("invalid_query", "give q (what to look for), session_id, or both"));
     }
     let recalled = ctx.memory.recall(&principal.tenant_id, &query.q, query.session_id, top_k).await?;
     Ok(Json(RecallResponse { memories: recalled.hits, degraded: recalled.degraded, backend: ctx.memory.name().into() }))

@@ -53,6 +53,7 @@ pub fn router(ctx: ApiContext) -> (Router, Document) {
         .routes(routes!(admin::replay_all))
         .routes(routes!(admin::replay))
         .routes(routes!(admin::discard))
+        .routes(routes!(admin::refresh_tools))
         .routes(routes!(config::runtime_config))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))

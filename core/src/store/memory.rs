@@ -83,8 +83,8 @@ impl Store {
     }
 
     /// The tenant's memories that match any word of `query` (full-text, English stemming),
-    /// best first; with `session_id`, only that session's. An empty query with a session lists
-    /// the session's most recent memories; a query with no searchable word finds nothing.
+    /// best first; with `session_id`, only that session's. An empty query lists the most recent
+    /// ones; a query with no searchable word (only stop words) finds nothing.
     pub async fn recall_memories(
         &self,
         tenant_id: &str,
@@ -100,7 +100,7 @@ impl Store {
                FROM memories m, q
                WHERE m.tenant_id = $1
                  AND ($3::uuid IS NULL OR m.session_id = $3)
-                 AND ((btrim($2) = '' AND $3::uuid IS NOT NULL) OR m.search @@ q.q)
+                 AND (btrim($2) = '' OR m.search @@ q.q)
                ORDER BY 6 DESC, m.created_at DESC
                LIMIT $4"#,
             tenant_id,

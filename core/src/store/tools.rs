@@ -118,6 +118,28 @@ impl Store {
         self.write_tool(tool, true).await
     }
 
+    /// Removes the MCP tools no longer offered: those of a server that answered (`answered`)
+    /// but no longer lists them (`offered` holds every name listed now), and those of servers
+    /// no longer `configured`. Returns how many.
+    pub async fn retire_mcp_tools(
+        &self,
+        configured: &[String],
+        answered: &[String],
+        offered: &[String],
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query!(
+            r#"DELETE FROM tools
+               WHERE kind = 'mcp'
+                 AND (endpoint <> ALL($1::text[]) OR (endpoint = ANY($2::text[]) AND name <> ALL($3::text[])))"#,
+            configured,
+            answered,
+            offered,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Replaces a tool's whole entry, switches and profile included (operators and tests).
     pub async fn put_tool(&self, tool: &CatalogTool) -> Result<(), StoreError> {
         self.write_tool(tool, false).await
