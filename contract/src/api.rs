@@ -257,7 +257,8 @@ api_type! {
     #[serde(deny_unknown_fields)]
     pub struct ToolRequest {
         pub session_id: Uuid,
-        /// The tool's name.
+        /// The tool's name, as `GET /v1/tools` lists it.
+        #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
         pub tool_id: String,
         /// Checked against the tool's input schema (400 if they do not fit).
         pub inputs: serde_json::Value,
