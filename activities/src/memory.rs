@@ -5,13 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
 use serde_json::json;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use soma_contract::events::{MemoryRecall, MemoryWrite, RecalledMemory};
 use soma_contract::memory::{MemoryPayload, MemoryRetry, memory_key};
-use soma_contract::{MemoryWriteRef, MemoryWriteStatus, MessageStatus, RecallStatus, Role, SessionEvent, TurnRef};
+use soma_contract::{
+    MemoryRole, MemoryWriteRef, MemoryWriteStatus, MessageStatus, RecallStatus, Role, SessionEvent, TurnRef,
+};
 use soma_core::memory::{MemoryBackend, MemoryError};
 use soma_contract::api::MemoryItem;
 use soma_core::store::{AuditEntry, MemoryWriteRow, Store, StoreError};
@@ -68,6 +73,80 @@ impl MemoryActivitiesImpl {
         let once = format!("{}:memory.write:{outcome}:{}", write.key, write.request_id);
         self.store.audit(&entry.once(once)).await
     }
+}
+
+/// Something to remember: a message, or a tool's result.
+pub struct Remembered {
+    /// The message's or the tool call's ID.
+    pub id: Uuid,
+    /// The payload's `type`.
+    pub kind: &'static str,
+    pub role: MemoryRole,
+    pub content: String,
+    pub persona_id: Option<String>,
+    /// When it was stored: part of its key, so every retry writes the same memory.
+    pub stored_at: DateTime<Utc>,
+}
+
+/// Where a remembered item comes from: its session, turn and request.
+pub struct Origin {
+    pub tenant_id: String,
+    pub session_id: Uuid,
+    pub turn_id: Option<Uuid>,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+}
+
+impl From<&TurnRef> for Origin {
+    fn from(turn: &TurnRef) -> Self {
+        Origin {
+            tenant_id: turn.tenant_id.clone(),
+            session_id: turn.session_id,
+            turn_id: Some(turn.turn_id),
+            request_id: turn.request_id.clone(),
+            trace_id: turn.trace_id.clone(),
+        }
+    }
+}
+
+/// Records the memory write `item` owes (once per key, in the platform's payload shape) and
+/// starts its `MemoryWriteWorkflow` without waiting for it, unless the write has already ended.
+/// Returns whether a workflow was started (or joined).
+pub async fn owe_memory_write(
+    store: &Store,
+    ctx: &ActivityContext,
+    settings: &MemorySettings,
+    origin: &Origin,
+    item: Remembered,
+) -> Result<bool, ActivityError> {
+    let key = memory_key(&origin.tenant_id, &settings.namespace, origin.session_id, item.role, item.stored_at, &item.content);
+    let payload = MemoryPayload {
+        id: item.id,
+        kind: item.kind.into(),
+        role: item.role,
+        content: item.content,
+        attachments: Vec::new(),
+        session_id: Some(origin.session_id),
+        persona_id: item.persona_id,
+        metadata: json!({ "tenant_id": origin.tenant_id, "turn_id": origin.turn_id,
+                          "request_id": origin.request_id, "created_at": item.stored_at }),
+        idempotency_key: key.clone(),
+    };
+    let write = MemoryWriteRef {
+        tenant_id: origin.tenant_id.clone(),
+        key: key.clone(),
+        session_id: Some(origin.session_id),
+        turn_id: origin.turn_id,
+        request_id: origin.request_id.clone(),
+        trace_id: origin.trace_id.clone(),
+    };
+    if store.stage_memory_write(&write, Some(item.role), &json!(payload)).await.classify()? != MemoryWriteStatus::Pending {
+        return Ok(false);
+    }
+    let input = MemoryWriteInput { write, retry: settings.retry };
+    let options = MemoryWriteWorkflow::start_options(&ctx.info().task_queue, &key);
+    soma_core::temporal::start_once(&ctx.client(), MemoryWriteWorkflow::run, input, options).await.classify()?;
+    Ok(true)
 }
 
 /// The memories that fit in `budget_chars`, best first; the one that crosses the budget is cut.
@@ -138,47 +217,19 @@ impl MemoryActivitiesImpl {
     #[activity(definition = defs::RememberTurn)]
     pub async fn remember_turn(self: Arc<Self>, ctx: ActivityContext, turn: TurnRef) -> Result<u32, ActivityError> {
         let messages = self.store.turn_messages(&turn.tenant_id, turn.turn_id).await.classify()?;
-        let client = ctx.client();
-        let task_queue = ctx.info().task_queue.clone();
+        let origin = Origin::from(&turn);
         let mut started = 0;
         // The user's message always; the reply only when it was finished.
         for message in messages.into_iter().filter(|m| m.role == Role::User || m.status == MessageStatus::Complete) {
-            let key = memory_key(
-                &turn.tenant_id,
-                &self.settings.namespace,
-                turn.session_id,
-                message.role,
-                message.created_at,
-                &message.content,
-            );
-            let payload = MemoryPayload {
+            let item = Remembered {
                 id: message.id,
-                kind: MemoryPayload::CONVERSATION_EVENT.into(),
-                role: message.role,
+                kind: MemoryPayload::CONVERSATION_EVENT,
+                role: message.role.into(),
                 content: message.content,
-                attachments: Vec::new(),
-                session_id: Some(turn.session_id),
                 persona_id: message.persona_id,
-                metadata: json!({ "tenant_id": turn.tenant_id, "turn_id": turn.turn_id,
-                                  "request_id": turn.request_id, "created_at": message.created_at }),
-                idempotency_key: key.clone(),
+                stored_at: message.created_at,
             };
-            let write = MemoryWriteRef {
-                tenant_id: turn.tenant_id.clone(),
-                key: key.clone(),
-                session_id: Some(turn.session_id),
-                turn_id: Some(turn.turn_id),
-                request_id: turn.request_id.clone(),
-                trace_id: turn.trace_id.clone(),
-            };
-            let status = self.store.stage_memory_write(&write, Some(message.role), &json!(payload)).await.classify()?;
-            if status != MemoryWriteStatus::Pending {
-                continue;
-            }
-            let input = MemoryWriteInput { write, retry: self.settings.retry };
-            let options = MemoryWriteWorkflow::start_options(&task_queue, &key);
-            soma_core::temporal::start_once(&client, MemoryWriteWorkflow::run, input, options).await.classify()?;
-            started += 1;
+            started += u32::from(owe_memory_write(&self.store, &ctx, &self.settings, &origin, item).await?);
         }
         Ok(started)
     }
@@ -193,7 +244,7 @@ impl MemoryActivitiesImpl {
             // Its session was deleted since: nothing is owed any more.
             return Ok(false);
         };
-        let role = row.role.map(Role::as_str).unwrap_or("unknown");
+        let role = row.role.map(MemoryRole::as_str).unwrap_or("unknown");
         let input = PolicyInput {
             tenant: &write.tenant_id,
             persona_id: None,

@@ -539,7 +539,7 @@ impl Bench {
             let payload = soma_contract::memory::MemoryPayload {
                 id: uuid::Uuid::now_v7(),
                 kind: soma_contract::memory::MemoryPayload::CONVERSATION_EVENT.into(),
-                role: soma_contract::Role::User,
+                role: soma_contract::MemoryRole::User,
                 content: format!("bench memory number {i}"),
                 attachments: Vec::new(),
                 session_id: Some(session),
@@ -555,7 +555,7 @@ impl Bench {
                 request_id: format!("bench-{}", self.stack.run_id),
                 trace_id: None,
             };
-            store.stage_memory_write(&write, Some(soma_contract::Role::User), &serde_json::json!(payload)).await?;
+            store.stage_memory_write(&write, Some(soma_contract::MemoryRole::User), &serde_json::json!(payload)).await?;
             inputs.push(soma_workflows::MemoryWriteInput { write, retry: soma_core::Config::default().memory_retry() });
         }
         let t0 = Instant::now();

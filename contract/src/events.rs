@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::status::{MemoryWriteStatus, RecallStatus, Role, ToolCallStatus, TurnOutcome};
+use crate::status::{MemoryRole, MemoryWriteStatus, RecallStatus, Role, ToolCallStatus, TurnOutcome};
 
 /// Declares [`SessionEvent`] from a table of `"kind" => Variant(Payload)`, so each kind's name
 /// is written once: serde's tag, [`SessionEvent::kind`] and [`SessionEvent::KINDS`] all use it.
@@ -200,7 +200,7 @@ pub struct RecalledMemory {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemoryWrite {
     pub key: String,
-    pub role: Option<Role>,
+    pub role: Option<MemoryRole>,
     pub status: MemoryWriteStatus,
     pub attempts: u32,
     /// Why a write was refused or dead-lettered.
@@ -396,7 +396,7 @@ impl SessionEvent {
             }),
             SessionEvent::MemoryWrite(MemoryWrite {
                 key: format!("acme/default/{id}/assistant/1795000000456/9f86d081884c7d65"),
-                role: Some(Role::Assistant),
+                role: Some(MemoryRole::Assistant),
                 status: MemoryWriteStatus::Delivered,
                 attempts: 1,
                 reason: None,

@@ -11,7 +11,7 @@ pub mod reply;
 
 pub use events::{EventData, EventMeta, EventScope, SessionEvent};
 pub use status::{
-    ApprovalDecision, DeadLetterKind, DeadLetterStatus, MemoryWriteStatus, MessageStatus, RecallStatus, Role, ToolCallStatus,
+    ApprovalDecision, DeadLetterKind, DeadLetterStatus, MemoryRole, MemoryWriteStatus, MessageStatus, RecallStatus, Role, ToolCallStatus,
     ToolKind, TurnOutcome, TurnStatus,
 };
 pub use refs::{MemoryWriteRef, SessionRef, ToolCallRef, TurnRef};

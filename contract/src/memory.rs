@@ -7,7 +7,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::status::Role;
+use crate::status::MemoryRole;
 
 /// The stored payload of a remembered conversation event (the platform's
 /// `conversation_event`): what the memory backend keeps and recall gives back.
@@ -16,10 +16,10 @@ use crate::status::Role;
 pub struct MemoryPayload {
     /// The remembered message's ID.
     pub id: Uuid,
-    /// Always `conversation_event` for messages.
+    /// `conversation_event` for messages, `tool_result` for tools' results.
     #[serde(rename = "type")]
     pub kind: String,
-    pub role: Role,
+    pub role: MemoryRole,
     pub content: String,
     #[serde(default)]
     pub attachments: Vec<Value>,
@@ -34,6 +34,8 @@ pub struct MemoryPayload {
 impl MemoryPayload {
     /// The payload `type` of remembered messages.
     pub const CONVERSATION_EVENT: &'static str = "conversation_event";
+    /// The payload `type` of remembered tool results.
+    pub const TOOL_RESULT: &'static str = "tool_result";
 }
 
 /// How long a memory write keeps trying: backoff from 1 s doubling up to
@@ -53,7 +55,7 @@ pub fn memory_key(
     tenant_id: &str,
     namespace: &str,
     session_id: Uuid,
-    role: Role,
+    role: MemoryRole,
     stored_at: DateTime<Utc>,
     content: &str,
 ) -> String {
@@ -69,9 +71,9 @@ mod tests {
     fn a_key_depends_only_on_what_was_stored() {
         let session = Uuid::from_u128(7);
         let at = DateTime::from_timestamp_millis(1_795_000_000_123).unwrap();
-        let key = memory_key("acme", "default", session, Role::User, at, "hello");
+        let key = memory_key("acme", "default", session, MemoryRole::User, at, "hello");
         assert_eq!(key, format!("acme/default/{session}/user/1795000000123/2cf24dba5fb0a30e"));
-        assert_eq!(key, memory_key("acme", "default", session, Role::User, at, "hello"));
-        assert_ne!(key, memory_key("acme", "default", session, Role::Assistant, at, "hello"));
+        assert_eq!(key, memory_key("acme", "default", session, MemoryRole::User, at, "hello"));
+        assert_ne!(key, memory_key("acme", "default", session, MemoryRole::Assistant, at, "hello"));
     }
 }

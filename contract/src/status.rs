@@ -117,6 +117,24 @@ text_enum! {
 }
 
 text_enum! {
+    /// Whose words a memory holds: a message's author, or a tool's result.
+    pub enum MemoryRole {
+        User => "user",
+        Assistant => "assistant",
+        Tool => "tool",
+    }
+}
+
+impl From<Role> for MemoryRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::User => MemoryRole::User,
+            Role::Assistant => MemoryRole::Assistant,
+        }
+    }
+}
+
+text_enum! {
     /// Where a memory write is.
     pub enum MemoryWriteStatus {
         /// Owed to the backend; its workflow is trying (and retrying).

@@ -329,3 +329,26 @@ async fn a_tenant_the_policy_keeps_out_of_memory_is_never_remembered() {
         .unwrap();
     assert_eq!(audited, 2);
 }
+
+#[tokio::test]
+async fn a_tool_whose_results_are_remembered_is_recalled_later() {
+    let app = TestApp::spawn("memory_tool_results", fast_provider()).await;
+    let _worker = app.start_worker();
+    // The worker writes the built-ins as it starts; the calculator's results are to be remembered.
+    eventually("the built-in tools in the catalog", || async {
+        app.store.tenant_tool("tenant-a", "calculator").await.unwrap().is_some()
+    })
+    .await;
+    let mut calculator = app.store.tenant_tool("tenant-a", "calculator").await.unwrap().unwrap();
+    calculator.remember_results = true;
+    app.store.put_tool(&calculator).await.unwrap();
+
+    let (session, _) = turn(&app, None, "What is 17*23?").await;
+    let writes = memory_writes(&app, &session, 3).await;
+    let tool = writes.iter().find(|w| w.role == Some(soma_contract::MemoryRole::Tool)).expect("the tool result's write");
+    assert_eq!(tool.status, MemoryWriteStatus::Delivered, "{writes:?}");
+    let (status, found) = app.get(KEY_A, "/v1/memory/recall?q=calculator").await;
+    assert_eq!(status, 200);
+    let contents: Vec<&str> = found["memories"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    assert!(contents.iter().any(|c| c.starts_with("calculator(") && c.ends_with("→ 391")), "{found}");
+}

@@ -44,7 +44,8 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
     let policy = Arc::new(policy(config)?);
     let backend = MemoryBackend::from_config(config, store.clone());
     tracing::info!(backend = backend.name(), namespace = %config.memory_namespace, "memory backend");
-    let tools = ToolActivitiesImpl::new(store.clone(), policy.clone(), tool_settings(config)?, backend.clone());
+    let tools =
+        ToolActivitiesImpl::new(store.clone(), policy.clone(), tool_settings(config)?, backend.clone(), memory_settings(config));
     match tools.refresh().await {
         Ok(refreshed) => tracing::info!(tools = refreshed.tools, retired = refreshed.retired, "tool catalog refreshed"),
         Err(err) => tracing::warn!(error = %err, "could not refresh the tool catalog; using what it holds"),

@@ -13,13 +13,15 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use soma_contract::events::{ToolApprovalRequired, ToolCall, ToolResult};
 use soma_contract::api::{CatalogRefreshed, McpServerListing};
-use soma_contract::{SessionEvent, ToolCallRef, ToolCallStatus};
+use soma_contract::memory::MemoryPayload;
+use soma_contract::{MemoryRole, SessionEvent, ToolCallRef, ToolCallStatus};
 use soma_core::MemoryBackend;
 use soma_core::store::{AuditEntry, CatalogTool, Store, StoreError, ToolCallRow};
 use soma_core::tool_inputs;
 use soma_workflows::activities::{ApprovalRequest, FinishToolCall, ToolPlan, ToolProfile, defs};
 
 use crate::failure::Classify;
+use crate::memory::{MemorySettings, Origin, Remembered, owe_memory_write};
 use crate::policy::{Decision, Policy, PolicyInput, TOOL_EXECUTE};
 use crate::session::WORKER_ACTOR;
 pub use runners::{ToolError, ToolSettings};
@@ -33,16 +35,24 @@ pub struct ToolActivitiesImpl {
     settings: ToolSettings,
     http: reqwest::Client,
     memory: MemoryBackend,
+    /// Where the results of tools that are remembered go (`remember_results`).
+    memory_settings: MemorySettings,
 }
 
 impl ToolActivitiesImpl {
-    pub fn new(store: Store, policy: Arc<Policy>, settings: ToolSettings, memory: MemoryBackend) -> Self {
+    pub fn new(
+        store: Store,
+        policy: Arc<Policy>,
+        settings: ToolSettings,
+        memory: MemoryBackend,
+        memory_settings: MemorySettings,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client builds");
-        Self { store, policy, settings, http, memory }
+        Self { store, policy, settings, http, memory, memory_settings }
     }
 
     /// Puts the built-in tools and the MCP servers' tools in the catalog, and removes the MCP
@@ -78,6 +88,35 @@ impl ToolActivitiesImpl {
             .classify()?
             .ok_or(StoreError::ToolCallNotFound)
             .classify()
+    }
+}
+
+impl ToolActivitiesImpl {
+    /// Remembers a succeeded call's result like a message, if its tool says so
+    /// (`remember_results`): `{tool}({arguments}) → {output}`, the output cut as in `tool.result`.
+    async fn remember_result(&self, ctx: &ActivityContext, call: &ToolCallRef, row: &ToolCallRow) -> Result<(), ActivityError> {
+        let tool = self.store.tenant_tool(&call.tenant_id, &row.tool_name).await.classify()?;
+        if !tool.is_some_and(|tool| tool.remember_results) {
+            return Ok(());
+        }
+        let (output, _) = preview(row.output.as_deref().unwrap_or_default(), ToolResult::PREVIEW_BYTES);
+        let item = Remembered {
+            id: call.tool_call_id,
+            kind: MemoryPayload::TOOL_RESULT,
+            role: MemoryRole::Tool,
+            content: format!("{}({}) → {output}", row.tool_name, row.arguments),
+            persona_id: None,
+            stored_at: row.created_at,
+        };
+        let origin = Origin {
+            tenant_id: call.tenant_id.clone(),
+            session_id: call.session_id,
+            turn_id: call.turn_id,
+            request_id: call.request_id.clone(),
+            trace_id: call.trace_id.clone(),
+        };
+        owe_memory_write(&self.store, ctx, &self.memory_settings, &origin, item).await?;
+        Ok(())
     }
 }
 
@@ -220,7 +259,7 @@ impl ToolActivitiesImpl {
     #[activity(definition = defs::FinishToolCall)]
     pub async fn finish_tool_call(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: FinishToolCall,
     ) -> Result<ToolCallStatus, ActivityError> {
         let call = &input.call;
@@ -255,13 +294,16 @@ impl ToolActivitiesImpl {
         self.store.audit(&entry.once(format!("{}:tool.execute", call.tool_call_id))).await.classify()?;
         let event = SessionEvent::ToolResult(ToolResult {
             tool_call_id: call.tool_call_id,
-            tool: row.tool_name,
+            tool: row.tool_name.clone(),
             status,
             output,
             truncated,
             reason,
         });
         self.store.append_events(&call.scope(), &[event]).await.classify()?;
+        if status == ToolCallStatus::Succeeded {
+            self.remember_result(&ctx, call, &row).await?;
+        }
         Ok(status)
     }
 }

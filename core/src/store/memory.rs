@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use soma_contract::api::{DeadLetter, MemoryItem};
-use soma_contract::{DeadLetterKind, DeadLetterStatus, MemoryWriteRef, MemoryWriteStatus, MessageStatus, Role};
+use soma_contract::{DeadLetterKind, DeadLetterStatus, MemoryRole, MemoryWriteRef, MemoryWriteStatus, MessageStatus, Role};
 
 use super::{Store, StoreError};
 
@@ -19,7 +19,7 @@ pub struct MemoryWriteRow {
     pub tenant_id: String,
     pub session_id: Option<Uuid>,
     pub turn_id: Option<Uuid>,
-    pub role: Option<Role>,
+    pub role: Option<MemoryRole>,
     pub payload: Value,
     pub status: MemoryWriteStatus,
     pub attempts: i32,
@@ -163,7 +163,12 @@ impl Store {
 
     /// Records a write owed to the memory backend, once per key (a retry changes nothing).
     /// Returns its status: `Pending` unless an earlier staging already saw it end.
-    pub async fn stage_memory_write(&self, write: &MemoryWriteRef, role: Option<Role>, payload: &Value) -> Result<MemoryWriteStatus, StoreError> {
+    pub async fn stage_memory_write(
+        &self,
+        write: &MemoryWriteRef,
+        role: Option<MemoryRole>,
+        payload: &Value,
+    ) -> Result<MemoryWriteStatus, StoreError> {
         Ok(sqlx::query_scalar!(
             r#"WITH ins AS (
                    INSERT INTO memory_writes (key, tenant_id, session_id, turn_id, role, payload, request_id, trace_id)
@@ -178,7 +183,7 @@ impl Store {
             write.tenant_id,
             write.session_id,
             write.turn_id,
-            role.map(Role::as_str),
+            role.map(MemoryRole::as_str),
             payload,
             write.request_id,
             write.trace_id,
@@ -209,7 +214,7 @@ impl Store {
     pub async fn memory_write(&self, tenant_id: &str, key: &str) -> Result<Option<MemoryWriteRow>, StoreError> {
         Ok(sqlx::query_as!(
             MemoryWriteRow,
-            r#"SELECT key, tenant_id, session_id, turn_id, role AS "role: Role", payload,
+            r#"SELECT key, tenant_id, session_id, turn_id, role AS "role: MemoryRole", payload,
                       status AS "status: MemoryWriteStatus", attempts, last_error, created_at
                FROM memory_writes WHERE key = $1 AND tenant_id = $2"#,
             key,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -30,6 +30,8 @@ pub struct CatalogTool {
     pub max_attempts: i32,
     pub approval_timeout_ms: i32,
     pub max_concurrent: i32,
+    /// Its results are remembered like messages (a memory write each).
+    pub remember_results: bool,
 }
 
 impl CatalogTool {
@@ -48,6 +50,7 @@ impl CatalogTool {
             max_attempts: 3,
             approval_timeout_ms: 600_000,
             max_concurrent: 10,
+            remember_results: false,
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct ToolCallRow {
     pub output: Option<String>,
     pub error: Option<String>,
     pub workflow_id: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Why a decision on a tool call was not taken.
@@ -148,8 +152,9 @@ impl Store {
     async fn write_tool(&self, tool: &CatalogTool, keep_settings: bool) -> Result<(), StoreError> {
         sqlx::query!(
             r#"INSERT INTO tools (name, description, input_schema, kind, endpoint, remote_name, enabled,
-                                  requires_approval, timeout_ms, max_attempts, approval_timeout_ms, max_concurrent)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                  requires_approval, timeout_ms, max_attempts, approval_timeout_ms, max_concurrent,
+                                  remember_results)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14)
                ON CONFLICT (name) DO UPDATE SET
                    description = excluded.description, input_schema = excluded.input_schema, kind = excluded.kind,
                    endpoint = excluded.endpoint, remote_name = excluded.remote_name, updated_at = now(),
@@ -158,7 +163,8 @@ impl Store {
                    timeout_ms = CASE WHEN $13 THEN tools.timeout_ms ELSE excluded.timeout_ms END,
                    max_attempts = CASE WHEN $13 THEN tools.max_attempts ELSE excluded.max_attempts END,
                    approval_timeout_ms = CASE WHEN $13 THEN tools.approval_timeout_ms ELSE excluded.approval_timeout_ms END,
-                   max_concurrent = CASE WHEN $13 THEN tools.max_concurrent ELSE excluded.max_concurrent END"#,
+                   max_concurrent = CASE WHEN $13 THEN tools.max_concurrent ELSE excluded.max_concurrent END,
+                   remember_results = CASE WHEN $13 THEN tools.remember_results ELSE excluded.remember_results END"#,
             tool.name,
             tool.description,
             tool.input_schema,
@@ -172,6 +178,7 @@ impl Store {
             tool.approval_timeout_ms,
             tool.max_concurrent,
             keep_settings,
+            tool.remember_results,
         )
         .execute(&self.pool)
         .await?;
@@ -220,7 +227,7 @@ impl Store {
                       kind AS "kind!: ToolKind", endpoint, remote_name, enabled AS "enabled!",
                       requires_approval AS "requires_approval!", timeout_ms AS "timeout_ms!",
                       max_attempts AS "max_attempts!", approval_timeout_ms AS "approval_timeout_ms!",
-                      max_concurrent AS "max_concurrent!"
+                      max_concurrent AS "max_concurrent!", remember_results AS "remember_results!"
                FROM tenant_tools($1) WHERE $2::text IS NULL OR name = $2 ORDER BY name"#,
             tenant_id,
             name,
@@ -317,7 +324,7 @@ impl Store {
         Ok(sqlx::query_as!(
             ToolCallRow,
             r#"SELECT session_id, turn_id, round, tool_name, arguments, status AS "status: ToolCallStatus",
-                      approval AS "approval: ApprovalDecision", decision_reason, output, error, workflow_id
+                      approval AS "approval: ApprovalDecision", decision_reason, output, error, workflow_id, created_at
                FROM tool_calls WHERE id = $1 AND tenant_id = $2"#,
             tool_call_id,
             tenant_id,
