@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use soma_devllm::{DevProviderOptions, Fault};
-use soma_tests::{CuttableProxy, DEADLINE, KEY_A, TestApp};
+use soma_tests::{CuttableProxy, DEADLINE, KEY_A, TestApp, eventually};
 
 fn soma(api_url: &str, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"));
@@ -177,14 +177,9 @@ async fn soma_chat_shows_tool_calls_and_decides_approvals_as_told() {
     let url = app.api.base_url().to_string();
 
     // The worker puts the built-in tools in the catalog as it starts.
-    let mut listed = run(&url, &["tools"]).await;
-    for _ in 0..50 {
-        if stdout(&listed).contains("http_fetch") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        listed = run(&url, &["tools"]).await;
-    }
+    eventually("the built-in tools in the catalog", || async { stdout(&run(&url, &["tools"]).await).contains("http_fetch") })
+        .await;
+    let listed = run(&url, &["tools"]).await;
     assert!(stdout(&listed).contains("calculator"), "{listed:?}");
     assert!(stdout(&listed).contains("(needs approval)"), "{listed:?}");
 
@@ -220,11 +215,7 @@ async fn soma_recalls_memories_and_an_operator_replays_dead_letters() {
     // The backend refuses the writes: they become dead letters.
     brain.set_mode(BrainMode::Refuses);
     assert_eq!(run(&url, &["chat", "Quokkas live on Rottnest Island"]).await.status.code(), Some(0));
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while app.count("dead_letters").await < 2 {
-        assert!(std::time::Instant::now() < deadline, "no dead letters");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("two dead letters", || async { app.count("dead_letters").await >= 2 }).await;
 
     // Only an admin key lists them.
     let refused = run(&url, &["dead-letters", "--admin-key", KEY_A]).await;
@@ -240,12 +231,10 @@ async fn soma_recalls_memories_and_an_operator_replays_dead_letters() {
     let replayed = run(&url, &["--json", "dead-letters", "--admin-key", admin, "replay", "--all"]).await;
     let replayed: Value = serde_json::from_str(stdout(&replayed).trim()).unwrap();
     assert_eq!(replayed["replayed"].as_array().map(Vec::len), Some(2), "{replayed}");
-    let mut recalled = String::new();
-    while !recalled.contains("Rottnest") {
-        assert!(std::time::Instant::now() < deadline, "never recalled: {recalled}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        recalled = stdout(&run(&url, &["recall", "quokkas", "Rottnest"]).await);
-    }
+    eventually("soma recall to find the replayed message", || async {
+        stdout(&run(&url, &["recall", "quokkas", "Rottnest"]).await).contains("Rottnest")
+    })
+    .await;
     let empty = run(&url, &["dead-letters", "--admin-key", admin]).await;
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no open dead letters"), "{empty:?}");
 }

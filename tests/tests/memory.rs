@@ -4,7 +4,6 @@
 //! degraded backend. Run through `ops/test`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -16,7 +15,7 @@ use soma_contract::{MemoryWriteStatus, MemoryWriteRef, RecallStatus, SessionEven
 use soma_core::{MemoryBackendKind, Secret};
 use soma_devllm::DevProviderOptions;
 use soma_tests::somabrain::{BRAIN_TOKEN, BrainMode, FakeSomaBrain};
-use soma_tests::{Expect, KEY_A, KEY_ADMIN, KEY_B, TestApp, Typed};
+use soma_tests::{Expect, KEY_A, KEY_ADMIN, KEY_B, TestApp, Typed, eventually};
 use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -47,19 +46,6 @@ async fn post_json(app: &TestApp, key: &str, path: &str, body: Value) -> (u16, V
     let response = app.api.with_key(key).request(reqwest::Method::POST, path).json(&body).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// Polls `check` until it holds, or panics saying what it waited for.
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "waited {DEADLINE:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn recalls(events: &[SseEvent]) -> Vec<MemoryRecall> {

@@ -19,7 +19,7 @@ use soma_contract::{SessionEvent, ToolCallStatus, ToolKind};
 use soma_core::store::CatalogTool;
 use soma_devllm::DevProviderOptions;
 use soma_client::SseEvent;
-use soma_tests::{Expect, KEY_B, TestApp, Typed, shown_reply};
+use soma_tests::{Expect, KEY_B, TestApp, Typed, eventually, shown_reply};
 use soma_workflows::{ChatTurnWorkflow, ToolExecutionWorkflow};
 use temporalio_client::{WorkflowExecutionStatus, WorkflowFetchHistoryOptions};
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
@@ -433,14 +433,11 @@ async fn an_mcp_servers_tool_is_listed_and_called_like_any_other() {
 
     let app = TestApp::spawn_with("mcp", fast_provider(), |config| config.mcp_servers = format!("demo={url}")).await;
     let _worker = app.start_worker();
-    let mut listed = Vec::new();
-    for _ in 0..50 {
-        listed = app.api.tools().await.unwrap().tools;
-        if listed.iter().any(|t| t.name == "demo__add") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the MCP server's tools in the catalog", || async {
+        app.api.tools().await.unwrap().tools.iter().any(|t| t.name == "demo__add")
+    })
+    .await;
+    let listed = app.api.tools().await.unwrap().tools;
     let add = listed.iter().find(|t| t.name == "demo__add").expect("the MCP tool is in the catalog");
     assert_eq!(add.kind, ToolKind::Mcp);
     assert_eq!(add.input_schema["required"], json!(["a", "b"]));
