@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use soma_core::memory::MemoryError;
 use soma_core::store::StoreError;
 
 use crate::stream_token::TokenRefusal;
@@ -60,6 +61,16 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// The memory backend away is a 503; its refusal of our own request is our fault (500).
+impl From<MemoryError> for ApiError {
+    fn from(err: MemoryError) -> Self {
+        match err {
+            MemoryError::Unavailable { .. } => Self::Unavailable { what: "the memory backend", cause: err.into() },
+            MemoryError::Refused(_) => Self::Internal(err.into()),
         }
     }
 }

@@ -163,6 +163,26 @@ async fn main() -> anyhow::Result<()> {
 }
 
 impl Bench {
+    /// Starts `total` empty workflows with `steps` on the baseline worker, all at once, and
+    /// waits for them: the seconds it took (the floor beside a figure of as many of ours).
+    async fn empty_workflows_at_once(&self, name: &str, total: usize, steps: EmptySteps) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let starts = (0..total).map(|i| {
+            let temporal = self.temporal.clone();
+            let workflow_id = format!("{name}/{}/{i}", self.stack.run_id);
+            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
+            async move {
+                let handle = temporal.start_workflow(EmptyStepsWorkflow::run, steps, options).await?;
+                handle.get_result(Default::default()).await?;
+                anyhow::Ok(())
+            }
+        });
+        for result in futures::future::join_all(starts).await {
+            result?;
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
     fn api_pid(&self) -> u32 {
         Stack::pid(&self.stack.api)
     }
@@ -351,22 +371,7 @@ impl Bench {
         let chat_rate = total as f64 / chat_seconds;
 
         let before = self.cpu.sample();
-        let t0 = Instant::now();
-        let starts = (0..total).map(|i| {
-            let temporal = self.temporal.clone();
-            let workflow_id = format!("bench-empty/{}/{i}", self.stack.run_id);
-            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
-            async move {
-                let handle =
-                    temporal.start_workflow(EmptyStepsWorkflow::run, EmptySteps::CHAT_TURN, options).await?;
-                handle.get_result(Default::default()).await?;
-                anyhow::Ok(())
-            }
-        });
-        for result in futures::future::join_all(starts).await {
-            result?;
-        }
-        let empty_seconds = t0.elapsed().as_secs_f64();
+        let empty_seconds = self.empty_workflows_at_once("bench-empty", total, EmptySteps::CHAT_TURN).await?;
         let empty_cpu = self.cpu.describe(&before, &self.cpu.sample(), empty_seconds);
         let empty_rate = total as f64 / empty_seconds;
         Ok(row(
@@ -467,22 +472,7 @@ impl Bench {
         }
         pool.close().await;
         let tool_rate = total as f64 / t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let starts = (0..total).map(|i| {
-            let temporal = self.temporal.clone();
-            let workflow_id = format!("bench-empty-tool/{}/{i}", self.stack.run_id);
-            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
-            async move {
-                let steps = EmptySteps { local: 3, regular: 0 };
-                let handle = temporal.start_workflow(EmptyStepsWorkflow::run, steps, options).await?;
-                handle.get_result(Default::default()).await?;
-                anyhow::Ok(())
-            }
-        });
-        for result in futures::future::join_all(starts).await {
-            result?;
-        }
-        let empty_rate = total as f64 / t0.elapsed().as_secs_f64();
+        let empty_rate = total as f64 / self.empty_workflows_at_once("bench-empty-tool", total, EmptySteps { local: 3, regular: 0 }).await?;
         Ok(vec![
             row(
                 "a no-op tool call inside a turn (calculator): the model's stream asking for it ends → the model's next request arrives",
@@ -572,22 +562,7 @@ impl Bench {
             delivered += usize::from(ended? == soma_contract::MemoryWriteStatus::Delivered);
         }
         let write_rate = total as f64 / t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let starts = (0..total).map(|i| {
-            let temporal = self.temporal.clone();
-            let workflow_id = format!("bench-empty-memory/{}/{i}", self.stack.run_id);
-            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
-            async move {
-                let steps = EmptySteps { local: 1, regular: 1 };
-                let handle = temporal.start_workflow(EmptyStepsWorkflow::run, steps, options).await?;
-                handle.get_result(Default::default()).await?;
-                anyhow::Ok(())
-            }
-        });
-        for result in futures::future::join_all(starts).await {
-            result?;
-        }
-        let empty_rate = total as f64 / t0.elapsed().as_secs_f64();
+        let empty_rate = total as f64 / self.empty_workflows_at_once("bench-empty-memory", total, EmptySteps { local: 1, regular: 1 }).await?;
         Ok(vec![
             row(
                 "memory write accepted → visible in recall (built-in backend; from the turn's end, which starts its writes)",

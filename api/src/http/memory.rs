@@ -8,7 +8,6 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use soma_contract::api::{ErrorBody, FeedbackAccepted, MemoryFeedback, RecallResponse};
-use soma_core::memory::MemoryError;
 
 use crate::auth::Principal;
 use crate::extract::{AppJson, AppQuery};
@@ -29,15 +28,6 @@ pub struct RecallQuery {
     /// 1 to 100; 10 by default.
     #[param(minimum = 1, maximum = 100)]
     top_k: Option<u32>,
-}
-
-impl From<MemoryError> for ApiError {
-    fn from(err: MemoryError) -> Self {
-        match err {
-            MemoryError::Unavailable { .. } => Self::Unavailable { what: "the memory backend", cause: err.into() },
-            MemoryError::Refused(_) => Self::Internal(err.into()),
-        }
-    }
 }
 
 /// The tenant's memories most relevant to `q`, best first.
