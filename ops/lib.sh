@@ -16,6 +16,8 @@ TEMPORAL_UI_PORT=${SOMA_TEMPORAL_UI_PORT:-8233}
 PG_PORT=${SOMA_PG_PORT:-20032}
 API_PORT=${SOMA_API_PORT:-20020}
 LLM_PORT=${SOMA_DEVLLM_PORT:-20021}
+CLAMD_PORT=${SOMA_CLAMD_PORT:-20024}
+S3_PORT=${SOMA_S3_PORT:-20025}
 
 mkdir -p "$STATE/logs" "$STATE/run"
 
@@ -214,6 +216,104 @@ pg_ctl_command() {
     printf '%q ' "$bin/pg_ctl" "${args[@]}"
     printf '>/dev/null'
   fi
+}
+
+# clamd_ping: true when a clamd answers PING on $CLAMD_PORT (it opens the port before its
+# signatures are loaded, so an open port alone does not mean it scans).
+clamd_ping() {
+  local reply
+  reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$CLAMD_PORT" && printf 'zPING\0' >&3 && read -r -d '' -t 5 r <&3 && echo "$r") 2>/dev/null)
+  [ "$reply" = PONG ]
+}
+
+# ClamAV's clamd, scanning for the signatures in ops/clamav (freshclam cannot download ClamAV's
+# own databases here): reused if something already serves the port, else ours, with a config
+# of its own in .soma/clamav. Sets SOMA_CLAMD_ADDRESS.
+ensure_clamd() {
+  local clamd dir=$STATE/clamav
+  clamd=$(command -v clamd || echo /usr/sbin/clamd)
+  [ -x "$clamd" ] || { apt_install clamav-daemon; [ -x "$clamd" ] || die "clamav-daemon did not install clamd"; }
+  if port_open "$CLAMD_PORT"; then
+    log "clamd: reusing the daemon on 127.0.0.1:$CLAMD_PORT"
+  else
+    log "clamd: starting on 127.0.0.1:$CLAMD_PORT (signatures from ops/clamav)"
+    # Copied on every start, so an edited or removed signature file takes effect.
+    rm -rf "$dir/db"
+    mkdir -p "$dir/db" "$dir/tmp"
+    cp "$ROOT"/ops/clamav/*.[hn]db "$dir/db/"
+    # No User line: clamd stays the user that starts it (Debian's own config drops to clamav,
+    # which cannot read .soma). Foreground, logging to stdout, which start_bg keeps in
+    # .soma/logs/clamd.log. The limits are well above any attachment the stack takes, and
+    # AlertExceedsMax reports a file beyond them (or a scan beyond MaxScanTime, 2 minutes by
+    # default) as FOUND (Heuristics.Limits.Exceeded.*) rather than OK, so nothing unscanned
+    # passes as clean. A stream beyond StreamMaxLength gets "INSTREAM size limit exceeded. ERROR".
+    cat >"$dir/clamd.conf" <<CONF
+# Written by ops/lib.sh (ensure_clamd) on every start.
+Foreground yes
+TCPSocket $CLAMD_PORT
+TCPAddr 127.0.0.1
+DatabaseDirectory $dir/db
+TemporaryDirectory $dir/tmp
+LogTime yes
+StreamMaxLength 1024M
+MaxFileSize 1024M
+MaxScanSize 1024M
+AlertExceedsMax yes
+CONF
+    STARTED_CLAMD=1
+    start_bg clamd "$clamd" --config-file="$dir/clamd.conf"
+  fi
+  # Loading the signatures takes a few seconds (more with ClamAV's full databases).
+  local deadline=$((SECONDS + 120))
+  until clamd_ping; do
+    if ((SECONDS > deadline)) || { [ -n "${STARTED_CLAMD:-}" ] && ! pid_alive clamd; }; then
+      tail -n 30 "$STATE/logs/clamd.log" >&2 2>/dev/null
+      die "clamd did not answer PING on port $CLAMD_PORT within 120 s (log: $STATE/logs/clamd.log)"
+    fi
+    sleep 0.5
+  done
+  export SOMA_CLAMD_ADDRESS=127.0.0.1:$CLAMD_PORT
+}
+
+stop_clamd() { stop_bg clamd; }
+
+# clamd_command start|stop: the shell command that starts or stops our own clamd (as
+# ensure_clamd / stop_clamd in a shell of its own). The drills run them to take the scanner
+# away; stop does nothing to a clamd these scripts did not start.
+clamd_command() {
+  local fn=ensure_clamd
+  [ "$1" = stop ] && fn=stop_clamd
+  printf 'SOMA_STATE_DIR=%q SOMA_CLAMD_PORT=%q bash -c %q >/dev/null' "$STATE" "$CLAMD_PORT" \
+    "source $(printf %q "$ROOT/ops/lib.sh") && $fn"
+}
+
+# An S3 endpoint: moto's server (PyPI moto[server]) in the project's venv, with the bucket
+# soma-attachments. moto keeps everything in memory: a restart loses the stored objects, which
+# is fine for dev and tests (ensure_s3 creates the bucket again). Sets SOMA_S3_*.
+ensure_s3() {
+  ensure_temporal_cli
+  if [ ! -x "$VENV/bin/moto_server" ]; then
+    log "installing moto[server] into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]' || die "could not install moto[server]"
+  fi
+  if port_open "$S3_PORT"; then
+    log "S3: reusing the endpoint on 127.0.0.1:$S3_PORT"
+  else
+    log "S3: starting moto on 127.0.0.1:$S3_PORT (in memory)"
+    STARTED_S3=1
+    start_bg s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+    wait_port "$S3_PORT" "moto (S3)" 60 "$STATE/logs/s3.log"
+  fi
+  export SOMA_S3_ENDPOINT=http://127.0.0.1:$S3_PORT SOMA_S3_BUCKET=soma-attachments SOMA_S3_REGION=us-east-1
+  # moto takes any credentials; the S3 clients want some.
+  export SOMA_S3_ACCESS_KEY_ID=test SOMA_S3_SECRET_ACCESS_KEY=test
+  # CreateBucket; one that exists already (a reused endpoint) answers 200 or 409.
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$SOMA_S3_ENDPOINT/$SOMA_S3_BUCKET") || true
+  case $code in
+    200 | 409) ;;
+    *) die "S3: could not create the bucket $SOMA_S3_BUCKET at $SOMA_S3_ENDPOINT (HTTP $code; log: $STATE/logs/s3.log)" ;;
+  esac
 }
 
 # sqlx-cli, which checks the committed query data (.sqlx/) against the migrations.
