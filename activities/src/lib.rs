@@ -9,9 +9,11 @@ pub mod memory;
 pub mod policy;
 pub mod session;
 pub mod tools;
+pub mod uploads;
 
 pub use llm::{LlmActivitiesImpl, LlmClient, LlmError};
 pub use memory::{MemoryActivitiesImpl, MemorySettings};
 pub use policy::Policy;
 pub use session::SessionActivitiesImpl;
 pub use tools::{ToolActivitiesImpl, ToolSettings};
+pub use uploads::{UploadActivitiesImpl, UploadSettings};

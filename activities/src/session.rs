@@ -13,7 +13,7 @@ use soma_contract::events::{ErrorCode, ErrorEvent, TurnEnd, UserMessage};
 use soma_contract::events::SessionDeleted;
 use soma_contract::{MessageStatus, Role, SessionEvent, SessionRef, TurnOutcome, TurnRef, TurnStatus};
 use soma_core::SessionWakeups;
-use soma_core::store::{AuditEntry, Requester, Store, StoreError, TurnStart};
+use soma_core::store::{AttachmentRow, AuditEntry, Requester, Store, StoreError, TurnStart};
 use soma_workflows::activities::{AssistantMessageInput, FinishTurnInput, TurnBegin, defs};
 use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{UntypedWorkflow, WorkflowCancelOptions};
@@ -91,9 +91,33 @@ impl SessionActivitiesImpl {
             context: json!({ "turn_id": turn.turn_id, "message_bytes": begun.user_message.len() }),
         };
         Ok(match self.policy.decide(&input).await {
+            Decision::Allow if begun.attachments > 0 => TurnBegin::BegunWithAttachments,
             Decision::Allow => TurnBegin::Begun,
             Decision::Deny(reason) => TurnBegin::Denied { reason },
         })
+    }
+
+    #[activity(definition = defs::AwaitAttachments)]
+    pub async fn await_attachments(self: Arc<Self>, ctx: ActivityContext, turn: TurnRef) -> Result<(), ActivityError> {
+        let attachments = || async {
+            let mut rows = Vec::new();
+            for id in self.store.turn_attachment_ids(&turn.tenant_id, turn.turn_id).await? {
+                // A file deleted since (with its session) is gone: nothing to wait for.
+                rows.extend(self.store.attachment(&turn.tenant_id, id).await?);
+            }
+            Ok::<_, StoreError>(rows)
+        };
+        // A scan's verdict is announced on its upload's session, which wakes this wait; files
+        // uploaded on their own are seen at the next re-check.
+        self.wait_while(&ctx, turn.session_id, || async { Ok(attachments().await?.iter().any(|a| !a.status.is_final())) })
+            .await?;
+        let events: Vec<SessionEvent> = attachments()
+            .await
+            .classify()?
+            .iter()
+            .map(AttachmentRow::status_event)
+            .collect();
+        self.store.append_events(&turn.scope(), &events).await.classify()
     }
 
     #[activity(definition = defs::WaitForEarlierTurns)]

@@ -11,6 +11,12 @@ use soma_core::store::StoreError;
 
 use crate::stream_token::TokenRefusal;
 
+/// tus's status for a checksum that does not match (not in HTTP's registry).
+const CHECKSUM_MISMATCH: StatusCode = match StatusCode::from_u16(460) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -30,6 +36,20 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     PayloadTooLarge { message: String },
+    /// A protocol the request does not speak (tus: `Tus-Resumable`).
+    #[error("{message}")]
+    PreconditionFailed { code: &'static str, message: String },
+    /// Was here and is not any more (an expired upload).
+    #[error("{message}")]
+    Gone { code: &'static str, message: String },
+    /// tus checksum extension: the request's bytes do not match its `Upload-Checksum`.
+    #[error("the checksum does not match the bytes sent: nothing of this request was kept")]
+    ChecksumMismatch,
+    /// A `Range` outside the resource (its length is in `Content-Range`).
+    #[error("the range is outside the file's {0} bytes")]
+    RangeNotSatisfiable(u64),
+    #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String },
     #[error("the body must be {0}")]
     UnsupportedMediaType(&'static str),
     #[error("{what} is unavailable")]
@@ -58,6 +78,11 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::PreconditionFailed { code, .. } => (StatusCode::PRECONDITION_FAILED, code),
+            Self::Gone { code, .. } => (StatusCode::GONE, code),
+            Self::ChecksumMismatch => (CHECKSUM_MISMATCH, "checksum_mismatch"),
+            Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
+            Self::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -102,6 +127,12 @@ impl IntoResponse for ApiError {
         let mut response =
             (status, Json(json!({ "code": code, "message": self.to_string() }))).into_response();
         response.extensions_mut().insert(ErrorBody);
+        if let Self::RangeNotSatisfiable(length) = self {
+            let range = format!("bytes */{length}");
+            if let Ok(value) = axum::http::HeaderValue::from_str(&range) {
+                response.headers_mut().insert(axum::http::header::CONTENT_RANGE, value);
+            }
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read: the connection cannot carry another request.
             response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use temporalio_client::Client;
 
+use soma_core::blobs::BlobStore;
 use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
 
 pub use auth::ApiKeys;
@@ -31,6 +32,8 @@ pub struct ApiContext {
     pub stream_tokens: Arc<stream_token::StreamTokens>,
     /// The memory backend recall and feedback go to.
     pub memory: MemoryBackend,
+    /// The bucket large clean attachments are served from.
+    pub blobs: BlobStore,
     /// Flips to true when the server shuts down, so open event streams end (graceful
     /// shutdown waits for every connection, and an SSE stream never ends by itself).
     pub closing: tokio::sync::watch::Sender<bool>,
@@ -49,7 +52,8 @@ impl ApiContext {
         let feeds = Arc::new(feed::Feeds::new(store.clone(), wakeups));
         let stream_tokens = Arc::new(stream_token::StreamTokens::from_config(&config));
         let memory = MemoryBackend::from_config(&config, store.clone());
-        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, stream_tokens, memory, closing })
+        let blobs = BlobStore::from_config(&config);
+        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, stream_tokens, memory, blobs, closing })
     }
 }
 

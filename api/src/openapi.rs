@@ -21,6 +21,7 @@ use soma_contract::{EventData, EventMeta, SessionEvent};
         (name = "chat", description = "Sending messages and following their turns"),
         (name = "sessions", description = "Conversations: list, history, delete, reset, export, import"),
         (name = "tools", description = "The tool catalog, direct tool calls, approvals"),
+        (name = "uploads", description = "Resumable uploads (tus 1.0.0), multipart uploads, attachments and their scans"),
         (name = "operations", description = "Health, readiness, configuration, this document, the console"),
     )
 )]

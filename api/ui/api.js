@@ -29,9 +29,10 @@ export class Api {
     return json;
   }
 
-  send(message, sessionId, ifBusy) {
+  send(message, sessionId, ifBusy, attachmentIds = []) {
     const body = { message, if_busy: ifBusy };
     if (sessionId) body.session_id = sessionId;
+    if (attachmentIds.length) body.attachments = attachmentIds.map((id) => ({ id }));
     return this.call("POST", "/v1/session/message", body, { "Idempotency-Key": crypto.randomUUID() });
   }
   sessions() { return this.call("GET", "/v1/sessions?limit=50"); }
@@ -52,6 +53,35 @@ export class Api {
   decideTool(toolCallId, approve, reason) {
     return this.call("POST", `/v1/tool/${toolCallId}/${approve ? "approve" : "deny"}`, reason ? { reason } : {});
   }
+  attachment(id) { return this.call("GET", `/v1/attachments/${id}/status`); }
+
+  /**
+   * Uploads a file with tus-js-client (resumable: a broken request resumes from the server's
+   * offset, and after a reload, choosing the same file again resumes it). Calls
+   * `onProgress(sent, total)`; resolves with the attachment's id once every byte is in.
+   */
+  upload(file, sessionId, onProgress) {
+    return new Promise((resolve, reject) => {
+      const metadata = { filename: file.name, filetype: file.type || "application/octet-stream" };
+      if (sessionId) metadata.session_id = sessionId;
+      const upload = new window.tus.Upload(file, {
+        endpoint: `${this.base}/v1/uploads`,
+        headers: { "X-API-Key": this.key },
+        metadata,
+        chunkSize: 8 * 1024 * 1024,
+        retryDelays: [0, 1000, 3000, 5000, 10000],
+        removeFingerprintOnSuccess: true,
+        onProgress,
+        onError: reject,
+        onSuccess: () => resolve(upload.url.split("/").pop()),
+      });
+      upload.findPreviousUploads().then((previous) => {
+        if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+        upload.start();
+      });
+    });
+  }
+
   streamToken(sessionId) { return this.call("POST", `/v1/session/${sessionId}/stream-token`); }
 
   /**
@@ -102,5 +132,5 @@ export class Api {
 
 // The event kinds the console listens for (docs/architecture.md lists them all).
 const KINDS = ["message.user", "memory.recall", "llm.delta", "llm.retry", "llm.complete", "tool.call",
-  "tool.approval_required", "tool.result", "memory.write", "turn.complete", "turn.failed", "turn.cancelled", "error",
+  "tool.approval_required", "tool.result", "memory.write", "attachment.status", "turn.complete", "turn.failed", "turn.cancelled", "error",
   "session.reset", "session.deleted"];

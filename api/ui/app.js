@@ -17,6 +17,7 @@ const state = {
   session: null, // the open session's id, or null for a new chat
   stopFollowing: () => {},
   turns: new Map(), // turn id -> { li, reply, tools, meta, rounds, text, status, workflowId }
+  uploads: [], // files for the next message: { id, li, done (a promise of the id) }
 };
 
 // ---- the key -------------------------------------------------------------------------------
@@ -255,6 +256,10 @@ function onEvent(id, data) {
     case "turn.failed":
       setStatus(ensureTurn(turnId), "failed", payload.reason);
       break;
+    case "attachment.status":
+      if (turnId) showTurnFile(ensureTurn(turnId), payload);
+      else showVerdict(payload.attachment_id, payload);
+      break;
     case "session.reset":
       state.turns.clear();
       $("turns").replaceChildren();
@@ -356,6 +361,80 @@ function askApproval(card, toolCallId) {
   card.appendChild(decide);
 }
 
+// ---- files ---------------------------------------------------------------------------------
+
+/** A file chosen for the next message: uploaded at once over tus with a progress bar, then
+ *  its scan's verdict, live. */
+function addUpload(file) {
+  const li = document.createElement("li");
+  li.className = "upload";
+  const name = Object.assign(document.createElement("span"), { className: "name", textContent: file.name });
+  const bar = Object.assign(document.createElement("progress"), { max: 1, value: 0 });
+  const status = Object.assign(document.createElement("span"), { className: "upload-status", textContent: "uploading" });
+  li.append(name, bar, status);
+  li.dataset.status = "uploading";
+  $("uploads").appendChild(li);
+  const entry = { id: null, li };
+  state.uploads.push(entry);
+  updateSendable();
+  entry.done = state.api.upload(file, state.session, (sent, total) => {
+    bar.value = total ? sent / total : 1;
+    status.textContent = `${(sent / 1048576).toFixed(1)} / ${(total / 1048576).toFixed(1)} MiB`;
+  }).then(async (id) => {
+    entry.id = id;
+    li.dataset.attachmentId = id;
+    bar.value = 1;
+    setUploadStatus(li, "pending", "scanning…");
+    updateSendable();
+    // The verdict also comes as attachment.status on an open session; polling covers a new chat.
+    for (;;) {
+      const attachment = await state.api.attachment(id);
+      if (["clean", "quarantined", "failed"].includes(attachment.status)) { showVerdict(id, attachment); return id; }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }).catch((err) => {
+    setUploadStatus(li, "failed", `not uploaded: ${err.message}`);
+    state.uploads = state.uploads.filter((u) => u !== entry);
+    updateSendable();
+  });
+}
+
+function setUploadStatus(li, status, text) {
+  li.dataset.status = status;
+  li.querySelector(".upload-status").textContent = text;
+}
+
+function showVerdict(id, attachment) {
+  const li = document.querySelector(`#uploads [data-attachment-id="${id}"]`);
+  if (!li) return;
+  const text = attachment.status === "clean" ? "clean" : `${attachment.status}: ${attachment.verdict ?? ""}`;
+  setUploadStatus(li, attachment.status, text);
+}
+
+/** A turn's file, as the turn saw it: given to the model (clean) or refused. */
+function showTurnFile(turn, payload) {
+  let line = turn.li.querySelector(`.file[data-attachment-id="${payload.attachment_id}"]`);
+  if (!line) {
+    line = Object.assign(document.createElement("div"), { className: "file" });
+    line.dataset.attachmentId = payload.attachment_id;
+    turn.li.querySelector(".user").after(line);
+  }
+  line.dataset.status = payload.status;
+  line.textContent = payload.status === "clean"
+    ? `📎 ${payload.filename}`
+    : `📎 ${payload.filename}: ${payload.status} (${payload.verdict ?? ""}), not given to the model`;
+}
+
+/** Send waits until every chosen file's bytes are in (its scan may still run: the turn waits). */
+function updateSendable() {
+  $("send").disabled = state.uploads.some((u) => !u.id);
+}
+
+$("file").addEventListener("change", (event) => {
+  for (const file of event.target.files) addUpload(file);
+  event.target.value = "";
+});
+
 // ---- composing -----------------------------------------------------------------------------
 
 $("compose").addEventListener("submit", async (event) => {
@@ -365,8 +444,11 @@ $("compose").addEventListener("submit", async (event) => {
   $("error").textContent = "";
   $("send").disabled = true;
   try {
-    const accepted = await state.api.send(text, state.session, $("if-busy").value);
+    const files = state.uploads.filter((u) => u.id).map((u) => u.id);
+    const accepted = await state.api.send(text, state.session, $("if-busy").value, files);
     $("message").value = "";
+    state.uploads = [];
+    $("uploads").replaceChildren();
     const isNew = state.session !== accepted.session_id;
     if (isNew) {
       showSession(accepted.session_id);
@@ -381,7 +463,7 @@ $("compose").addEventListener("submit", async (event) => {
       ? "A reply is still being written (the busy policy is reject)."
       : `Not sent: ${err.message}`;
   } finally {
-    $("send").disabled = false;
+    updateSendable();
   }
 });
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use soma_client::{Client, ClientError, Followed};
 use soma_contract::{SessionEvent, ShownReply};
-use soma_contract::api::{IfBusy, MessageAccepted, PostMessage};
+use soma_contract::api::{AttachmentRef, IfBusy, MessageAccepted, PostMessage};
 
 use crate::{Approvals, Outcome};
 use crate::output::Output;
@@ -47,14 +47,25 @@ pub async fn run(
     session: Option<Uuid>,
     if_busy: IfBusy,
     approvals: Approvals,
+    attachments: Vec<Uuid>,
     message: Option<String>,
     out: &Output,
 ) -> Result<Outcome, ClientError> {
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     match message {
-        Some(message) => Ok(turn(client, session, if_busy, approvals, &mut input, &message, out).await?.1),
-        None => interactive(client, session, if_busy, approvals, &mut input, out).await,
+        Some(text) => {
+            let message = Outgoing { text: &text, attachments: &attachments };
+            Ok(turn(client, session, if_busy, approvals, &mut input, message, out).await?.1)
+        }
+        None => interactive(client, session, if_busy, approvals, attachments, &mut input, out).await,
     }
+}
+
+/// A message to send: its text and the uploaded files it carries.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    text: &'a str,
+    attachments: &'a [Uuid],
 }
 
 /// One line a message, in one session, until end of input or Ctrl-C at the prompt.
@@ -63,6 +74,7 @@ async fn interactive(
     mut session: Option<Uuid>,
     if_busy: IfBusy,
     approvals: Approvals,
+    mut attachments: Vec<Uuid>,
     lines: &mut Input,
     out: &Output,
 ) -> Result<Outcome, ClientError> {
@@ -80,7 +92,10 @@ async fn interactive(
         if line.trim().is_empty() {
             continue;
         }
-        let (id, ended) = turn(client, session, if_busy, approvals, lines, &line, out).await?;
+        // The files go with the first message.
+        let message = Outgoing { text: &line, attachments: &attachments };
+        let (id, ended) = turn(client, session, if_busy, approvals, lines, message, out).await?;
+        attachments.clear();
         session = Some(id);
         outcome = ended;
     }
@@ -93,14 +108,14 @@ async fn turn(
     if_busy: IfBusy,
     approvals: Approvals,
     input: &mut Input,
-    message: &str,
+    message: Outgoing<'_>,
     out: &Output,
 ) -> Result<(Uuid, Outcome), ClientError> {
     let body = PostMessage {
         session_id: session,
-        message: message.to_string(),
+        message: message.text.to_string(),
         persona_id: None,
-        attachments: Vec::new(),
+        attachments: message.attachments.iter().map(|&id| AttachmentRef { id }).collect(),
         if_busy,
     };
     let accepted = send(client, &body).await?;

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod output;
 pub mod settings;
+pub mod upload;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ Exit codes:
   3  the API refused the request (unknown session, busy session, bad input, wrong key)
   4  the turn failed (its error is printed)
   5  the turn was cancelled
+  6  an uploaded file was quarantined or failed its scan
 
 Examples:
   soma chat \"What is Temporal?\"          a new session, the reply streamed as it is written
@@ -38,6 +40,8 @@ Examples:
   soma chat --approvals approve \"…\"     approve every tool call that asks (ask: y/n at a terminal)
   soma tools                             the tools the model may call
   soma tool approve ID                   decide a tool call waiting for approval (or deny)
+  soma upload report.pdf notes.md        upload (resumable; run it again to resume), then the scan's verdict
+  soma chat --attach ID \"Summarise it\" a message with an uploaded file
   soma recall favourite colour           what memory recalls for a query
   soma dead-letters replay --all         replay what ran out of retries (with an admin key)
   soma sessions --json | jq .            scripts read --json
@@ -79,8 +83,20 @@ pub enum Command {
         /// for `soma tool approve|deny`), approve or deny them all.
         #[arg(long, value_enum, default_value_t = Approvals::Ask)]
         approvals: Approvals,
+        /// An uploaded file (its id, from `soma upload`) to go with the message; repeat for more.
+        #[arg(long = "attach", value_name = "ID")]
+        attachments: Vec<Uuid>,
         /// The message; several words are joined with spaces.
         message: Vec<String>,
+    },
+    /// Upload files over tus (resumable: run the same command again to go on after an
+    /// interruption), with a progress bar; prints each one's scan verdict.
+    Upload {
+        /// The session the files are for (its stream hears their verdicts).
+        #[arg(long)]
+        session: Option<Uuid>,
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
     },
     /// The tools the model (and `POST /v1/tool/request`) may use.
     Tools {
@@ -200,6 +216,8 @@ pub enum Outcome {
     Refused = 3,
     TurnFailed = 4,
     TurnCancelled = 5,
+    /// An uploaded file was quarantined or failed its scan.
+    Rejected = 6,
 }
 
 impl From<Outcome> for ExitCode {
@@ -247,10 +265,11 @@ pub async fn run(cli: Cli) -> Outcome {
 
 async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outcome, ClientError> {
     match command {
-        Command::Chat { session, if_busy, approvals, message } => {
+        Command::Chat { session, if_busy, approvals, attachments, message } => {
             let message = (!message.is_empty()).then(|| message.join(" "));
-            return chat::run(client, session, if_busy.into(), approvals, message, out).await;
+            return chat::run(client, session, if_busy.into(), approvals, attachments, message, out).await;
         }
+        Command::Upload { session, files } => return upload::run(client, &files, session, out).await,
         Command::Tools { refresh: true } => {
             let refreshed = client.refresh_tools().await?;
             out.json_or(&refreshed, || {

@@ -4,6 +4,7 @@
 
 pub mod follow;
 pub mod sse;
+pub mod upload;
 
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -16,6 +17,7 @@ use soma_contract::api::{
 
 pub use follow::{Follow, Followed};
 pub use sse::{EventStream, Next, SseEvent};
+pub use upload::{TusUpload, UploadProgress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

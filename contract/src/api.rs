@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::status::{
-    ApprovalDecision, DeadLetterKind, DeadLetterStatus, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus,
+    ApprovalDecision, AttachmentStatus, DeadLetterKind, DeadLetterStatus, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus,
 };
 
 /// Derives `utoipa::ToSchema` with the `openapi` feature.
@@ -41,9 +41,11 @@ api_type! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*$"))]
         pub persona_id: Option<String>,
-        /// Not supported yet: must be empty.
+        /// Files uploaded earlier (`/v1/uploads`) that go with the message: the turn waits for
+        /// their scans; clean text-like ones (text, Markdown, JSON, CSV) reach the model, the
+        /// others are refused with an `attachment.status` event.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        #[cfg_attr(feature = "openapi", schema(max_items = 0))]
+        #[cfg_attr(feature = "openapi", schema(max_items = 20))]
         pub attachments: Vec<AttachmentRef>,
         /// What to do when a turn of the session is still running.
         #[serde(default)]
@@ -424,6 +426,31 @@ api_type! {
         /// Why it is given up on (required: it goes to the audit log).
         #[cfg_attr(feature = "openapi", schema(min_length = 1))]
         pub reason: String,
+    }
+
+    /// An uploaded file: `POST /v1/uploads` (multipart) and `GET /v1/attachments/{id}/status`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Attachment {
+        pub id: Uuid,
+        pub filename: String,
+        pub content_type: String,
+        /// The declared length; none while a tus upload defers it.
+        pub size_bytes: Option<i64>,
+        /// Bytes received so far.
+        pub received_bytes: i64,
+        pub status: AttachmentStatus,
+        /// The SHA-256 (hex) of the bytes: as received for a multipart upload, as scanned once
+        /// the scan has read them.
+        pub sha256: Option<String>,
+        /// What the scanner found, or why the scan failed.
+        pub verdict: Option<String>,
+        pub session_id: Option<Uuid>,
+        /// Where to download it once `clean`.
+        pub url: String,
+        /// The scan's workflow in Temporal.
+        pub workflow_id: String,
+        pub created_at: DateTime<Utc>,
+        pub scanned_at: Option<DateTime<Utc>>,
     }
 
     /// `GET /v1/health`.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::status::{MemoryRole, MemoryWriteStatus, RecallStatus, Role, ToolCallStatus, TurnOutcome};
+use crate::status::{AttachmentStatus, MemoryRole, MemoryWriteStatus, RecallStatus, Role, ToolCallStatus, TurnOutcome};
 
 /// Declares [`SessionEvent`] from a table of `"kind" => Variant(Payload)`, so each kind's name
 /// is written once: serde's tag, [`SessionEvent::kind`] and [`SessionEvent::KINDS`] all use it.
@@ -64,6 +64,9 @@ session_events! {
     "tool.approval_required" => ToolApprovalRequired(ToolApprovalRequired),
     /// The tool call's result: its output, or why there is none (denied, failed, timed out).
     "tool.result" => ToolResult(ToolResult),
+    /// An uploaded file moved on: its bytes are all in and it waits for the scan, or the scan
+    /// said clean (downloadable), quarantined (with the signature found) or failed.
+    "attachment.status" => AttachmentStatusChanged(AttachmentStatusChanged),
     /// A message's memory write ended: delivered to the memory backend, refused by the
     /// policy, or dead-lettered after its retries.
     "memory.write" => MemoryWrite(MemoryWrite),
@@ -207,6 +210,20 @@ pub struct MemoryWrite {
     pub reason: Option<String>,
 }
 
+/// `attachment.status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttachmentStatusChanged {
+    pub attachment_id: Uuid,
+    pub filename: String,
+    pub status: AttachmentStatus,
+    pub size_bytes: i64,
+    /// The SHA-256 of the stored bytes, once the scan has read them.
+    pub sha256: Option<String>,
+    /// What the scanner found (`Soma.Test.EICAR`, "too large to scan"), or why the scan failed.
+    pub verdict: Option<String>,
+}
+
 /// `turn.complete`, `turn.failed` and `turn.cancelled`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -313,6 +330,9 @@ impl SessionEvent {
                 write.status,
                 scope.request_id.unwrap_or_default()
             ),
+            SessionEvent::AttachmentStatusChanged(changed) => {
+                format!("{subject}:attachment.status:{}:{}", changed.attachment_id, changed.status)
+            }
             // A session may be reset many times: once per request.
             SessionEvent::SessionReset(_) => {
                 format!("{subject}:session.reset:{}", scope.request_id.unwrap_or_default())
@@ -393,6 +413,14 @@ impl SessionEvent {
                 output: Some("391".into()),
                 truncated: false,
                 reason: None,
+            }),
+            SessionEvent::AttachmentStatusChanged(AttachmentStatusChanged {
+                attachment_id: id,
+                filename: "report.pdf".into(),
+                status: AttachmentStatus::Quarantined,
+                size_bytes: 68,
+                sha256: Some("275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f".into()),
+                verdict: Some("Soma.Test.EICAR".into()),
             }),
             SessionEvent::MemoryWrite(MemoryWrite {
                 key: format!("acme/default/{id}/assistant/1795000000456/9f86d081884c7d65"),

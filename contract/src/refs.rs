@@ -111,3 +111,29 @@ impl MemoryWriteRef {
         })
     }
 }
+
+/// An uploaded file on its way through the scan: workflow inputs carry this, never its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRef {
+    pub tenant_id: String,
+    pub attachment_id: Uuid,
+    /// The session the file was uploaded for, whose stream hears how its scan ends; none for
+    /// a file uploaded on its own.
+    pub session_id: Option<Uuid>,
+    /// The request that completed the upload; carried into events and audit rows.
+    pub request_id: String,
+    pub trace_id: Option<String>,
+}
+
+impl UploadRef {
+    /// Where the file's `attachment.status` events go, if it belongs to a session.
+    pub fn scope(&self) -> Option<EventScope<'_>> {
+        Some(EventScope {
+            tenant_id: &self.tenant_id,
+            session_id: self.session_id?,
+            turn_id: None,
+            request_id: Some(&self.request_id),
+            trace_id: self.trace_id.as_deref(),
+        })
+    }
+}

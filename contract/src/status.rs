@@ -236,3 +236,37 @@ mod tests {
         }
     }
 }
+
+text_enum! {
+    /// Where an uploaded file is, from its first byte to being served or refused. Only `clean`
+    /// files are ever served.
+    pub enum AttachmentStatus {
+        /// Bytes are still arriving (a tus upload not yet at its length).
+        Uploading => "uploading",
+        /// Every byte is in; the scan has not said yet (or the scanner is away).
+        Pending => "pending",
+        /// Scanned clean and stored: downloadable by its tenant.
+        Clean => "clean",
+        /// The scanner found something (or the file was too large to scan): never served.
+        Quarantined => "quarantined",
+        /// The stored bytes did not match their SHA-256, or the scan gave up: never served.
+        Failed => "failed",
+    }
+}
+
+impl AttachmentStatus {
+    /// Whether the scan has said its last word.
+    pub fn is_final(self) -> bool {
+        matches!(self, AttachmentStatus::Clean | AttachmentStatus::Quarantined | AttachmentStatus::Failed)
+    }
+}
+
+text_enum! {
+    /// Where a clean attachment's bytes live.
+    pub enum AttachmentStorage {
+        /// In its Postgres row (small files).
+        Inline => "inline",
+        /// In the S3 bucket, under a key derived from the attachment's id.
+        S3 => "s3",
+    }
+}

@@ -121,6 +121,34 @@ pub struct Config {
     /// Admin API keys as `name:sha256_hex_of_key`, comma separated: dead letters and other
     /// operations across tenants.
     pub admin_api_keys: String,
+    /// clamd's TCP address (`host:port`): every uploaded file is scanned there before anyone
+    /// can read it.
+    pub clamd_address: String,
+    /// clamd's `StreamMaxLength`: a larger file is quarantined as too large to scan, without
+    /// sending it. Keep the two equal.
+    pub clamd_stream_max_bytes: u64,
+    /// The S3 endpoint clean attachments above `attachment_inline_max_bytes` are kept in; empty:
+    /// AWS S3 itself.
+    pub s3_endpoint: String,
+    pub s3_bucket: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: Secret,
+    /// A clean attachment up to this size is kept in its Postgres row; a larger one in S3.
+    pub attachment_inline_max_bytes: u64,
+    /// How much of a clean text-like file's text (text, Markdown, JSON, CSV) is kept for the
+    /// messages that carry it.
+    pub attachment_text_max_bytes: usize,
+    /// The largest upload (tus `Tus-Max-Size`); larger ones get 413.
+    pub upload_max_bytes: u64,
+    /// The largest plain multipart upload; larger files go over tus.
+    pub upload_multipart_max_bytes: u64,
+    /// Uploads one tenant may have in progress at once (tus uploads not yet complete).
+    pub upload_max_in_progress: u32,
+    /// An unfinished upload expires this long after its creation (tus `Upload-Expires`).
+    pub upload_expiry_secs: u64,
+    /// Received bytes are stored in chunks of at most this size, each durable once stored.
+    pub upload_chunk_bytes: usize,
     /// How often each worker sweeps for turns that need recovering.
     pub turn_recovery_interval_ms: u64,
     /// An open turn that has not changed for this long is looked at by the sweep: started if
@@ -176,6 +204,20 @@ impl Default for Config {
             memory_retry_max_interval_secs: 120,
             memory_retry_budget_secs: 2 * 3600,
             admin_api_keys: String::new(),
+            clamd_address: "127.0.0.1:3310".into(),
+            clamd_stream_max_bytes: 1024 * 1024 * 1024,
+            s3_endpoint: String::new(),
+            s3_bucket: "soma-attachments".into(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Secret::default(),
+            attachment_inline_max_bytes: 1024 * 1024,
+            attachment_text_max_bytes: 64 * 1024,
+            upload_max_bytes: 2 * 1024 * 1024 * 1024,
+            upload_multipart_max_bytes: 32 * 1024 * 1024,
+            upload_max_in_progress: 20,
+            upload_expiry_secs: 24 * 3600,
+            upload_chunk_bytes: 1024 * 1024,
             turn_recovery_interval_ms: 5_000,
             turn_recovery_quiet_ms: 10_000,
             max_message_bytes: 32 * 1024,
@@ -250,6 +292,11 @@ impl Config {
         }
         if self.memory_retry_budget_secs == 0 || self.memory_retry_max_interval_secs == 0 {
             return Err(ConfigError("memory_retry_budget_secs and memory_retry_max_interval_secs must be positive".into()));
+        }
+        if self.upload_chunk_bytes == 0 || self.upload_max_in_progress == 0 || self.upload_expiry_secs == 0 {
+            return Err(ConfigError(
+                "upload_chunk_bytes, upload_max_in_progress and upload_expiry_secs must be positive".into(),
+            ));
         }
         for entry in self.api_key_entries().chain(self.admin_key_entries()) {
             let (owner, hash) = entry.map_err(ConfigError)?;

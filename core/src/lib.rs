@@ -2,6 +2,8 @@
 //! connection and the Postgres store (the only place SQL is written). It knows no workflow:
 //! the store speaks the contract's types and plain IDs.
 
+pub mod blobs;
+pub mod clamav;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -93,13 +93,13 @@ struct Provider {
     requests: AtomicUsize,
     /// Streams sent to their end (`[DONE]`), by the request's `Idempotency-Key`.
     completed: std::sync::Mutex<HashMap<String, usize>>,
-    /// The system messages of the latest requests (what the model was told besides the
-    /// conversation: recalled memories, say), oldest first.
-    system_messages: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// The system and user messages of the latest requests, `(role, content)`, oldest first:
+    /// what the model was told (recalled memories, attached files), for tests to check.
+    prompt_messages: std::sync::Mutex<std::collections::VecDeque<(String, String)>>,
 }
 
-/// How many requests' system messages are kept.
-const KEPT_SYSTEM_MESSAGES: usize = 200;
+/// How many of the latest requests' system and user messages are kept.
+const KEPT_PROMPT_MESSAGES: usize = 400;
 
 impl Provider {
     fn new(options: DevProviderOptions) -> Arc<Provider> {
@@ -107,7 +107,7 @@ impl Provider {
             options: options.into(),
             requests: AtomicUsize::new(0),
             completed: Default::default(),
-            system_messages: Default::default(),
+            prompt_messages: Default::default(),
         })
     }
 }
@@ -135,9 +135,19 @@ impl DevProviderHandle {
         completed.iter().filter(|(_, n)| **n > 1).map(|(key, n)| (key.clone(), *n)).collect()
     }
 
-    /// The system messages the latest requests carried (up to 200), oldest first.
+    /// The system messages the latest requests carried, oldest first.
     pub fn system_messages(&self) -> Vec<String> {
-        self.provider.system_messages.lock().expect("system messages lock").iter().cloned().collect()
+        self.prompt_messages("system")
+    }
+
+    /// The user messages the latest requests carried (with their attached files), oldest first.
+    pub fn user_messages(&self) -> Vec<String> {
+        self.prompt_messages("user")
+    }
+
+    fn prompt_messages(&self, role: &str) -> Vec<String> {
+        let kept = self.provider.prompt_messages.lock().expect("prompt messages lock");
+        kept.iter().filter(|(r, _)| r == role).map(|(_, content)| content.clone()).collect()
     }
 
     /// Changes how later requests are answered (a benchmark's phases differ in timing).
@@ -208,12 +218,12 @@ async fn chat_completions(
     };
     let number = provider.requests.fetch_add(1, Ordering::SeqCst);
     {
-        let mut kept = provider.system_messages.lock().expect("system messages lock");
-        for message in request.messages.iter().filter(|m| m.role == "system") {
-            if kept.len() == KEPT_SYSTEM_MESSAGES {
+        let mut kept = provider.prompt_messages.lock().expect("prompt messages lock");
+        for message in request.messages.iter().filter(|m| m.role == "system" || m.role == "user") {
+            if kept.len() == KEPT_PROMPT_MESSAGES {
                 kept.pop_front();
             }
-            kept.push_back(message.content.clone().unwrap_or_default());
+            kept.push_back((message.role.clone(), message.content.clone().unwrap_or_default()));
         }
     }
     let options = provider.options.lock().expect("options lock").clone();

@@ -164,6 +164,7 @@ impl TestApp {
             idempotency_key: None,
             message,
             persona_id: None,
+            attachments: &[],
             refuse_if_busy: false,
             by: Requester { actor: "test", request_id: "stored-by-test", trace_id: None },
         };

@@ -14,12 +14,15 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use soma_activities::{
     LlmActivitiesImpl, LlmClient, MemoryActivitiesImpl, MemorySettings, Policy, SessionActivitiesImpl, ToolActivitiesImpl,
-    ToolSettings,
+    ToolSettings, UploadActivitiesImpl, UploadSettings,
 };
+use soma_core::blobs::BlobStore;
+use soma_core::clamav::Clamd;
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
 use soma_workflows::{
     ChatTurnWorkflow, MemoryWriteWorkflow, SessionDeletionWorkflow, ToolCatalogRefreshWorkflow, ToolExecutionWorkflow,
+    UploadScanWorkflow,
 };
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
@@ -51,13 +54,26 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
         Err(err) => tracing::warn!(error = %err, "could not refresh the tool catalog; using what it holds"),
     }
     let memory = MemoryActivitiesImpl::new(store.clone(), backend, policy.clone(), memory_settings(config));
+    tracing::info!(clamd = %config.clamd_address, bucket = %config.s3_bucket, "uploads: scanner and bucket");
+    let uploads = UploadActivitiesImpl::new(
+        store.clone(),
+        Clamd::new(config.clamd_address.clone()),
+        BlobStore::from_config(config),
+        UploadSettings {
+            inline_max_bytes: config.attachment_inline_max_bytes,
+            stream_max_bytes: config.clamd_stream_max_bytes,
+            text_max_bytes: config.attachment_text_max_bytes,
+        },
+    );
     Ok(WorkerOptions::new(config.task_queue.clone())
         .register_workflow::<ChatTurnWorkflow>()?
         .register_workflow::<SessionDeletionWorkflow>()?
         .register_workflow::<ToolExecutionWorkflow>()?
         .register_workflow::<ToolCatalogRefreshWorkflow>()?
         .register_workflow::<MemoryWriteWorkflow>()?
+        .register_workflow::<UploadScanWorkflow>()?
         .register_activities(memory)
+        .register_activities(uploads)
         .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy))
         .register_activities(tools)
         .register_activities(LlmActivitiesImpl::new(store, llm, coalesce, config.max_tool_rounds))

@@ -13,7 +13,8 @@
 //!
 //! The same sweep finds memory writes that are still owed but have not moved for longer than
 //! their retries ever wait (their workflow never started, or was terminated; a dead letter's
-//! replay whose start failed) and starts their workflow again under the same key.
+//! replay whose start failed) and starts their workflow again under the same key, and files
+//! whose bytes are all in but whose scan has no workflow (the api died between the two).
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use soma_contract::TurnOutcome;
 use soma_contract::memory::MemoryRetry;
 use soma_core::Store;
 use soma_core::store::{AuditEntry, StalledTurn};
-use soma_workflows::{ChatTurnWorkflow, MemoryWriteInput, MemoryWriteWorkflow};
+use soma_workflows::{ChatTurnWorkflow, MemoryWriteInput, MemoryWriteWorkflow, UploadScanWorkflow};
 use soma_workflows::activities::FinishTurnInput;
 
 /// The audit log's name for what the sweep does.
@@ -45,6 +46,8 @@ pub struct SweepReport {
     pub failed: usize,
     /// Owed memory writes whose workflow was gone, now started again.
     pub memory_writes_started: usize,
+    /// Pending files whose scan had no workflow, now started.
+    pub scans_started: usize,
 }
 
 pub struct TurnRecovery {
@@ -69,7 +72,7 @@ impl TurnRecovery {
         loop {
             tick.tick().await;
             match self.sweep().await {
-                Ok(report) if report.started + report.failed + report.memory_writes_started > 0 => {
+                Ok(report) if report.started + report.failed + report.memory_writes_started + report.scans_started > 0 => {
                     tracing::info!(?report, "turn recovery sweep");
                 }
                 Ok(_) => {}
@@ -99,7 +102,37 @@ impl TurnRecovery {
             }
         }
         report.memory_writes_started = self.sweep_memory_writes().await?;
+        report.scans_started = self.sweep_scans().await?;
         Ok(report)
+    }
+
+    /// Starts the scan of each pending file that has none running. Returns how many. A scan
+    /// heartbeats and moves its file at every step, so a quiet pending file has lost it.
+    async fn sweep_scans(&self) -> anyhow::Result<usize> {
+        let mut started = 0;
+        for upload in self.store.stalled_pending_uploads(self.quiet_for, BATCH).await? {
+            let workflow_id = UploadScanWorkflow::workflow_id(upload.attachment_id);
+            let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id.clone());
+            match handle.describe(Default::default()).await {
+                Ok(description) if !is_closed(description.status()) => {
+                    // Waiting for clamd or S3: running, only quiet.
+                    self.store.touch_upload(upload.attachment_id).await?;
+                    continue;
+                }
+                Ok(_) | Err(WorkflowInteractionError::NotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+            let outcome = "started: the pending file's scan had no running workflow";
+            let details = json!({ "attachment_id": upload.attachment_id, "workflow_id": workflow_id });
+            let entry = AuditEntry::for_upload(&upload, ACTOR, "upload.scan.recover", outcome, details);
+            self.store.audit(&entry).await?;
+            self.store.touch_upload(upload.attachment_id).await?;
+            let options = UploadScanWorkflow::start_options(&self.task_queue, upload.attachment_id);
+            soma_core::temporal::start_once(&self.temporal, UploadScanWorkflow::run, upload, options).await?;
+            tracing::warn!(%workflow_id, "started the scan of a pending file that had none");
+            started += 1;
+        }
+        Ok(started)
     }
 
     /// Starts the workflow of each owed memory write that has none running. Returns how many.

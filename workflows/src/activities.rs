@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use soma_contract::api::CatalogRefreshed;
 use soma_contract::events::ErrorCode;
+use soma_contract::{AttachmentStatus, AttachmentStorage, UploadRef};
 use soma_contract::{MemoryWriteRef, RecallStatus, SessionRef, ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
 
 /// Session and stream writes: the store.
@@ -24,6 +25,13 @@ impl SessionActivities {
     /// A turn the policy does not allow (`conversation.send`) is not begun.
     #[activity]
     pub async fn begin_turn(turn: TurnRef) -> Result<TurnBegin, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Waits until the scan of every file the message carries has ended, then emits each one's
+    /// `attachment.status` on the turn: clean ones go to the model, the others are refused.
+    #[activity]
+    pub async fn await_attachments(turn: TurnRef) -> Result<(), ActivityError> {
         unimplemented!()
     }
 
@@ -172,12 +180,41 @@ impl MemoryActivities {
     }
 }
 
+/// Uploaded files: the store (their bytes until scanned), clamd and the S3 bucket.
+pub struct UploadActivities;
+
+#[activity_definitions]
+impl UploadActivities {
+    /// Reads the file's bytes once, checking each chunk against the SHA-256 it arrived with
+    /// and the whole against the one declared, while streaming them to clamd (INSTREAM).
+    /// Heartbeats the bytes scanned. Retried while clamd is away; the file stays `pending`.
+    #[activity]
+    pub async fn scan_upload(upload: UploadRef) -> Result<ScanOutcome, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Keeps a clean file: in its row up to the inline size, else in S3 under a key derived
+    /// from the attachment (a retry writes the same object).
+    #[activity]
+    pub async fn store_attachment(upload: UploadRef) -> Result<AttachmentStorage, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Records the verdict (status, SHA-256, signature), drops the scanned bytes, emits
+    /// `attachment.status` on the session's stream and writes the audit row.
+    #[activity]
+    pub async fn record_scan(input: RecordScanInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The generated marker types, which `soma-activities` names in `#[activity(definition = …)]`.
 pub mod defs {
     pub use super::llm_activities::*;
     pub use super::memory_activities::*;
     pub use super::session_activities::*;
     pub use super::tool_activities::*;
+    pub use super::upload_activities::*;
 }
 
 /// What `begin_turn` found.
@@ -185,6 +222,8 @@ pub mod defs {
 pub enum TurnBegin {
     /// The user message is stored; the reply can be made.
     Begun,
+    /// Begun, and the message carries files: their scans must end before the model is called.
+    BegunWithAttachments,
     /// Earlier turns of the session are still open: wait for them, then try again.
     WaitForEarlier,
     /// The policy does not allow it (or could not say: fail closed).
@@ -275,4 +314,33 @@ pub struct DeadLetterInput {
     pub write: MemoryWriteRef,
     /// Why it is given up on, in the words of the last failure.
     pub reason: String,
+}
+
+/// What the scan of an uploaded file found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScanOutcome {
+    /// Every byte as it arrived, and clamd found nothing.
+    Clean { sha256: String },
+    /// clamd found a signature, or the file is beyond what it scans (not read then: no
+    /// SHA-256).
+    Quarantined { sha256: Option<String>, verdict: String },
+    /// The bytes are not what was sent, or the scan could not be done: never served.
+    Failed { reason: String },
+}
+
+impl ScanOutcome {
+    pub fn status(&self) -> AttachmentStatus {
+        match self {
+            ScanOutcome::Clean { .. } => AttachmentStatus::Clean,
+            ScanOutcome::Quarantined { .. } => AttachmentStatus::Quarantined,
+            ScanOutcome::Failed { .. } => AttachmentStatus::Failed,
+        }
+    }
+}
+
+/// Input of `record_scan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordScanInput {
+    pub upload: UploadRef,
+    pub outcome: ScanOutcome,
 }

@@ -124,6 +124,10 @@ async fn converse(ctx: &mut WorkflowContext<ChatTurnWorkflow>, turn: &TurnRef) -
     loop {
         match ctx.execute_local_activity(SessionActivities::begin_turn, turn.clone(), steps::local_database()).await? {
             TurnBegin::Begun => break,
+            TurnBegin::BegunWithAttachments => {
+                ctx.execute_activity(SessionActivities::await_attachments, turn.clone(), steps::wait()).await?;
+                break;
+            }
             TurnBegin::Denied { reason } => return Err(Ended::Denied(reason)),
             TurnBegin::WaitForEarlier => {
                 ctx.execute_activity(SessionActivities::wait_for_earlier_turns, turn.clone(), steps::wait()).await?;

@@ -12,9 +12,11 @@ pub mod session_deletion;
 pub mod steps;
 pub mod tool_catalog;
 pub mod tool_execution;
+pub mod upload_scan;
 
 pub use chat_turn::{ChatTurnInput, ChatTurnOutput, ChatTurnWorkflow};
 pub use memory_write::{MemoryWriteInput, MemoryWriteWorkflow};
 pub use session_deletion::{SessionDeletionOutput, SessionDeletionWorkflow};
 pub use tool_catalog::ToolCatalogRefreshWorkflow;
 pub use tool_execution::{ToolCallOutcome, ToolDecision, ToolExecutionWorkflow};
+pub use upload_scan::UploadScanWorkflow;

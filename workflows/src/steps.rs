@@ -95,6 +95,24 @@ pub fn memory_write(max_interval: Duration, budget: Duration) -> ActivityOptions
     ActivityOptions::with_close_timeouts(timeouts).retry_policy(backoff(Duration::from_secs(1), max_interval, 0)).build()
 }
 
+/// How long a file may wait for clamd or S3 before its scan gives up (it is then `failed`).
+const UPLOAD_STEP_BUDGET: Duration = Duration::from_secs(24 * 3600);
+
+/// A step of an uploaded file's scan that reads or writes the whole file (the scan, storing it
+/// in S3): heartbeats with its progress, so a dead worker is noticed within seconds whatever
+/// the file's size; retried every 10 s at most while clamd or S3 is away, so the file is
+/// scanned within seconds of their return, for a day.
+pub fn whole_file() -> ActivityOptions {
+    let timeouts = ActivityCloseTimeouts::ScheduleAndStartToClose {
+        schedule_to_close: UPLOAD_STEP_BUDGET,
+        start_to_close: Duration::from_secs(3600),
+    };
+    ActivityOptions::with_close_timeouts(timeouts)
+        .heartbeat_timeout(Duration::from_secs(20))
+        .retry_policy(backoff(Duration::from_secs(1), Duration::from_secs(10), 0))
+        .build()
+}
+
 /// An instant tool (see `ToolProfile::instant`) as a local activity: the same timeout and
 /// attempts as [`tool`], no heartbeats (it calls nothing that could stall).
 pub fn instant_tool(timeout: Duration, max_attempts: u32) -> LocalActivityOptions {

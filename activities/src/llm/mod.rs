@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use soma_contract::events::{LlmComplete, LlmDelta, LlmRetry};
-use soma_contract::{SessionEvent, ToolCallStatus, TurnRef};
-use soma_core::store::{ModelToolCall, RoundCall, Store, StoreError};
+use soma_contract::{AttachmentStatus, Role, SessionEvent, ToolCallStatus, TurnRef};
+use soma_core::store::{ModelToolCall, PromptAttachment, RoundCall, Store, StoreError};
 use soma_workflows::ToolExecutionWorkflow;
 use soma_workflows::activities::{ReplyRound, StreamOutcome, defs};
 
@@ -29,6 +29,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// How much of a tool's output the model is sent (the whole stays in `tool_calls`).
 const TOOL_OUTPUT_TO_MODEL_BYTES: usize = 16 * 1024;
+/// How much of a message's files' text the model is given, in all.
+const ATTACHMENTS_TO_MODEL_BYTES: usize = 32 * 1024;
 
 pub struct LlmActivitiesImpl {
     store: Store,
@@ -48,15 +50,23 @@ impl LlmActivitiesImpl {
     /// system message), the session's messages up to this turn's, then each earlier round's
     /// tool calls and their results.
     async fn conversation(&self, turn: &TurnRef, round: u32) -> Result<Vec<ChatMessage>, StoreError> {
-        let (recalled, lines) = tokio::try_join!(
+        let (recalled, lines, files) = tokio::try_join!(
             self.store.turn_recall(&turn.tenant_id, turn.turn_id),
             self.store.conversation_until(&turn.tenant_id, turn.session_id, turn.turn_id),
+            self.store.conversation_attachments(&turn.tenant_id, turn.session_id, turn.turn_id),
         )?;
         let mut messages: Vec<ChatMessage> = recalled.as_ref().and_then(memory_message).into_iter().collect();
         if lines.is_empty() {
             return Ok(Vec::new());
         }
-        messages.extend(lines.into_iter().map(|line| ChatMessage::text(line.role.as_str(), line.content)));
+        messages.extend(lines.into_iter().map(|line| {
+            let mut content = line.content;
+            if line.role == Role::User {
+                let carried: Vec<&PromptAttachment> = files.iter().filter(|f| f.turn_id == line.turn_id).collect();
+                content.push_str(&attachments_text(&carried));
+            }
+            ChatMessage::text(line.role.as_str(), content)
+        }));
         if round == 0 || messages.is_empty() {
             return Ok(messages);
         }
@@ -103,6 +113,34 @@ impl LlmActivitiesImpl {
             })
             .collect())
     }
+}
+
+/// What a user message's files add to it: each clean text-like file's text (within
+/// [`ATTACHMENTS_TO_MODEL_BYTES`] for the message), and a line for each file the model is not
+/// given and why.
+fn attachments_text(files: &[&PromptAttachment]) -> String {
+    let mut text = String::new();
+    let mut budget = ATTACHMENTS_TO_MODEL_BYTES;
+    for file in files {
+        let name = &file.filename;
+        match (&file.status, &file.text) {
+            (AttachmentStatus::Clean, Some(content)) => {
+                let (shown, cut) = crate::tools::preview(content, budget);
+                budget = budget.saturating_sub(shown.len());
+                let cut = if cut || file.text_truncated { "\n[the rest of the file is not shown]" } else { "" };
+                text.push_str(&format!("\n\n[Attached file {name} ({}):]\n{shown}{cut}\n[End of {name}]", file.content_type));
+            }
+            (AttachmentStatus::Clean, None) => text.push_str(&format!(
+                "\n\n[Attached file {name} ({}, {} bytes): not text, so its content is not shown]",
+                file.content_type, file.size_bytes
+            )),
+            (status, _) => text.push_str(&format!(
+                "\n\n[Attached file {name} was refused and is not shown: {status} ({})]",
+                file.verdict.as_deref().unwrap_or("no reason recorded")
+            )),
+        }
+    }
+    text
 }
 
 /// The system message that gives the model what the turn recalled (`turns.recalled`).

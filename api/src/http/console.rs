@@ -17,6 +17,8 @@ const FILES: &[(&str, &str, &str)] = &[
     ("api.js", "text/javascript; charset=utf-8", include_str!("../../ui/api.js")),
     ("markdown.js", "text/javascript; charset=utf-8", include_str!("../../ui/markdown.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../ui/style.css")),
+    // tus-js-client 4.3.1 from npm (MIT), unmodified: the console's resumable uploads.
+    ("tus.min.js", "text/javascript; charset=utf-8", include_str!("../../ui/tus.min.js")),
 ];
 
 /// Scripts only from this origin, none inline: even if model output were ever turned into HTML,

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
-use soma_contract::api::{ErrorBody, IfBusy, MessageAccepted, PostMessage};
+use soma_contract::api::{AttachmentRef, ErrorBody, IfBusy, MessageAccepted, PostMessage};
 use soma_contract::TurnStatus;
 use soma_core::store::{AcceptedTurn, AuditEntry, NewTurn, Requester, TurnSession};
 use soma_workflows::ChatTurnWorkflow;
@@ -30,7 +30,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
         (status = 202, description = "Accepted: the turn is stored and its workflow started", body = MessageAccepted),
         (status = 400, description = "Malformed JSON, a wrong field, an empty message, a NUL character, a bad Idempotency-Key", body = ErrorBody),
         (status = 401, description = "No or a wrong API key", body = ErrorBody),
-        (status = 404, description = "`session_id` is not one of the tenant's sessions", body = ErrorBody),
+        (status = 404, description = "`session_id` is not one of the tenant's sessions, or an attachment not one of its files", body = ErrorBody),
         (status = 409, description = "`if_busy: reject` and a turn of the session is running", body = ErrorBody),
         (status = 413, description = "The message is over `max_message_bytes`", body = ErrorBody),
         (status = 415, description = "The body is not JSON", body = ErrorBody),
@@ -62,9 +62,7 @@ pub async fn post_message(
     if let Some(persona) = &request.persona_id {
         storable("persona_id", persona)?;
     }
-    if !request.attachments.is_empty() {
-        return Err(ApiError::bad_request("attachments_unsupported", "attachments are not supported yet"));
-    }
+    let attachments = known_attachments(&ctx, &principal.tenant_id, &request.attachments).await?;
     let idempotency_key = idempotency_key(&headers)?;
     let session = match request.session_id {
         Some(session_id) => {
@@ -86,6 +84,7 @@ pub async fn post_message(
             idempotency_key,
             message: &request.message,
             persona_id: request.persona_id.as_deref(),
+            attachments: &attachments,
             refuse_if_busy: request.if_busy == IfBusy::Reject,
             by,
         })
@@ -141,6 +140,29 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
             )
         })?;
     Ok(Some(key))
+}
+
+/// The most files one message may carry.
+const MAX_ATTACHMENTS: usize = 20;
+
+/// The ids of the files a message carries, each once, in order: every one must be the
+/// tenant's (404 otherwise). Their scans need not be done: the turn waits for them.
+async fn known_attachments(ctx: &ApiContext, tenant_id: &str, refs: &[AttachmentRef]) -> Result<Vec<Uuid>, ApiError> {
+    let mut ids: Vec<Uuid> = Vec::new();
+    for reference in refs {
+        if !ids.contains(&reference.id) {
+            ids.push(reference.id);
+        }
+    }
+    if ids.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::bad_request("too_many_attachments", format!("a message carries at most {MAX_ATTACHMENTS} files")));
+    }
+    for &id in &ids {
+        if ctx.store.attachment(tenant_id, id).await?.is_none() {
+            return Err(ApiError::NotFound("attachment"));
+        }
+    }
+    Ok(ids)
 }
 
 /// Starts the turn's workflow; starting one that exists already (a retried request) is fine.

@@ -3,6 +3,7 @@
 //! undocumented (a test checks that no route is added any other way).
 
 mod admin;
+mod attachments;
 mod config;
 mod console;
 mod events;
@@ -11,6 +12,7 @@ mod memory;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 mod tools;
+pub(crate) mod uploads;
 
 use axum::Json;
 use axum::Router;
@@ -54,6 +56,9 @@ pub fn router(ctx: ApiContext) -> (Router, Document) {
         .routes(routes!(admin::replay))
         .routes(routes!(admin::discard))
         .routes(routes!(admin::refresh_tools))
+        .routes(routes!(attachments::download))
+        .routes(routes!(attachments::status))
+        .merge(upload_routes())
         .routes(routes!(config::runtime_config))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
@@ -63,14 +68,40 @@ pub fn router(ctx: ApiContext) -> (Router, Document) {
         .split_for_parts();
     document.info.version = env!("CARGO_PKG_VERSION").into();
     let served = std::sync::Arc::new(document.clone());
+    let cors = cors(&ctx);
     let router = routes
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::Extension(served))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(cors(&ctx))
         .with_state(ctx);
-    (router, document)
+    (outside_cors_preflight(router, cors), document)
+}
+
+/// The CORS layer answers every `OPTIONS` itself, as a preflight; a plain `OPTIONS` (no
+/// `Access-Control-Request-Method`: tus discovery) goes to the routes instead.
+fn outside_cors_preflight(router: Router, cors: CorsLayer) -> Router {
+    use tower::ServiceExt;
+    let with_cors = router.clone().layer(cors);
+    Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
+        let preflight = request.method() != Method::OPTIONS
+            || request.headers().contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD);
+        let service = if preflight { with_cors.clone() } else { router.clone() };
+        service.oneshot(request)
+    }))
+}
+
+/// The tus routes, inside the tus protocol layer; their bodies are as large as an upload is
+/// allowed to be (each handler enforces its own limit as the bytes arrive).
+fn upload_routes() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(uploads::discover))
+        .routes(routes!(uploads::create))
+        .routes(routes!(uploads::offset))
+        .routes(routes!(uploads::append))
+        .routes(routes!(uploads::terminate))
+        .layer(axum::middleware::from_fn(uploads::tus_protocol))
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// This document.
@@ -86,16 +117,27 @@ fn cors(ctx: &ApiContext) -> CorsLayer {
     let origins: Vec<_> = ctx.config.cors_origins().filter_map(|o| o.parse().ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([
-            HeaderName::from_static("content-type"),
-            HeaderName::from_static("x-api-key"),
-            HeaderName::from_static("authorization"),
-            HeaderName::from_static("idempotency-key"),
-            HeaderName::from_static("last-event-id"),
-            HeaderName::from_static("x-request-id"),
-            HeaderName::from_static("traceparent"),
-        ])
-        .expose_headers([HeaderName::from_static("x-request-id")])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::HEAD, Method::PATCH, Method::OPTIONS])
+        .allow_headers(
+            [
+                HeaderName::from_static("content-type"),
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("authorization"),
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("range"),
+            ]
+            .into_iter()
+            .chain(uploads::TUS_REQUEST_HEADERS)
+            .collect::<Vec<_>>(),
+        )
+        .expose_headers(
+            [HeaderName::from_static("x-request-id"), HeaderName::from_static("etag"), HeaderName::from_static("content-range")]
+                .into_iter()
+                .chain(uploads::TUS_RESPONSE_HEADERS)
+                .collect::<Vec<_>>(),
+        )
         .max_age(std::time::Duration::from_secs(600))
 }

@@ -3,7 +3,7 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use soma_contract::{MemoryWriteRef, TurnRef};
+use soma_contract::{MemoryWriteRef, TurnRef, UploadRef};
 
 use super::{Store, StoreError};
 
@@ -49,6 +49,28 @@ impl<'a> AuditEntry<'a> {
             session_id: Some(session_id),
             turn_id: None,
             actor: by.actor,
+            action,
+            outcome,
+            details,
+            dedupe_key: None,
+        }
+    }
+
+    /// An entry about an uploaded file, under the request that completed it.
+    pub fn for_upload(
+        upload: &'a UploadRef,
+        actor: &'a str,
+        action: &'a str,
+        outcome: &'a str,
+        details: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            tenant_id: &upload.tenant_id,
+            request_id: Some(&upload.request_id),
+            trace_id: upload.trace_id.as_deref(),
+            session_id: upload.session_id,
+            turn_id: None,
+            actor,
             action,
             outcome,
             details,

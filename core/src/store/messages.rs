@@ -11,6 +11,8 @@ use super::{Store, StoreError};
 /// One line of the conversation as sent to the LLM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationLine {
+    /// The turn it belongs to (its files go with its user message).
+    pub turn_id: Uuid,
     pub role: Role,
     pub content: String,
 }
@@ -89,6 +91,6 @@ impl Store {
         turn_id: Uuid,
     ) -> Result<Vec<ConversationLine>, StoreError> {
         let messages = self.messages(tenant_id, session_id, None, Some(turn_id), None).await?;
-        Ok(messages.into_iter().map(|m| ConversationLine { role: m.role, content: m.content }).collect())
+        Ok(messages.into_iter().map(|m| ConversationLine { turn_id: m.turn_id, role: m.role, content: m.content }).collect())
     }
 }

@@ -12,6 +12,7 @@ mod messages;
 mod sessions;
 mod tools;
 mod turns;
+mod uploads;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use memory::{DeadLetterFilter, MemoryWriteRow, TurnMessage};
 pub use messages::ConversationLine;
 pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor};
 pub use tools::{CatalogTool, DecisionError, ModelToolCall, RoundCall, ToolCallRow};
+pub use uploads::{Appended, AttachmentRow, ChunkWriter, NewUpload, PromptAttachment, ScanRecord, UploadChunk};
 pub use turns::{AcceptedTurn, BegunTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession, TurnStart};
 
 /// Errors a caller can act on; anything else is a database failure.

@@ -37,6 +37,8 @@ pub struct NewTurn<'a> {
     pub idempotency_key: Option<&'a str>,
     pub message: &'a str,
     pub persona_id: Option<&'a str>,
+    /// The tenant's uploaded files the message carries, in order.
+    pub attachments: &'a [Uuid],
     /// Refuse the turn ([`StoreError::SessionBusy`]) while another turn of the session is open.
     pub refuse_if_busy: bool,
     /// Who sent it, in which request.
@@ -78,6 +80,8 @@ pub struct BegunTurn {
     pub seq: i32,
     pub user_message: String,
     pub persona_id: Option<String>,
+    /// How many files the message carries.
+    pub attachments: i32,
     pub message_id: Uuid,
 }
 
@@ -119,9 +123,9 @@ impl Store {
                place AS (SELECT 1 AS seq WHERE $12 UNION ALL SELECT turn_count FROM continued),
                turn AS (
                    INSERT INTO turns (id, tenant_id, session_id, seq, idempotency_key, user_message, persona_id,
-                                      request_id, trace_id, workflow_id, stream_after)
+                                      request_id, trace_id, workflow_id, stream_after, attachment_ids)
                    SELECT $1, $2, $3, place.seq, $4, $5, $6, $7, $8, $9,
-                          (SELECT coalesce(max(id), 0) FROM session_events WHERE session_id = $3)
+                          (SELECT coalesce(max(id), 0) FROM session_events WHERE session_id = $3), $13
                    FROM place
                    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
                    RETURNING seq, stream_after),
@@ -149,6 +153,7 @@ impl Store {
             new.by.actor,
             new.refuse_if_busy,
             new_session,
+            new.attachments,
         )
         .fetch_one(&self.pool)
         .await?;
@@ -220,7 +225,7 @@ impl Store {
     pub async fn begin_turn(&self, tenant_id: &str, turn_id: Uuid, message_id: Uuid) -> Result<TurnStart, StoreError> {
         let row = sqlx::query!(
             r#"WITH this AS (
-                   SELECT id, session_id, seq, status, user_message, persona_id,
+                   SELECT id, session_id, seq, status, user_message, persona_id, cardinality(attachment_ids) AS attachments,
                           status = 'queued' AND earlier_turn_open($2, id) AS waits
                    FROM turns WHERE id = $1 AND tenant_id = $2),
                started AS (
@@ -231,7 +236,7 @@ impl Store {
                    SELECT $3, $2, session_id, id, 'user', user_message, 'complete' FROM this WHERE NOT waits
                    ON CONFLICT (turn_id, role) DO NOTHING
                    RETURNING id)
-               SELECT seq, user_message, persona_id, waits AS "waits!",
+               SELECT seq, user_message, persona_id, waits AS "waits!", attachments AS "attachments!",
                       coalesce((SELECT id FROM message),
                                (SELECT id FROM messages WHERE turn_id = $1 AND role = 'user' AND tenant_id = $2))
                           AS message_id
@@ -249,6 +254,7 @@ impl Store {
                 seq: row.seq,
                 user_message: row.user_message,
                 persona_id: row.persona_id,
+                attachments: row.attachments,
                 message_id: row.message_id.ok_or(StoreError::TurnNotFound)?,
             }),
         })

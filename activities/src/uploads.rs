@@ -1,0 +1,249 @@
+//! `UploadActivities`: the steps of an uploaded file's scan, holding the store (the file's
+//! bytes until scanned), clamd and the S3 bucket. Each is safe to run again: the scan only
+//! reads, the S3 object's key is derived from the attachment, the verdict is recorded once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio::time::Instant;
+
+use soma_contract::{AttachmentStatus, AttachmentStorage, UploadRef};
+use soma_core::blobs::{BlobError, BlobStore};
+use soma_core::clamav::{Clamd, ClamdError, Verdict};
+use soma_core::store::{AttachmentRow, AuditEntry, ScanRecord, Store, StoreError};
+use soma_workflows::activities::{RecordScanInput, ScanOutcome, defs};
+
+use crate::failure::{Classify, Failure, step_failure};
+use crate::session::WORKER_ACTOR;
+
+/// How often a step reading the whole file says how far it got.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// The audit log's action for a file's scan.
+const SCAN_ACTION: &str = "upload.scan";
+
+/// What uploads need from the deployment.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    /// A clean file up to this size stays in its Postgres row; a larger one goes to S3.
+    pub inline_max_bytes: u64,
+    /// clamd's stream limit: a larger file is not sent, and is quarantined as too large.
+    pub stream_max_bytes: u64,
+    /// How much of a text-like file's text is kept for the model.
+    pub text_max_bytes: usize,
+}
+
+/// Whether a file's text can go to the model as it is: plain text, Markdown, JSON, CSV and
+/// the like.
+pub fn is_text_like(content_type: &str) -> bool {
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    mime.starts_with("text/")
+        || mime.ends_with("+json")
+        || matches!(mime.as_str(), "application/json" | "application/x-ndjson" | "application/csv" | "application/xml")
+}
+
+pub struct UploadActivitiesImpl {
+    store: Store,
+    clamd: Clamd,
+    blobs: BlobStore,
+    settings: UploadSettings,
+}
+
+/// The object a clean attachment is kept under: derived from it, so a retried write replaces
+/// the same object.
+pub fn object_key(tenant_id: &str, attachment_id: uuid::Uuid) -> String {
+    format!("attachments/{tenant_id}/{attachment_id}")
+}
+
+impl Failure for ClamdError {
+    /// clamd away or refusing a stream (out of memory, restarting): try again later.
+    fn is_transient(&self) -> bool {
+        true
+    }
+}
+
+impl Failure for BlobError {
+    fn is_transient(&self) -> bool {
+        true
+    }
+}
+
+/// A failure no retry can fix: the file is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the upload {0} is gone (deleted with its session?)")]
+struct UploadGone(uuid::Uuid);
+
+impl Failure for UploadGone {
+    fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+impl UploadActivitiesImpl {
+    pub fn new(store: Store, clamd: Clamd, blobs: BlobStore, settings: UploadSettings) -> Self {
+        Self { store, clamd, blobs, settings }
+    }
+
+    async fn row(&self, upload: &UploadRef) -> Result<AttachmentRow, ActivityError> {
+        match self.store.attachment(&upload.tenant_id, upload.attachment_id).await.classify()? {
+            Some(row) => Ok(row),
+            None => Err(step_failure(UploadGone(upload.attachment_id))),
+        }
+    }
+
+    /// The chunks as bytes for S3, heartbeating the progress; a chunk that went missing ends
+    /// the stream with an error.
+    fn chunk_bytes<'a>(&'a self, ctx: &'a ActivityContext, id: uuid::Uuid) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Unpin + 'a {
+        let mut sent = 0u64;
+        let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+        Box::pin(self.store.upload_chunks(id).then(move |chunk| {
+            let chunk = chunk.map(|chunk| {
+                sent += chunk.data.len() as u64;
+                Bytes::from(chunk.data)
+            });
+            let beat = Instant::now() >= heartbeat_at;
+            if beat {
+                heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+            }
+            let progress = sent;
+            async move {
+                if beat {
+                    let _ = ctx.record_heartbeat(progress).await;
+                }
+                chunk
+            }
+        }))
+    }
+}
+
+#[activities]
+impl UploadActivitiesImpl {
+    #[activity(definition = defs::ScanUpload)]
+    pub async fn scan_upload(self: Arc<Self>, ctx: ActivityContext, upload: UploadRef) -> Result<ScanOutcome, ActivityError> {
+        let row = self.row(&upload).await?;
+        if row.status.is_final() {
+            // Recorded by an earlier run of this scan: say the same again.
+            return Ok(recorded_outcome(&row));
+        }
+        let size = row.size_bytes.unwrap_or(row.received_bytes);
+        if size as u64 > self.settings.stream_max_bytes {
+            return Ok(ScanOutcome::Quarantined { sha256: None, verdict: Verdict::TOO_LARGE.into() });
+        }
+        let mut scan = self.clamd.scan().await.classify()?;
+        let keep_text = is_text_like(&row.content_type);
+        let mut text = Vec::new();
+        let mut whole = Sha256::new();
+        let mut offset = 0i64;
+        let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+        let mut chunks = self.store.upload_chunks(upload.attachment_id);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.classify()?;
+            if chunk.start_offset != offset {
+                return Ok(ScanOutcome::Failed { reason: format!("the bytes at offset {offset} are missing") });
+            }
+            if Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
+                return Ok(ScanOutcome::Failed {
+                    reason: format!("the chunk at offset {offset} is not the one received (SHA-256 differs)"),
+                });
+            }
+            whole.update(&chunk.data);
+            if keep_text && text.len() <= self.settings.text_max_bytes {
+                let room = self.settings.text_max_bytes + 1 - text.len();
+                text.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+            }
+            scan.send(&chunk.data).await.classify()?;
+            offset += chunk.data.len() as i64;
+            if Instant::now() >= heartbeat_at {
+                heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+                ctx.record_heartbeat(offset).await?;
+            }
+        }
+        if offset != size {
+            return Ok(ScanOutcome::Failed { reason: format!("{offset} bytes stored of {size}") });
+        }
+        let sha256 = hex::encode(whole.finalize());
+        if let Some(expected) = &row.expected_sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            return Ok(ScanOutcome::Failed { reason: format!("SHA-256 is {sha256}, not the {expected} declared") });
+        }
+        Ok(match scan.finish().await.classify()? {
+            Verdict::Clean => {
+                if keep_text {
+                    let truncated = text.len() > self.settings.text_max_bytes;
+                    text.truncate(self.settings.text_max_bytes);
+                    let text = String::from_utf8_lossy(&text);
+                    // A character cut in half at the end shows as one replacement character.
+                    self.store.set_attachment_text(row.id, text.trim_end_matches('\u{FFFD}'), truncated).await.classify()?;
+                }
+                ScanOutcome::Clean { sha256 }
+            }
+            Verdict::Infected(signature) => ScanOutcome::Quarantined { sha256: Some(sha256), verdict: signature },
+            Verdict::TooLarge => ScanOutcome::Quarantined { sha256: Some(sha256), verdict: Verdict::TOO_LARGE.into() },
+        })
+    }
+
+    #[activity(definition = defs::StoreAttachment)]
+    pub async fn store_attachment(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        upload: UploadRef,
+    ) -> Result<AttachmentStorage, ActivityError> {
+        let row = self.row(&upload).await?;
+        if let Some(storage) = row.storage {
+            return Ok(storage);
+        }
+        if row.received_bytes as u64 <= self.settings.inline_max_bytes {
+            self.store.store_attachment_inline(row.id).await.classify()?;
+            return Ok(AttachmentStorage::Inline);
+        }
+        let key = object_key(&row.tenant_id, row.id);
+        let written = self.blobs.put(&key, &row.content_type, self.chunk_bytes(&ctx, row.id)).await.classify()?;
+        if written != row.received_bytes as u64 {
+            return Err(step_failure(BlobError {
+                operation: "put object",
+                message: format!("wrote {written} bytes of {}", row.received_bytes),
+            }));
+        }
+        self.store.store_attachment_object(row.id, &key).await.classify()?;
+        Ok(AttachmentStorage::S3)
+    }
+
+    #[activity(definition = defs::RecordScan)]
+    pub async fn record_scan(self: Arc<Self>, _ctx: ActivityContext, input: RecordScanInput) -> Result<(), ActivityError> {
+        let RecordScanInput { upload, outcome } = input;
+        let (sha256, verdict) = match &outcome {
+            ScanOutcome::Clean { sha256 } => (Some(sha256.as_str()), None),
+            ScanOutcome::Quarantined { sha256, verdict } => (sha256.as_deref(), Some(verdict.as_str())),
+            ScanOutcome::Failed { reason } => (None, Some(reason.as_str())),
+        };
+        let status = outcome.status();
+        self.store.record_scan(upload.attachment_id, &ScanRecord { status, sha256, verdict }).await.classify()?;
+        let Some(row) = self.store.attachment(&upload.tenant_id, upload.attachment_id).await.classify()? else {
+            return Ok(());
+        };
+        if let Some(scope) = upload.scope() {
+            self.store.append_events(&scope, &[row.status_event()]).await.classify()?;
+        }
+        let details = json!({ "attachment_id": row.id, "filename": row.filename, "size_bytes": row.received_bytes,
+                              "sha256": row.sha256, "verdict": row.verdict, "storage": row.storage });
+        let entry = AuditEntry::for_upload(&upload, WORKER_ACTOR, SCAN_ACTION, row.status.as_str(), details);
+        self.store.audit(&entry.once(format!("{}:{SCAN_ACTION}", row.id))).await.classify()?;
+        Ok(())
+    }
+}
+
+/// The outcome a finished scan recorded.
+fn recorded_outcome(row: &AttachmentRow) -> ScanOutcome {
+    let verdict = row.verdict.clone().unwrap_or_default();
+    match row.status {
+        AttachmentStatus::Clean => ScanOutcome::Clean { sha256: row.sha256.clone().unwrap_or_default() },
+        AttachmentStatus::Quarantined => ScanOutcome::Quarantined { sha256: row.sha256.clone(), verdict },
+        _ => ScanOutcome::Failed { reason: verdict },
+    }
+}
