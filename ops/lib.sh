@@ -357,10 +357,10 @@ ensure_chromium() {
   export CHROMIUM
 }
 
-# The browser tests' npm packages (playwright-core), from the committed lock file.
+# The browser tests' npm packages (playwright-core, tus-js-client), from the committed lock file.
 ensure_ui_test_packages() {
   command -v npm >/dev/null || apt_install nodejs npm
-  if [ ! -d "$ROOT/ui-tests/node_modules/playwright-core" ]; then
+  if [ ! -d "$ROOT/ui-tests/node_modules/playwright-core" ] || [ ! -d "$ROOT/ui-tests/node_modules/tus-js-client" ]; then
     log "installing the browser tests' packages (npm ci)"
     (cd "$ROOT/ui-tests" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in ui-tests/"
   fi

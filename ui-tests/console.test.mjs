@@ -214,3 +214,20 @@ test("a turn's memory panel shows what was recalled, and its messages being reme
   assert.match(panel.summary, /^memory: \d+ recalled$/);
   assert.ok(panel.items.some((item) => item.includes("quince")), JSON.stringify(panel.items));
 });
+
+test("a file attached in the console uploads with tus, turns clean live, and goes with the message", async () => {
+  const text = "Meeting notes: the project code name is MARIGOLD.\n";
+  await page.setInputFiles("#file", { name: "notes.md", mimeType: "text/markdown", buffer: Buffer.from(text) });
+  await page.waitForSelector("#uploads li[data-status=clean]", { timeout: WAIT });
+  const shown = await page.$eval("#uploads li", (li) => ({
+    name: li.querySelector(".name").textContent, status: li.querySelector(".upload-status").textContent,
+    progress: li.querySelector("progress").value,
+  }));
+  assert.deepEqual(shown, { name: "notes.md", status: "clean", progress: 1 });
+  const sessionId = await send("What is the code name in my notes?");
+  await completed();
+  await page.waitForSelector("#turns .turn:last-child .file[data-status=clean]", { timeout: WAIT });
+  assert.equal(await page.$eval("#uploads", (ul) => ul.children.length), 0, "the files went with the message");
+  const { body } = await api("GET", `/v1/sessions/${sessionId}/messages?limit=200`);
+  assert.ok(body.messages.some((m) => m.role === "user" && m.content.includes("code name")));
+});

@@ -238,3 +238,66 @@ async fn soma_recalls_memories_and_an_operator_replays_dead_letters() {
     let empty = run(&url, &["dead-letters", "--admin-key", admin]).await;
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no open dead letters"), "{empty:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soma_upload_resumes_a_run_cut_short_and_prints_each_verdict() {
+    let app = TestApp::spawn("cli-upload", fast()).await;
+    let _worker = app.start_worker();
+    let url = app.api.base_url().to_string();
+    let dir = std::env::temp_dir().join(format!("soma-cli-upload-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state");
+    let with_state = |args: &[&str]| {
+        let mut command = soma(&url, args);
+        command.env("XDG_STATE_HOME", &state);
+        command
+    };
+
+    // A large file, the first run killed once some of it is in.
+    let big = dir.join("big.bin");
+    let bytes: Vec<u8> = (0..40 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&big, &bytes).unwrap();
+    let mut first = with_state(&["upload", big.to_str().unwrap()]).spawn().unwrap();
+    let state_file = state.join("soma/uploads.json");
+    let client = app.api.clone();
+    let location = std::cell::RefCell::new(None::<String>);
+    eventually("the first run has sent some bytes", || async {
+        let Ok(text) = std::fs::read_to_string(&state_file) else { return false };
+        let Some(found) = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v["uploads"].as_object().and_then(|m| m.values().next()).and_then(|l| l.as_str().map(str::to_string))
+        }) else {
+            return false;
+        };
+        let upload = soma_client::TusUpload { location: found.clone(), length: 0 };
+        let sent = client.tus_offset(&upload).await.unwrap_or(0);
+        *location.borrow_mut() = Some(found);
+        sent > 0
+    })
+    .await;
+    first.kill().await.unwrap();
+    let upload = soma_client::TusUpload { location: location.borrow().clone().unwrap(), length: 0 };
+    let had = app.api.tus_offset(&upload).await.unwrap();
+    assert!(had < bytes.len() as u64, "killed before the end ({had} bytes in)");
+
+    let output = tokio::time::timeout(DEADLINE, with_state(&["upload", big.to_str().unwrap()]).output()).await.unwrap().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("resuming") && stderr.contains("MiB/s") && stderr.contains("ETA"), "{stderr}");
+    let printed = stdout(&output);
+    assert!(printed.contains("clean"), "{printed}");
+    let id: uuid::Uuid = upload.id().unwrap();
+    assert!(printed.starts_with(&id.to_string()), "the same upload went on: {printed}");
+    let attachment = app.api.attachment(id).await.unwrap();
+    use sha2::Digest;
+    assert_eq!(attachment.sha256.as_deref(), Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str()));
+
+    // EICAR: quarantined, said so, exit code 6; --json for scripts.
+    let eicar = dir.join("eicar.txt");
+    std::fs::write(&eicar, br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*").unwrap();
+    let output = run(&url, &["--json", "upload", eicar.to_str().unwrap()]).await;
+    assert_eq!(output.status.code(), Some(6), "{output:?}");
+    let result: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON");
+    assert_eq!(result[0]["status"], "quarantined");
+    assert!(result[0]["verdict"].as_str().unwrap().starts_with("Soma.Test.EICAR"));
+    std::fs::remove_dir_all(&dir).ok();
+}
