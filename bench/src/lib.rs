@@ -3,6 +3,7 @@
 //! whose token send times are recorded, and an HTTP/SSE client that follows turns.
 
 pub mod baseline;
+pub mod files;
 pub mod procs;
 
 use std::collections::HashMap;

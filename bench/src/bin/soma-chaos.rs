@@ -25,7 +25,13 @@ struct Args {
     /// Shell command that starts PostgreSQL again.
     #[arg(long, env = "SOMA_PG_START")]
     pg_start: Option<String>,
-    /// Run only these drills (1–7); all by default.
+    /// Shell command that stops clamd (drill 9 needs it and --clamd-start).
+    #[arg(long, env = "SOMA_CLAMD_STOP")]
+    clamd_stop: Option<String>,
+    /// Shell command that starts clamd again.
+    #[arg(long, env = "SOMA_CLAMD_START")]
+    clamd_start: Option<String>,
+    /// Run only these drills (1–10); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 }
@@ -164,6 +170,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(7) {
         tally(memory_outage_with_worker_kill(&args).await?);
+    }
+    if runs(8) {
+        tally(upload_with_api_kill(&args).await?);
+    }
+    if runs(9) {
+        tally(scans_through_clamd_outage(&args).await?);
+    }
+    if runs(10) {
+        tally(eicar_storm(&args).await?);
     }
     println!("chaos drills: {passed} passed, {failed} failed");
     anyhow::ensure!(failed == 0, "a drill lost, duplicated or did not finish something (counts above)");
@@ -773,4 +788,148 @@ async fn wait_for_kind(client: &StackClient, session: &str, kind: &str) -> anyho
         }
     }
     anyhow::bail!("no {kind} on session {session} within 120 s")
+}
+
+/// Runs a shell command given to the drills (stopping or starting a service).
+fn shell(command: &str) -> anyhow::Result<()> {
+    let status = Command::new("sh").arg("-c").arg(command).status()?;
+    anyhow::ensure!(status.success(), "{command} failed");
+    Ok(())
+}
+
+/// Whether the api serves the attachment's bytes (anything but 409 and 404 counts as served).
+async fn served(client: &soma_client::Client, id: uuid::Uuid) -> bool {
+    match client.download(id, None).await {
+        Ok(_) => true,
+        Err(err) => !matches!(err.status(), Some(409 | 404)),
+    }
+}
+
+/// Drill 8: SIGKILL the api in the middle of a large tus upload and start it again: the client
+/// resumes from the server's offset, and the stored file's SHA-256 is the sent file's.
+async fn upload_with_api_kill(args: &Args) -> anyhow::Result<Counts> {
+    let (mib, trials) = if args.stack.quick { (20, 1) } else { (100, 3) };
+    let started = Instant::now();
+    let mut stack = Stack::start("chaos8", &args.stack, DevProviderOptions::default()).await?;
+    let api = stack.client.api.clone();
+    let dir = std::env::temp_dir().join(format!("soma-chaos8-{}", stack.run_id));
+    std::fs::create_dir_all(&dir)?;
+    let mut counts = Counts::default();
+    for trial in 0..trials {
+        counts.attempted += 1;
+        let path = dir.join(format!("upload-{trial}.bin"));
+        let sha256 = soma_bench::files::random_file(&path, mib * 1024 * 1024, trial as u64 + 11)?;
+        let upload = api.tus_create_for_file(&path, None).await?;
+        let sending = tokio::spawn({
+            let (api, path, upload) = (api.clone(), path.clone(), upload.clone());
+            async move { api.upload_file(&path, None, Some(upload), |_| {}).await }
+        });
+        // Strike once between a tenth and a half of the file is in.
+        let strike_at = (mib * 1024 * 1024) as u64 * (10 + random_below(40)) / 100;
+        while api.tus_offset(&upload).await.unwrap_or(0) < strike_at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stack.kill_api();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack.start_api().await?;
+        let seen = match sending.await? {
+            Err(err) => Seen::Missing(format!("the upload gave up: {err}")),
+            Ok(upload) => {
+                let attachment = api.wait_for_scan(upload.id()?, WAIT).await?;
+                let stored = match api.download(attachment.id, None).await {
+                    Ok(response) => Some(soma_bench::files::sha256_of(response.bytes_stream()).await?),
+                    Err(_) => None,
+                };
+                match (attachment.status, stored) {
+                    (soma_contract::AttachmentStatus::Clean, Some(stored)) if stored == sha256 => Seen::Whole,
+                    (status, stored) => Seen::Missing(format!("{status}, stored SHA-256 {stored:?}, sent {sha256}")),
+                }
+            }
+        };
+        std::fs::remove_file(&path).ok();
+        counts.add(format!("trial {trial} (api killed at {strike_at} bytes)"), seen);
+    }
+    counts.print(&format!("drill 8, api SIGKILL mid-upload ({mib} MiB over tus)"), started.elapsed());
+    std::fs::remove_dir_all(&dir).ok();
+    stack.finish().await;
+    Ok(counts)
+}
+
+/// Drill 9: clamd stopped while files are uploaded: none is served while pending, and all are
+/// scanned (clean) once it is back, with no one acting.
+async fn scans_through_clamd_outage(args: &Args) -> anyhow::Result<Counts> {
+    let (Some(stop), Some(start)) = (&args.clamd_stop, &args.clamd_start) else {
+        anyhow::bail!("drill 9 needs --clamd-stop and --clamd-start (ops/chaos sets them)");
+    };
+    let (outage, files) = if args.stack.quick { (Duration::from_secs(8), 5) } else { (Duration::from_secs(30), 20) };
+    let started = Instant::now();
+    let mut stack = Stack::start("chaos9", &args.stack, DevProviderOptions::default()).await?;
+    let api = stack.client.api.clone();
+    let mut counts = Counts::default();
+    shell(stop)?;
+    let down_since = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..files {
+        let bytes = format!("file {i} uploaded while the scanner was away\n").into_bytes();
+        ids.push(api.upload_multipart(&format!("outage-{i}.txt"), bytes, None).await?.id);
+        counts.attempted += 1;
+    }
+    let mut served_early = 0;
+    while down_since.elapsed() < outage {
+        for &id in &ids {
+            if served(&api, id).await {
+                served_early += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    shell(start)?;
+    for (i, &id) in ids.iter().enumerate() {
+        let attachment = api.wait_for_scan(id, WAIT).await?;
+        let seen = if served_early > 0 {
+            Seen::Twice(format!("{served_early} downloads answered while clamd was away"))
+        } else if attachment.status == soma_contract::AttachmentStatus::Clean && served(&api, id).await {
+            Seen::Whole
+        } else {
+            Seen::Missing(format!("{} after clamd returned", attachment.status))
+        };
+        counts.add(format!("file {i}"), seen);
+    }
+    counts.print(&format!("drill 9, clamd down {} s during scans", outage.as_secs()), started.elapsed());
+    stack.finish().await;
+    Ok(counts)
+}
+
+/// Drill 10: EICAR uploaded many times at once: every one quarantined, none ever served.
+async fn eicar_storm(args: &Args) -> anyhow::Result<Counts> {
+    const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    let uploads = if args.stack.quick { 10 } else { 100 };
+    let started = Instant::now();
+    let mut stack = Stack::start("chaos10", &args.stack, DevProviderOptions::default()).await?;
+    let api = stack.client.api.clone();
+    let sent = (0..uploads).map(|i| {
+        let api = api.clone();
+        async move {
+            let upload = api.tus_create(EICAR.len() as u64, &[("filename", &format!("eicar-{i}.com"))]).await?;
+            // Polled for bytes while pending: none may come out.
+            let served_pending = served(&api, upload.id()?).await;
+            api.tus_append(&upload, 0, EICAR.to_vec()).await?;
+            let attachment = api.wait_for_scan(upload.id()?, WAIT).await?;
+            anyhow::Ok((attachment, served_pending || served(&api, upload.id()?).await))
+        }
+    });
+    let mut counts = Counts::default();
+    for (i, result) in futures::future::join_all(sent).await.into_iter().enumerate() {
+        counts.attempted += 1;
+        let (attachment, was_served) = result?;
+        let seen = match (attachment.status, was_served) {
+            (_, true) => Seen::Twice("its bytes were served".into()),
+            (soma_contract::AttachmentStatus::Quarantined, false) => Seen::Whole,
+            (status, false) => Seen::Missing(format!("{status}, not quarantined")),
+        };
+        counts.add(format!("upload {i}"), seen);
+    }
+    counts.print(&format!("drill 10, EICAR uploaded {uploads} times at once: quarantined, never served"), started.elapsed());
+    stack.finish().await;
+    Ok(counts)
 }
