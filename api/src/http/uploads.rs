@@ -124,7 +124,12 @@ pub struct UploadQuery {
 /// `Content-Type: application/offset+octet-stream` the first bytes too → 201 with `Location`.
 /// Multipart (`multipart/form-data`, a `file` field; small files): the whole file → 202 once
 /// it is stored and queued for its scan.
-#[utoipa::path(post, path = "/v1/uploads", tag = "uploads", params(UploadQuery),
+#[utoipa::path(post, path = "/v1/uploads", tag = "uploads",
+    params(UploadQuery,
+           ("Tus-Resumable" = Option<String>, Header, pattern = r"^1\.0\.0$", description = "tus: 1.0.0 (not for multipart)"),
+           ("Upload-Length" = Option<u64>, Header, description = "tus: the file's length"),
+           ("Upload-Defer-Length" = Option<String>, Header, pattern = "^1$", description = "tus: 1 when the length comes later"),
+           ("Upload-Metadata" = Option<String>, Header, description = "tus: `key base64(value)` pairs, comma separated")),
     request_body(content(("application/offset+octet-stream"), ("multipart/form-data")),
                  description = "tus: the first bytes (optional); multipart: a `file` field"),
     responses(
@@ -203,12 +208,14 @@ pub async fn create(
 /// Where an upload is: `Upload-Offset` (the bytes the server has), `Upload-Length` (or
 /// `Upload-Defer-Length`), `Upload-Metadata`, `Upload-Expires`.
 #[utoipa::path(head, path = "/v1/uploads/{id}", tag = "uploads",
-    params(("id" = Uuid, Path, description = "The upload (its attachment's id)")),
+    params(("id" = Uuid, Path, description = "The upload (its attachment's id)"), ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "The tus version: 1.0.0 (412 otherwise)")),
     responses(
         (status = 200, description = "The upload's offset and length"),
-        (status = 404, description = "No such upload for this tenant"),
-        (status = 410, description = "The upload expired before it was finished"),
-        (status = 412, description = "Not tus 1.0.0"),
+        (status = 401, description = "No or a wrong API key (a HEAD answer carries no body)", body = ErrorBody),
+        (status = 404, description = "No such upload for this tenant", body = ErrorBody),
+        (status = 410, description = "The upload expired before it was finished", body = ErrorBody),
+        (status = 412, description = "Not tus 1.0.0", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -235,11 +242,14 @@ pub async fn offset(State(ctx): State<ApiContext>, principal: Principal, Path(id
 /// `Upload-Checksum` (`sha1` or `sha256`, base64) if wanted. The request that completes the
 /// file starts its scan.
 #[utoipa::path(patch, path = "/v1/uploads/{id}", tag = "uploads",
-    params(("id" = Uuid, Path, description = "The upload")),
+    params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "The tus version: 1.0.0 (412 otherwise)"),
+           ("Upload-Offset" = u64, Header, description = "Where these bytes start: the server's offset (409 otherwise)"),
+           ("Upload-Checksum" = Option<String>, Header, description = "`sha1` or `sha256`, a space, the base64 digest of this request's bytes")),
     request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
     responses(
         (status = 204, description = "Taken: `Upload-Offset` is the new offset"),
         (status = 400, description = "Missing `Upload-Offset`, an unsupported checksum algorithm", body = ErrorBody),
+        (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 404, description = "No such upload for this tenant", body = ErrorBody),
         (status = 409, description = "`Upload-Offset` is not the server's offset (HEAD to find it)", body = ErrorBody),
         (status = 410, description = "The upload expired", body = ErrorBody),
@@ -247,6 +257,7 @@ pub async fn offset(State(ctx): State<ApiContext>, principal: Principal, Path(id
         (status = 413, description = "Bytes beyond the upload's length", body = ErrorBody),
         (status = 415, description = "Not `application/offset+octet-stream`", body = ErrorBody),
         (status = 460, description = "The checksum does not match: nothing of this request was kept", body = ErrorBody),
+        (status = 503, description = "The database or Temporal is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -304,12 +315,14 @@ pub async fn append(
 
 /// Abandons an unfinished upload and its bytes (tus termination).
 #[utoipa::path(delete, path = "/v1/uploads/{id}", tag = "uploads",
-    params(("id" = Uuid, Path, description = "The upload")),
+    params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "The tus version: 1.0.0 (412 otherwise)")),
     responses(
         (status = 204, description = "Terminated: its bytes are gone"),
+        (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 404, description = "No such upload for this tenant", body = ErrorBody),
         (status = 409, description = "`upload_complete`: every byte is in; the file is scanned and kept", body = ErrorBody),
         (status = 412, description = "Not tus 1.0.0", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
