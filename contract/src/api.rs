@@ -353,7 +353,8 @@ api_type! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct MemoryFeedback {
-        /// The memory's key, as recall gave it.
+        /// The memory's key, as recall gave it (no NUL character).
+        #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*$"))]
         pub key: String,
         /// From -1 (harmful) to 1 (exactly what was needed).
         #[cfg_attr(feature = "openapi", schema(minimum = -1, maximum = 1))]

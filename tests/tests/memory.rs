@@ -338,3 +338,12 @@ async fn a_tool_whose_results_are_remembered_is_recalled_later() {
     let contents: Vec<&str> = found["memories"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
     assert!(contents.iter().any(|c| c.starts_with("calculator(") && c.ends_with("→ 391")), "{found}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_character_in_recall_or_feedback_is_a_bad_request_not_an_outage() {
+    let app = TestApp::spawn("recall_nul", fast_provider()).await;
+    let (status, body) = app.get(KEY_A, "/v1/memory/recall?q=a%00b").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "{body}");
+    let (status, body) = post_json(&app, KEY_A, "/v1/memory/feedback", json!({ "key": "a\u{0}b", "utility": 0.5 })).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_feedback")), "{body}");
+}

@@ -57,7 +57,7 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
     get, path = "/v1/session/{id}/events", tag = "chat",
     params(
         ("id" = Uuid, Path, description = "The session"),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "Resume after this event id"),
         StreamQuery,
     ),
     responses(

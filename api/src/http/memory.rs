@@ -20,8 +20,9 @@ const MAX_TOP_K: u32 = 100;
 #[into_params(parameter_in = Query)]
 pub struct RecallQuery {
     /// What to look for (any of its words); empty: the latest memories (of `session_id`, if
-    /// given).
+    /// given). No NUL character.
     #[serde(default)]
+    #[param(pattern = r"^[^\x00]*$")]
     q: String,
     /// Only this session's memories.
     session_id: Option<Uuid>,
@@ -35,7 +36,7 @@ pub struct RecallQuery {
     get, path = "/v1/memory/recall", tag = "memory", params(RecallQuery),
     responses(
         (status = 200, description = "What recall found", body = RecallResponse),
-        (status = 400, description = "`invalid_query`: a bad `top_k`", body = ErrorBody),
+        (status = 400, description = "`invalid_query`: a bad `top_k`, a NUL character in `q`", body = ErrorBody),
         (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 503, description = "The memory backend is unavailable", body = ErrorBody),
     ),
@@ -46,6 +47,9 @@ pub async fn recall(
     principal: Principal,
     AppQuery(query): AppQuery<RecallQuery>,
 ) -> Result<Json<RecallResponse>, ApiError> {
+    if query.q.contains('\0') {
+        return Err(ApiError::bad_request("invalid_query", "q must not contain a NUL character"));
+    }
     let top_k = query.top_k.unwrap_or(DEFAULT_TOP_K);
     if !(1..=MAX_TOP_K).contains(&top_k) {
         return Err(ApiError::bad_request("invalid_query", format!("top_k must be between 1 and {MAX_TOP_K}")));
@@ -75,6 +79,9 @@ pub async fn feedback(
     let in_range = |v: f64| v.is_finite() && (-1.0..=1.0).contains(&v);
     if !in_range(feedback.utility) || !feedback.reward.is_none_or(in_range) {
         return Err(ApiError::bad_request("invalid_feedback", "utility and reward must be numbers from -1 to 1"));
+    }
+    if feedback.key.contains('\0') {
+        return Err(ApiError::bad_request("invalid_feedback", "key must not contain a NUL character"));
     }
     let reward = feedback.reward.unwrap_or(feedback.utility);
     if !ctx.memory.feedback(&principal.tenant_id, &feedback.key, feedback.utility, reward).await? {
