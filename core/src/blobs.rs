@@ -64,16 +64,6 @@ impl BlobStore {
         Self { client: aws_sdk_s3::Client::from_conf(builder.build()), bucket: config.s3_bucket.clone() }
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    /// Whether the bucket is reachable: for readiness checks.
-    pub async fn ping(&self) -> Result<(), BlobError> {
-        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(blob_error("head bucket"))?;
-        Ok(())
-    }
-
     /// Writes `key` from a stream of bytes, in parts; writing the same key again replaces it
     /// whole (a retried write leaves one object). Returns the bytes written.
     pub async fn put<E: std::fmt::Display>(
@@ -82,27 +72,20 @@ impl BlobStore {
         content_type: &str,
         mut bytes: impl Stream<Item = Result<Bytes, E>> + Unpin,
     ) -> Result<u64, BlobError> {
-        let read_error = |err: E| BlobError { operation: "read source", message: err.to_string() };
         let mut part = Vec::with_capacity(PART_BYTES);
-        let mut written = 0u64;
-        // Fill the first part: a file that fits is one plain PUT.
-        while part.len() < PART_BYTES {
-            match bytes.next().await {
-                Some(chunk) => part.extend_from_slice(&chunk.map_err(read_error)?),
-                None => {
-                    let len = part.len() as u64;
-                    self.client
-                        .put_object()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .content_type(content_type)
-                        .body(ByteStream::from(part))
-                        .send()
-                        .await
-                        .map_err(blob_error("put object"))?;
-                    return Ok(len);
-                }
-            }
+        // A file that fits in one part is one plain PUT.
+        if fill(&mut part, &mut bytes).await? {
+            let len = part.len() as u64;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type(content_type)
+                .body(ByteStream::from(part))
+                .send()
+                .await
+                .map_err(blob_error("put object"))?;
+            return Ok(len);
         }
         let upload = self
             .client
@@ -116,20 +99,8 @@ impl BlobStore {
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
         let result = async {
             let mut parts = Vec::new();
-            let mut done = false;
-            while !done {
-                while part.len() < PART_BYTES {
-                    match bytes.next().await {
-                        Some(chunk) => part.extend_from_slice(&chunk.map_err(read_error)?),
-                        None => {
-                            done = true;
-                            break;
-                        }
-                    }
-                }
-                if part.is_empty() {
-                    break;
-                }
+            let mut written = 0u64;
+            while !part.is_empty() {
                 let number = parts.len() as i32 + 1;
                 written += part.len() as u64;
                 let body = ByteStream::from(std::mem::replace(&mut part, Vec::with_capacity(PART_BYTES)));
@@ -145,6 +116,7 @@ impl BlobStore {
                     .await
                     .map_err(blob_error("upload part"))?;
                 parts.push(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag).build());
+                fill(&mut part, &mut bytes).await?;
             }
             self.client
                 .complete_multipart_upload()
@@ -179,10 +151,21 @@ impl BlobStore {
         });
         Ok(chunks.boxed())
     }
+}
 
-    /// Removes the object (nothing if it is not there).
-    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
-        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(blob_error("delete object"))?;
-        Ok(())
+/// Moves bytes from `bytes` into `part` until it holds a part's worth or the stream ends;
+/// returns whether it ended.
+async fn fill<E: std::fmt::Display>(
+    part: &mut Vec<u8>,
+    bytes: &mut (impl Stream<Item = Result<Bytes, E>> + Unpin),
+) -> Result<bool, BlobError> {
+    while part.len() < PART_BYTES {
+        match bytes.next().await {
+            Some(chunk) => {
+                part.extend_from_slice(&chunk.map_err(|err| BlobError { operation: "read source", message: err.to_string() })?)
+            }
+            None => return Ok(true),
+        }
     }
+    Ok(false)
 }

@@ -1,4 +1,4 @@
-//! ClamAV's clamd over TCP: `zPING` and `zINSTREAM`, the stream scan. INSTREAM sends the file
+//! ClamAV's clamd over TCP: `zINSTREAM`, the stream scan. INSTREAM sends the file
 //! as chunks, each prefixed by its length (4 bytes, big-endian), ended by a zero length; clamd
 //! then answers `stream: OK`, `stream: <signature> FOUND`, or `… ERROR`. A stream longer than
 //! clamd's `StreamMaxLength` is cut off with `INSTREAM size limit exceeded. ERROR`: that file
@@ -49,18 +49,6 @@ const VERDICT_TIMEOUT: Duration = Duration::from_secs(600);
 impl Clamd {
     pub fn new(address: impl Into<String>) -> Self {
         Self { address: address.into(), io_timeout: Duration::from_secs(10) }
-    }
-
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
-    /// Whether clamd answers (`PONG`): for readiness checks.
-    pub async fn ping(&self) -> Result<(), ClamdError> {
-        let mut stream = self.connect().await?;
-        self.io(stream.write_all(b"zPING\0")).await?;
-        let reply = self.reply(&mut stream, self.io_timeout).await?;
-        if reply == "PONG" { Ok(()) } else { Err(ClamdError::Refused(reply)) }
     }
 
     /// Starts an INSTREAM scan: send the file with [`Scan::send`], then [`Scan::finish`].

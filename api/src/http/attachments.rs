@@ -18,10 +18,11 @@ use crate::auth::Principal;
 use crate::http::uploads::attachment_view;
 use crate::{ApiContext, ApiError};
 
-/// The tenant's attachment named by the route; anything else is 404.
-async fn owned(ctx: &ApiContext, principal: &Principal, id: &str) -> Result<AttachmentRow, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("attachment"))?;
-    ctx.store.attachment(&principal.tenant_id, id).await?.ok_or(ApiError::NotFound("attachment"))
+/// The tenant's file named by the route's `{id}` (`what`: "attachment" or "upload", as the 404
+/// says); another tenant's, or an id that is not a UUID, is 404.
+pub(crate) async fn owned(ctx: &ApiContext, principal: &Principal, id: &str, what: &'static str) -> Result<AttachmentRow, ApiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound(what))?;
+    ctx.store.attachment(&principal.tenant_id, id).await?.ok_or(ApiError::NotFound(what))
 }
 
 /// Where a file is: uploading, pending its scan, clean, quarantined (and what was found) or failed.
@@ -39,7 +40,7 @@ pub async fn status(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Attachment>, ApiError> {
-    Ok(Json(attachment_view(&owned(&ctx, &principal, &id).await?)))
+    Ok(Json(attachment_view(&owned(&ctx, &principal, &id, "attachment").await?)))
 }
 
 /// A clean file's bytes, streamed: whole, or one `Range` (206). `ETag` is its SHA-256.
@@ -64,7 +65,7 @@ pub async fn download(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let row = owned(&ctx, &principal, &id).await?;
+    let row = owned(&ctx, &principal, &id, "attachment").await?;
     match row.status {
         AttachmentStatus::Clean => {}
         AttachmentStatus::Uploading | AttachmentStatus::Pending => {

@@ -3,7 +3,7 @@
 //! undocumented (a test checks that no route is added any other way).
 
 mod admin;
-mod attachments;
+pub(crate) mod attachments;
 mod config;
 mod console;
 mod events;

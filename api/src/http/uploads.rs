@@ -28,6 +28,7 @@ use soma_workflows::UploadScanWorkflow;
 
 use crate::auth::Principal;
 use crate::extract::AppQuery;
+use crate::http::attachments::owned;
 use crate::request_ids::RequestIds;
 use crate::{ApiContext, ApiError};
 
@@ -189,18 +190,18 @@ pub async fn create(
     let row = create_row(&ctx, &principal, &ids, session_id, &filename, &content_type, length, metadata, expected_sha256.as_deref())
         .await?;
     let location = format!("/v1/uploads/{}", row.id);
-    let mut offset = 0;
-    if with_upload {
-        offset = receive(&ctx, &row, 0, checksum, request.into_body().into_data_stream()).await?.received_bytes;
-    }
-    let row = ctx.store.attachment(&row.tenant_id, row.id).await?.ok_or(ApiError::NotFound("upload"))?;
-    if row.status == AttachmentStatus::Pending {
+    let received = if with_upload {
+        receive(&ctx, &row, 0, checksum, request.into_body().into_data_stream()).await?
+    } else {
+        Received { received_bytes: 0, status: row.status }
+    };
+    if received.status == AttachmentStatus::Pending {
         start_scan(&ctx, &row).await?;
     }
     let mut response = StatusCode::CREATED.into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, HeaderValue::from_str(&location).map_err(anyhow::Error::from)?);
-    headers.insert(UPLOAD_OFFSET, offset.into());
+    headers.insert(UPLOAD_OFFSET, received.received_bytes.into());
     headers.insert(UPLOAD_EXPIRES, http_date(row.expires_at));
     Ok(response)
 }
@@ -331,17 +332,14 @@ pub async fn terminate(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("upload"))?;
-    if ctx.store.terminate_upload(&principal.tenant_id, id).await? {
+    let row = owned(&ctx, &principal, &id, "upload").await?;
+    if ctx.store.terminate_upload(&principal.tenant_id, row.id).await? {
         return Ok(StatusCode::NO_CONTENT);
     }
-    match ctx.store.attachment(&principal.tenant_id, id).await? {
-        None => Err(ApiError::NotFound("upload")),
-        Some(_) => Err(ApiError::Conflict {
-            code: "upload_complete",
-            message: "every byte of this upload is in: it is scanned and kept, not terminated".into(),
-        }),
-    }
+    Err(ApiError::Conflict {
+        code: "upload_complete",
+        message: "every byte of this upload is in: it is scanned and kept, not terminated".into(),
+    })
 }
 
 /// The plain multipart upload: the `file` field, streamed to the store as it arrives.
@@ -469,10 +467,27 @@ struct Received {
     status: AttachmentStatus,
 }
 
-/// A tus request's checksum: the algorithm's digest of the request's bytes.
+/// A tus request's checksum: the digest its bytes must have, and that algorithm's hash of
+/// the bytes so far.
 enum Checksum {
-    Sha1(Vec<u8>),
-    Sha256(Vec<u8>),
+    Sha1 { expected: Vec<u8>, hash: sha1::Sha1 },
+    Sha256 { expected: Vec<u8>, hash: Sha256 },
+}
+
+impl Checksum {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Checksum::Sha1 { hash, .. } => hash.update(bytes),
+            Checksum::Sha256 { hash, .. } => hash.update(bytes),
+        }
+    }
+
+    fn matches(self) -> bool {
+        match self {
+            Checksum::Sha1 { expected, hash } => hash.finalize().as_slice() == expected.as_slice(),
+            Checksum::Sha256 { expected, hash } => hash.finalize().as_slice() == expected.as_slice(),
+        }
+    }
 }
 
 fn checksum(headers: &HeaderMap) -> Result<Option<Checksum>, ApiError> {
@@ -481,8 +496,8 @@ fn checksum(headers: &HeaderMap) -> Result<Option<Checksum>, ApiError> {
     let (algorithm, digest) = value.to_str().ok().and_then(|v| v.split_once(' ')).ok_or_else(bad)?;
     let digest = BASE64.decode(digest.trim()).map_err(|_| bad())?;
     match algorithm {
-        "sha1" => Ok(Some(Checksum::Sha1(digest))),
-        "sha256" => Ok(Some(Checksum::Sha256(digest))),
+        "sha1" => Ok(Some(Checksum::Sha1 { expected: digest, hash: sha1::Sha1::new() })),
+        "sha256" => Ok(Some(Checksum::Sha256 { expected: digest, hash: Sha256::new() })),
         other => Err(ApiError::bad_request(
             "checksum_algorithm_unsupported",
             format!("checksum algorithm {other:?} is not supported ({TUS_CHECKSUMS})"),
@@ -497,13 +512,11 @@ async fn receive<E: std::fmt::Display>(
     ctx: &ApiContext,
     row: &AttachmentRow,
     offset: i64,
-    checksum: Option<Checksum>,
+    mut checksum: Option<Checksum>,
     body: impl Stream<Item = Result<Bytes, E>> + Unpin,
 ) -> Result<Received, ApiError> {
     let mut writer = ctx.store.chunk_writer(checksum.is_some()).await?;
     let mut pieces = Pieces::new(body, ctx.config.upload_chunk_bytes);
-    let mut sha1 = sha1::Sha1::new();
-    let mut sha256 = Sha256::new();
     let mut received = Received { received_bytes: offset, status: row.status };
     while let Some(piece) = pieces.next().await {
         let piece = match piece {
@@ -523,21 +536,15 @@ async fn receive<E: std::fmt::Display>(
             return Err(beyond_length(length));
         }
         let digest = Sha256::digest(&piece);
-        if checksum.is_some() {
-            sha1.update(&piece);
-            sha256.update(&piece);
+        if let Some(checksum) = &mut checksum {
+            checksum.update(&piece);
         }
         match writer.append(&row.tenant_id, row.id, received.received_bytes, &piece, &digest).await? {
             Appended::Stored { received_bytes, status } => received = Received { received_bytes, status },
             Appended::OffsetMoved => return Err(offset_moved(received.received_bytes)),
         }
     }
-    let matches = match &checksum {
-        None => true,
-        Some(Checksum::Sha1(expected)) => sha1.finalize().as_slice() == expected.as_slice(),
-        Some(Checksum::Sha256(expected)) => sha256.finalize().as_slice() == expected.as_slice(),
-    };
-    if !matches {
+    if !checksum.is_none_or(Checksum::matches) {
         // The writer is dropped uncommitted: nothing of this request is kept.
         return Err(ApiError::ChecksumMismatch);
     }
@@ -593,8 +600,7 @@ async fn start_scan(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiErro
 
 /// The tenant's upload named by the route: 404 for anything else, 410 once expired.
 async fn upload_row(ctx: &ApiContext, principal: &Principal, id: &str) -> Result<AttachmentRow, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("upload"))?;
-    let row = ctx.store.attachment(&principal.tenant_id, id).await?.ok_or(ApiError::NotFound("upload"))?;
+    let row = owned(ctx, principal, id, "upload").await?;
     if row.is_expired(Utc::now()) {
         return Err(ApiError::Gone { code: "upload_expired", message: "the upload expired before it was finished".into() });
     }
