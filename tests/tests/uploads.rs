@@ -17,7 +17,7 @@ use soma_contract::api::Attachment;
 use soma_contract::events::AttachmentStatusChanged;
 use soma_contract::{AttachmentStatus, AttachmentStorage, SessionEvent};
 use soma_devllm::DevProviderOptions;
-use soma_tests::{Expect, KEY_B, TestApp, Typed};
+use soma_tests::{DEADLINE, Expect, KEY_B, TestApp, Typed, eventually};
 
 /// The EICAR test file: every antivirus reports it, and it harms nothing.
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -187,7 +187,9 @@ async fn tus_speaks_the_protocol_resumes_after_a_broken_request_and_refuses_bad_
     assert!(result.is_err(), "the request broke");
     // The server may still be storing what arrived before the break: the offset settles.
     let mut offset = api.tus_offset(&upload).await.unwrap();
+    let settle_by = tokio::time::Instant::now() + DEADLINE;
     loop {
+        assert!(tokio::time::Instant::now() < settle_by, "the offset did not settle within {DEADLINE:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = api.tus_offset(&upload).await.unwrap();
         if now == offset {
@@ -278,9 +280,11 @@ async fn limits_expiry_and_termination() {
     assert_eq!(api.tus_offset(&first).await.unwrap_err().status(), Some(404), "terminated: gone");
     assert!(api.tus_create(10, &[]).await.is_ok(), "a terminated upload frees its place");
 
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let expired = api.tus_offset(&second).await.unwrap_err();
-    assert_eq!(expired.status(), Some(410), "HEAD: expired (a HEAD answer has no body)");
+    // HEAD answers 410 once the upload's 2 s are up (a HEAD answer has no body to say why).
+    eventually("the unfinished upload expires", || async {
+        api.tus_offset(&second).await.is_err_and(|err| err.status() == Some(410))
+    })
+    .await;
     let expired = api.tus_append(&second, 0, b"0123456789".to_vec()).await.unwrap_err();
     assert_eq!((expired.status(), expired.code()), (Some(410), Some("upload_expired")));
     assert!(api.tus_create(10, &[]).await.is_ok(), "expired uploads do not count");
