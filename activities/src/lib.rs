@@ -5,6 +5,7 @@
 
 pub mod failure;
 pub mod llm;
+pub mod maintenance;
 pub mod memory;
 pub mod policy;
 pub mod session;
@@ -12,6 +13,7 @@ pub mod tools;
 pub mod uploads;
 
 pub use llm::{LlmActivitiesImpl, LlmClient, LlmError};
+pub use maintenance::{MaintenanceActivitiesImpl, MaintenanceSettings};
 pub use memory::{MemoryActivitiesImpl, MemorySettings};
 pub use policy::Policy;
 pub use session::SessionActivitiesImpl;

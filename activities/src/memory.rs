@@ -15,11 +15,11 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use soma_contract::events::{MemoryRecall, MemoryWrite, RecalledMemory};
 use soma_contract::memory::{MemoryPayload, MemoryRetry, memory_key};
 use soma_contract::{
-    MemoryRole, MemoryWriteRef, MemoryWriteStatus, MessageStatus, RecallStatus, Role, SessionEvent, TurnRef,
+    DeadLetterStatus, MemoryRole, MemoryWriteRef, MemoryWriteStatus, MessageStatus, RecallStatus, Role, SessionEvent, TurnRef,
 };
 use soma_core::memory::{MemoryBackend, MemoryError};
-use soma_contract::api::MemoryItem;
-use soma_core::store::{AuditEntry, MemoryWriteRow, Store, StoreError};
+use soma_contract::api::{MaintenanceBatch, MemoryItem};
+use soma_core::store::{AuditEntry, DeadLetterFilter, MAINTENANCE_ACTOR, MemoryWriteRow, Store, StoreError};
 use soma_workflows::activities::{DeadLetterInput, defs};
 use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow};
 
@@ -143,8 +143,8 @@ pub async fn owe_memory_write(
     if store.stage_memory_write(&write, Some(item.role), &json!(payload)).await.classify()? != MemoryWriteStatus::Pending {
         return Ok(false);
     }
+    let options = MemoryWriteWorkflow::start_options(&ctx.info().task_queue, &write);
     let input = MemoryWriteInput { write, retry: settings.retry };
-    let options = MemoryWriteWorkflow::start_options(&ctx.info().task_queue, &key);
     soma_core::temporal::start_once(&ctx.client(), MemoryWriteWorkflow::run, input, options).await.classify()?;
     Ok(true)
 }
@@ -177,6 +177,45 @@ fn preview(content: &str) -> String {
 
 #[activities]
 impl MemoryActivitiesImpl {
+    #[activity(definition = defs::ReplayDeadLetters)]
+    pub async fn replay_dead_letters(self: Arc<Self>, ctx: ActivityContext) -> Result<MaintenanceBatch, ActivityError> {
+        if !self.backend.is_ready().await {
+            let summary = format!("the {} memory backend does not answer yet: nothing replayed", self.backend.name());
+            return Ok(MaintenanceBatch { items: 0, more: false, summary });
+        }
+        let batch = 100;
+        let filter = DeadLetterFilter { limit: batch, ..Default::default() };
+        let letters = self.store.dead_letters(&filter).await.classify()?;
+        let request_id = ctx.info().workflow_id.clone().unwrap_or_default();
+        let mut replayed = 0u64;
+        for letter in &letters {
+            let resolution = Some("the memory backend answers again");
+            let resolved = self
+                .store
+                .resolve_dead_letter(letter.id, DeadLetterStatus::Replayed, MAINTENANCE_ACTOR, resolution, (&request_id, None))
+                .await
+                .classify()?;
+            if !resolved {
+                continue;
+            }
+            let write = MemoryWriteRef {
+                tenant_id: letter.tenant_id.clone(),
+                key: letter.key.clone(),
+                session_id: letter.session_id,
+                turn_id: None,
+                request_id: request_id.clone(),
+                trace_id: None,
+            };
+            let options = MemoryWriteWorkflow::start_options(&ctx.info().task_queue, &write);
+            let input = MemoryWriteInput { write, retry: self.settings.retry };
+            // If this fails the replay stays recorded: the worker's sweep starts the owed write.
+            soma_core::temporal::start_once(&ctx.client(), MemoryWriteWorkflow::run, input, options).await.classify()?;
+            replayed += 1;
+        }
+        let more = letters.len() as i64 >= batch;
+        Ok(MaintenanceBatch { items: replayed, more, summary: format!("{replayed} dead letters replayed") })
+    }
+
     #[activity(definition = defs::RecallForTurn)]
     pub async fn recall_for_turn(self: Arc<Self>, _ctx: ActivityContext, turn: TurnRef) -> Result<RecallStatus, ActivityError> {
         let query = self.store.turn(&turn.tenant_id, turn.turn_id).await.classify()?.user_message;
@@ -347,3 +386,4 @@ mod tests {
         assert!(within_budget(vec![hit("aaaa")], 0).is_empty());
     }
 }
+

@@ -19,6 +19,8 @@ use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{UntypedWorkflow, WorkflowCancelOptions};
 
 use crate::failure::Classify;
+use crate::maintenance::purge_session_with_files;
+use soma_core::blobs::BlobStore;
 use crate::policy::{CONVERSATION_SEND, Decision, Policy, PolicyInput};
 
 /// How long a wait goes without re-reading, if no wake-up comes; also its heartbeat period.
@@ -31,12 +33,14 @@ pub struct SessionActivitiesImpl {
     store: Store,
     wakeups: Arc<SessionWakeups>,
     policy: Arc<Policy>,
+    /// Where a deleted session's files are (removed with it).
+    blobs: BlobStore,
 }
 
 impl SessionActivitiesImpl {
     /// `wakeups` must be listening (`SessionWakeups::start`) for waits to end promptly.
-    pub fn new(store: Store, wakeups: Arc<SessionWakeups>, policy: Arc<Policy>) -> Self {
-        Self { store, wakeups, policy }
+    pub fn new(store: Store, wakeups: Arc<SessionWakeups>, policy: Arc<Policy>, blobs: BlobStore) -> Self {
+        Self { store, wakeups, policy, blobs }
     }
 
     /// Waits, heartbeating, while `still()` holds: re-checked whenever the session has news
@@ -207,7 +211,7 @@ impl SessionActivitiesImpl {
             request_id: &session.request_id,
             trace_id: session.trace_id.as_deref(),
         };
-        self.store.purge_session(&session.tenant_id, session.session_id, by).await.classify()
+        purge_session_with_files(&self.store, &self.blobs, &session.tenant_id, session.session_id, by).await
     }
 }
 

@@ -65,6 +65,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
     }
 }
 
+/// An optional JSON body (`Option<AppJson<T>>`): none when the request has no body at all
+/// (no Content-Type, no or a zero Content-Length); otherwise as [`AppJson`].
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::OptionalFromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        let headers = request.headers();
+        let sized = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+        let chunked = headers.get(axum::http::header::TRANSFER_ENCODING).is_some();
+        if headers.get(CONTENT_TYPE).is_none() && !sized && !chunked {
+            return Ok(None);
+        }
+        <Self as FromRequest<S>>::from_request(request, state).await.map(Some)
+    }
+}
+
 /// A query string: 400 `invalid_query` when it does not parse.
 pub struct AppQuery<T>(pub T);
 

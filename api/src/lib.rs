@@ -48,6 +48,10 @@ impl ApiContext {
         }
         let wakeups = Arc::new(SessionWakeups::default());
         wakeups.start(&store).await?;
+        // Workflows are started with them; the worker registers them too (whichever is first).
+        if let Err(err) = soma_core::temporal::ensure_search_attributes(&temporal, &config.temporal_namespace).await {
+            tracing::warn!(error = %err, "could not register the search attributes; workflow starts may be refused");
+        }
         let closing = tokio::sync::watch::Sender::new(false);
         let feeds = Arc::new(feed::Feeds::new(store.clone(), wakeups));
         let stream_tokens = Arc::new(stream_token::StreamTokens::from_config(&config));

@@ -211,7 +211,8 @@ function onEvent(id, data) {
       const turn = ensureTurn(turnId);
       if (isFinished(turn)) break; // its stored reply is shown already
       const round = payload.round || 0;
-      turn.rounds[round] = (turn.rounds[round] || "") + payload.text;
+      // A compacted delta is the round's whole text (older deltas were folded into it).
+      turn.rounds[round] = payload.compacted ? payload.text : (turn.rounds[round] || "") + payload.text;
       turn.text = turn.rounds.join("");
       renderReply(turn);
       break;

@@ -555,7 +555,7 @@ impl Bench {
         let t0 = Instant::now();
         let starts = inputs.into_iter().map(|input| {
             let temporal = self.temporal.clone();
-            let options = soma_workflows::MemoryWriteWorkflow::start_options(&self.stack.task_queue, &input.write.key);
+            let options = soma_workflows::MemoryWriteWorkflow::start_options(&self.stack.task_queue, &input.write);
             async move {
                 let handle = temporal.start_workflow(soma_workflows::MemoryWriteWorkflow::run, input, options).await?;
                 anyhow::Ok(handle.get_result(Default::default()).await?)

@@ -123,6 +123,12 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<DeadLetterAction>,
     },
+    /// The periodic jobs (Temporal Schedules): list with next and last runs, trigger now,
+    /// pause, unpause. Needs an admin key.
+    Schedules {
+        #[command(subcommand)]
+        action: Option<ScheduleAction>,
+    },
     /// The tenant's sessions, most recently active first.
     Sessions {
         /// How many (1 to 200).
@@ -162,6 +168,26 @@ pub enum ToolAction {
     },
     /// A call with its whole output.
     Show { id: Uuid },
+}
+
+/// `soma schedules …`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Run the job now, once (also while paused).
+    Trigger { id: String },
+    /// Stop its ticks until unpaused.
+    Pause {
+        id: String,
+        /// Why (the Temporal UI shows it).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Start its ticks again.
+    Unpause {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 /// `soma dead-letters …`.
@@ -244,7 +270,7 @@ pub async fn run(cli: Cli) -> Outcome {
         return Outcome::Done;
     }
     let (key, kind) = match cli.command {
-        Command::DeadLetters { .. } | Command::Tools { refresh: true } => (cli.admin_key, settings::KeyKind::Admin),
+        Command::DeadLetters { .. } | Command::Schedules { .. } | Command::Tools { refresh: true } => (cli.admin_key, settings::KeyKind::Admin),
         _ => (cli.api_key, settings::KeyKind::Tenant),
     };
     let client = match settings::client(cli.api_url, key, kind) {
@@ -350,6 +376,26 @@ async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outc
             let letter = client.discard_dead_letter(id, &reason).await?;
             out.json_or(&letter, || println!("discarded {id}: {reason}"));
         }
+        Command::Schedules { action: None } => {
+            let list = client.schedules().await?;
+            out.json_or(&list, || {
+                for schedule in &list.schedules {
+                    print_schedule(schedule);
+                }
+                if list.schedules.is_empty() {
+                    out.note("no schedules yet (a worker creates them when it starts)");
+                }
+            });
+        }
+        Command::Schedules { action: Some(action) } => {
+            let (id, verb, note) = match action {
+                ScheduleAction::Trigger { id } => (id, "trigger", None),
+                ScheduleAction::Pause { id, note } => (id, "pause", note),
+                ScheduleAction::Unpause { id, note } => (id, "unpause", note),
+            };
+            let schedule = client.steer_schedule(&id, verb, note).await?;
+            out.json_or(&schedule, || print_schedule(&schedule));
+        }
         Command::Sessions { limit } => {
             let list = client.sessions(Some(limit), None).await?;
             out.json_or(&list, || {
@@ -406,4 +452,20 @@ async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outc
         Command::Completions { .. } => unreachable!("handled before connecting"),
     }
     Ok(Outcome::Done)
+}
+
+/// One schedule, for people: what, when, and its latest runs.
+fn print_schedule(schedule: &soma_contract::api::ScheduleView) {
+    let state = if schedule.paused { "paused" } else { "active" };
+    println!("{}  {}  {}  {}  {} runs", schedule.id, schedule.job, schedule.spec, state, schedule.runs);
+    if let Some(note) = &schedule.note {
+        println!("    note: {note}");
+    }
+    if let Some(next) = schedule.next_runs.first() {
+        println!("    next: {}", next.format("%Y-%m-%d %H:%M:%S UTC"));
+    }
+    for run in schedule.recent_runs.iter().rev().take(3) {
+        let when = run.started_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();
+        println!("    ran:  {when}  {}", run.workflow_id);
+    }
 }

@@ -242,6 +242,26 @@ impl Client {
         decode(self.request(Method::POST, &format!("/v1/admin/dead-letters/{id}/discard")).json(&body).send().await?).await
     }
 
+    /// The periodic jobs' schedules (an admin key's call).
+    pub async fn schedules(&self) -> Result<soma_contract::api::ScheduleList, ClientError> {
+        decode(self.request(Method::GET, "/v1/admin/schedules").send().await?).await
+    }
+
+    /// `trigger`, `pause` or `unpause` a schedule, with an optional note (an admin key's call).
+    pub async fn steer_schedule(
+        &self,
+        id: &str,
+        verb: &str,
+        note: Option<String>,
+    ) -> Result<soma_contract::api::ScheduleView, ClientError> {
+        let path = format!("/v1/admin/schedules/{id}/{verb}");
+        let mut request = self.request(Method::POST, &path);
+        if note.is_some() {
+            request = request.json(&soma_contract::api::ScheduleNote { note });
+        }
+        decode(request.send().await?).await
+    }
+
     pub async fn runtime_config(&self) -> Result<RuntimeConfig, ClientError> {
         decode(self.request(Method::GET, "/v1/runtime-config").send().await?).await
     }

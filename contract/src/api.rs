@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::status::{
-    ApprovalDecision, AttachmentStatus, DeadLetterKind, DeadLetterStatus, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus,
+    ApprovalDecision, AttachmentStatus, DeadLetterKind, DeadLetterStatus, MaintenanceJob, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus,
 };
 
 /// Derives `utoipa::ToSchema` with the `openapi` feature.
@@ -452,6 +452,69 @@ api_type! {
         pub workflow_id: String,
         pub created_at: DateTime<Utc>,
         pub scanned_at: Option<DateTime<Utc>>,
+    }
+
+    /// `GET /v1/admin/schedules`: the periodic jobs as Temporal runs them.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ScheduleList {
+        pub schedules: Vec<ScheduleView>,
+    }
+
+    /// One schedule: what it runs, when, and what it did lately.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ScheduleView {
+        /// The schedule's ID in Temporal (`temporal schedule describe --schedule-id …`).
+        pub id: String,
+        pub job: MaintenanceJob,
+        /// `every 60s` or the cron expression.
+        pub spec: String,
+        pub paused: bool,
+        /// Why it is paused (or was last unpaused), as the operator said.
+        pub note: Option<String>,
+        /// The next few times it will run (none while paused).
+        pub next_runs: Vec<DateTime<Utc>>,
+        /// The latest runs it started, newest last.
+        pub recent_runs: Vec<ScheduleRun>,
+        /// Runs started since it was created.
+        pub runs: i64,
+    }
+
+    /// A run a schedule started.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ScheduleRun {
+        pub workflow_id: String,
+        pub started_at: Option<DateTime<Utc>>,
+    }
+
+    /// `POST /v1/admin/schedules/{id}/pause` and `…/unpause`: why (kept as the schedule's note).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct ScheduleNote {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub note: Option<String>,
+    }
+
+    /// What one run of a periodic job did: the `MaintenanceWorkflow`'s result, readable in the
+    /// Temporal UI.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MaintenanceReport {
+        pub job: MaintenanceJob,
+        /// Items handled: sessions deleted, events removed, uploads expired, letters replayed,
+        /// gauges published.
+        pub items: u64,
+        /// Bounded batches it took.
+        pub batches: u32,
+        /// One line for people.
+        pub summary: String,
+    }
+
+    /// What one batch of a periodic job did.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MaintenanceBatch {
+        pub items: u64,
+        /// Whether more is left for another batch.
+        pub more: bool,
+        pub summary: String,
     }
 
     /// `GET /v1/health`.

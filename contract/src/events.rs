@@ -106,6 +106,10 @@ pub struct LlmDelta {
     /// The model call of the turn it belongs to: 0, then one more after each round of tools.
     #[serde(default)]
     pub round: u32,
+    /// Set on the one delta a compaction (the `compact-deltas` job) left of a finished reply:
+    /// `text` is the whole round's text and replaces what a client has of that round.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compacted: bool,
 }
 
 /// `llm.retry`.
@@ -380,7 +384,7 @@ impl SessionEvent {
                 }],
                 reason: None,
             }),
-            SessionEvent::LlmDelta(LlmDelta { text: "Temporal is".into(), attempt: 1, index: 0, round: 0 }),
+            SessionEvent::LlmDelta(LlmDelta { text: "Temporal is".into(), attempt: 1, index: 0, round: 0, compacted: false }),
             SessionEvent::LlmRetry(LlmRetry {
                 attempt: 2,
                 discard_partial: true,
@@ -516,7 +520,7 @@ mod tests {
             EventScope { tenant_id: "t", session_id: Uuid::new_v4(), turn_id: Some(turn), request_id: None, trace_id: None };
         let end = |status| SessionEvent::turn_end(TurnEnd { status, assistant_message_id: None, reason: None });
         assert_eq!(end(TurnOutcome::Completed).dedupe_key(&scope), end(TurnOutcome::Cancelled).dedupe_key(&scope));
-        let delta = |round, attempt, index| SessionEvent::LlmDelta(LlmDelta { text: "x".into(), attempt, index, round });
+        let delta = |round, attempt, index| SessionEvent::LlmDelta(LlmDelta { text: "x".into(), attempt, index, round, compacted: false });
         assert_ne!(delta(0, 1, 0).dedupe_key(&scope), delta(0, 2, 0).dedupe_key(&scope));
         assert_ne!(delta(0, 1, 0).dedupe_key(&scope), delta(0, 1, 1).dedupe_key(&scope));
         assert_ne!(delta(0, 1, 0).dedupe_key(&scope), delta(1, 1, 0).dedupe_key(&scope));

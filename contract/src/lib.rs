@@ -11,8 +11,8 @@ pub mod reply;
 
 pub use events::{EventData, EventMeta, EventScope, SessionEvent};
 pub use status::{
-    ApprovalDecision, AttachmentStatus, AttachmentStorage, DeadLetterKind, DeadLetterStatus, MemoryRole, MemoryWriteStatus, MessageStatus, RecallStatus, Role, ToolCallStatus,
-    ToolKind, TurnOutcome, TurnStatus,
+    ApprovalDecision, AttachmentStatus, AttachmentStorage, DeadLetterKind, DeadLetterStatus, MaintenanceJob, MemoryRole, MemoryWriteStatus, MessageStatus, RecallStatus, Role, ToolCallStatus,
+    ToolKind, TurnOutcome, TurnStatus, WorkKind,
 };
 pub use refs::{MemoryWriteRef, SessionRef, ToolCallRef, TurnRef, UploadRef};
 pub use reply::ShownReply;

@@ -137,3 +137,14 @@ impl UploadRef {
         })
     }
 }
+
+/// The Temporal search attributes every workflow carries, so `temporal workflow list --query
+/// "SessionId='…'"` and the Temporal UI's filter find a session's or a tenant's work. All are
+/// `Keyword`s; the worker and the api register them when they start.
+pub mod search_attributes {
+    pub const TENANT_ID: &str = "TenantId";
+    pub const SESSION_ID: &str = "SessionId";
+    /// A [`WorkKind`](crate::WorkKind): chat, tool, upload, memory, maintenance.
+    pub const SOMA_KIND: &str = "SomaKind";
+    pub const ALL: [&str; 3] = [TENANT_ID, SESSION_ID, SOMA_KIND];
+}

@@ -13,6 +13,12 @@ impl ShownReply {
     /// Applies one event; returns whether the shown text changed.
     pub fn apply(&mut self, event: &SessionEvent) -> bool {
         match event {
+            SessionEvent::LlmDelta(delta) if delta.compacted => {
+                let round = self.round(delta.round);
+                let changed = *round != delta.text;
+                round.clone_from(&delta.text);
+                changed
+            }
             SessionEvent::LlmDelta(delta) => {
                 self.round(delta.round).push_str(&delta.text);
                 true
@@ -52,7 +58,7 @@ mod tests {
     use crate::events::{LlmDelta, LlmRetry};
 
     fn delta(round: u32, attempt: u32, text: &str) -> SessionEvent {
-        SessionEvent::LlmDelta(LlmDelta { text: text.into(), attempt, index: 0, round })
+        SessionEvent::LlmDelta(LlmDelta { text: text.into(), attempt, index: 0, round, compacted: false })
     }
 
     #[test]
@@ -68,5 +74,17 @@ mod tests {
         }));
         shown.apply(&delta(1, 2, "It is 391."));
         assert_eq!(shown.text(), "Let me compute. It is 391.");
+    }
+
+    #[test]
+    fn a_compacted_delta_replaces_what_its_round_had() {
+        let whole = SessionEvent::LlmDelta(LlmDelta { text: "It is 391.".into(), attempt: 2, index: 0, round: 0, compacted: true });
+        let mut inside = ShownReply::default();
+        inside.apply(&delta(0, 2, "It is"));
+        inside.apply(&whole);
+        let mut before = ShownReply::default();
+        before.apply(&whole);
+        assert_eq!(inside.text(), "It is 391.");
+        assert_eq!(before.text(), "It is 391.");
     }
 }

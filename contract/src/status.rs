@@ -178,6 +178,34 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// The periodic jobs, each run by a Temporal Schedule as a `MaintenanceWorkflow`.
+    pub enum MaintenanceJob {
+        /// Gauges from the database (sessions, turns, scans, dead letters, memory writes),
+        /// served on `/metrics`.
+        PublishMetrics => "publish_metrics",
+        /// Sessions past their retention, with everything they own (S3 objects included).
+        CleanupSessions => "cleanup_sessions",
+        /// The `llm.delta` events of old finished turns, replaced by one event per reply.
+        CompactDeltas => "compact_deltas",
+        /// tus uploads past their expiry, with their received bytes.
+        ExpireUploads => "expire_uploads",
+        /// Open dead letters replayed once their cause has cleared.
+        RetryDeadLetters => "retry_dead_letters",
+    }
+}
+
+text_enum! {
+    /// What a workflow does, as the operator filters on it (`SomaKind` search attribute).
+    pub enum WorkKind {
+        Chat => "chat",
+        Tool => "tool",
+        Upload => "upload",
+        Memory => "memory",
+        Maintenance => "maintenance",
+    }
+}
+
 impl ToolCallStatus {
     /// Whether the call has its result.
     pub fn is_final(self) -> bool {

@@ -151,6 +151,22 @@ impl BlobStore {
         });
         Ok(chunks.boxed())
     }
+
+    /// Removes `key`; removing one that is not there succeeds (S3's own rule), so a retried
+    /// cleanup is harmless.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(blob_error("delete object"))?;
+        Ok(())
+    }
+
+    /// Whether `key` is there (for tests and checks).
+    pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
+            Err(err) => Err(blob_error("head object")(err)),
+        }
+    }
 }
 
 /// Moves bytes from `bytes` into `part` until it holds a part's worth or the stream ends;

@@ -9,6 +9,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::schedules::ScheduleConfig;
+
 /// A value that must not appear in logs or `--print-config` output.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -149,6 +151,15 @@ pub struct Config {
     pub upload_expiry_secs: u64,
     /// Received bytes are stored in chunks of at most this size, each durable once stored.
     pub upload_chunk_bytes: usize,
+    /// The periodic jobs, as Temporal Schedules; each worker creates or updates them when it
+    /// starts (`[[schedules]]` tables in the config file replace the whole list).
+    pub schedules: Vec<ScheduleConfig>,
+    /// A session untouched for this long is deleted with everything it owns (cleanup-sessions).
+    pub session_retention_secs: u64,
+    /// The `llm.delta` events of a turn that ended this long ago are compacted (compact-deltas).
+    pub compact_deltas_after_secs: u64,
+    /// Items (sessions, turns, uploads, dead letters) a periodic job handles per batch.
+    pub maintenance_batch_size: u32,
     /// How often each worker sweeps for turns that need recovering.
     pub turn_recovery_interval_ms: u64,
     /// An open turn that has not changed for this long is looked at by the sweep: started if
@@ -218,6 +229,10 @@ impl Default for Config {
             upload_max_in_progress: 20,
             upload_expiry_secs: 24 * 3600,
             upload_chunk_bytes: 1024 * 1024,
+            schedules: crate::schedules::default_schedules(),
+            session_retention_secs: 30 * 24 * 3600,
+            compact_deltas_after_secs: 3600,
+            maintenance_batch_size: 100,
             turn_recovery_interval_ms: 5_000,
             turn_recovery_quiet_ms: 10_000,
             max_message_bytes: 32 * 1024,
@@ -297,6 +312,10 @@ impl Config {
             return Err(ConfigError(
                 "upload_chunk_bytes, upload_max_in_progress and upload_expiry_secs must be positive".into(),
             ));
+        }
+        crate::schedules::validate(&self.schedules).map_err(ConfigError)?;
+        if self.session_retention_secs == 0 || self.maintenance_batch_size == 0 {
+            return Err(ConfigError("session_retention_secs and maintenance_batch_size must be positive".into()));
         }
         for entry in self.api_key_entries().chain(self.admin_key_entries()) {
             let (owner, hash) = entry.map_err(ConfigError)?;

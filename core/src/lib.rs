@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod memory;
+pub mod schedules;
 pub mod store;
 pub mod telemetry;
 pub mod temporal;

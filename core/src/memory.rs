@@ -96,6 +96,15 @@ impl MemoryBackend {
         }
     }
 
+    /// Whether the backend answers now (SomaBrain's `/readyz`; Postgres a round trip): the
+    /// cause of dead-lettered writes has cleared.
+    pub async fn is_ready(&self) -> bool {
+        match self {
+            MemoryBackend::Postgres { store, .. } => store.ping().await.is_ok(),
+            MemoryBackend::Somabrain(brain) => brain.is_ready().await,
+        }
+    }
+
     /// Remembers `payload` under its idempotency key, for `tenant_id`. Writing a key again
     /// changes nothing. `request_id` is sent as `X-Request-ID` (the same on every retry).
     pub async fn remember(
@@ -176,6 +185,11 @@ impl SomaBrain {
             token: token.to_string(),
             namespace: namespace.to_string(),
         }
+    }
+
+    async fn is_ready(&self) -> bool {
+        let response = self.http.get(format!("{}/readyz", self.base_url)).send().await;
+        response.is_ok_and(|r| r.status().is_success())
     }
 
     async fn post(&self, path: &str, tenant_id: &str, request_id: &str, body: &Value) -> Result<Value, MemoryError> {

@@ -4,8 +4,15 @@
 use std::time::Duration;
 
 use temporalio_client::errors::WorkflowStartError;
+use temporalio_client::tonic::{Code, Request};
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, WorkflowStartOptions};
 use temporalio_common::HasWorkflowDefinition;
+use temporalio_common::protos::temporal::api::enums::v1::IndexedValueType;
+use temporalio_common::protos::temporal::api::operatorservice::v1::{
+    AddSearchAttributesRequest, ListSearchAttributesRequest,
+};
+
+use soma_contract::refs::search_attributes;
 
 use crate::config::Config;
 
@@ -49,5 +56,34 @@ where
     match client.start_workflow(workflow, input, options).await {
         Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
         Err(err) => Err(err),
+    }
+}
+
+/// Registers the search attributes every workflow carries in the client's namespace, those it
+/// lacks only (a second process finding them there, or adding them at the same moment, is
+/// fine). A workflow started with an unregistered attribute is refused, so the api and the
+/// worker both do this before they start anything.
+pub async fn ensure_search_attributes(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let mut operator = client.connection().operator_service();
+    let listed = operator
+        .list_search_attributes(Request::new(ListSearchAttributesRequest { namespace: namespace.to_string() }))
+        .await?
+        .into_inner();
+    let missing: std::collections::HashMap<String, i32> = search_attributes::ALL
+        .iter()
+        .filter(|name| !listed.custom_attributes.contains_key(**name) && !listed.system_attributes.contains_key(**name))
+        .map(|name| (name.to_string(), IndexedValueType::Keyword as i32))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let request = AddSearchAttributesRequest { search_attributes: missing.clone(), namespace: namespace.to_string() };
+    match operator.add_search_attributes(Request::new(request)).await {
+        Ok(_) => {
+            tracing::info!(attributes = ?missing.keys().collect::<Vec<_>>(), %namespace, "search attributes registered");
+            Ok(())
+        }
+        Err(status) if status.code() == Code::AlreadyExists => Ok(()),
+        Err(status) => anyhow::bail!("cannot register the search attributes in {namespace}: {}", status.message()),
     }
 }

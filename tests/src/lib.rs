@@ -79,6 +79,9 @@ impl TestApp {
                 soma_api::auth::hash_key(KEY_B)
             ),
             admin_api_keys: format!("ops:{}", soma_api::auth::hash_key(KEY_ADMIN)),
+            // Schedules live in the namespace, not the task queue: only the tests about them
+            // make any (under IDs of their own, deleted at their end).
+            schedules: Vec::new(),
             ..Config::load(None).expect("the environment's config is valid")
         };
         configure(&mut config);

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 fn session_activities(app: &TestApp) -> ActivityEnvironment {
     let activities =
-        SessionActivitiesImpl::new(app.store.clone(), Arc::new(SessionWakeups::default()), soma_tests::project_policy());
+        SessionActivitiesImpl::new(app.store.clone(), Arc::new(SessionWakeups::default()), soma_tests::project_policy(), soma_core::blobs::BlobStore::from_config(&app.config));
     ActivityEnvironment::builder_with_default().register_activities(activities).build()
 }
 
@@ -78,7 +78,7 @@ async fn a_retried_llm_attempt_announces_the_retry_and_a_refusal_is_not_retried(
     let turn = app.store_turn(TurnSession::New(Uuid::now_v7()), "hello").await;
     session_activities(&app).run(SessionActivitiesImpl::begin_turn, turn.clone()).await.unwrap();
     // What attempt 1 streamed before it broke.
-    let partial = SessionEvent::LlmDelta(LlmDelta { text: "Hel".into(), attempt: 1, index: 0, round: 0 });
+    let partial = SessionEvent::LlmDelta(LlmDelta { text: "Hel".into(), attempt: 1, index: 0, round: 0, compacted: false });
     app.store.append_events(&turn.scope(), &[partial]).await.unwrap();
 
     let llm = LlmClient::new(&app.provider.base_url(), "", soma_devllm::MODEL, Duration::from_secs(5));

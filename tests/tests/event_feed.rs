@@ -14,7 +14,7 @@ use soma_core::store::TurnSession;
 use soma_tests::{DEADLINE, TestApp};
 
 fn delta(n: u32) -> Vec<SessionEvent> {
-    vec![SessionEvent::LlmDelta(LlmDelta { text: format!("{n} "), attempt: 1, index: n, round: 0 })]
+    vec![SessionEvent::LlmDelta(LlmDelta { text: format!("{n} "), attempt: 1, index: n, round: 0, compacted: false })]
 }
 
 /// The index of a rendered `llm.delta`, read back through the contract.

@@ -196,8 +196,8 @@ async fn writes_ride_out_a_backend_outage_and_arrive_once_each_while_turns_compl
         request_id: "duplicate".into(),
         trace_id: None,
     };
+    let options = MemoryWriteWorkflow::start_options(&app.config.task_queue, &write);
     let input = MemoryWriteInput { write, retry: app.config.memory_retry() };
-    let options = MemoryWriteWorkflow::start_options(&app.config.task_queue, &key);
     let handle = app.temporal.start_workflow(MemoryWriteWorkflow::run, input, options).await.unwrap();
     let ended = handle.get_result(Default::default()).await.unwrap();
     assert_eq!(ended, MemoryWriteStatus::Delivered);

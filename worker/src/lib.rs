@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use temporalio_client::Client;
+use temporalio_client::schedules::ScheduleAction;
 use temporalio_common::telemetry::TelemetryOptions;
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use soma_activities::{
-    LlmActivitiesImpl, LlmClient, MemoryActivitiesImpl, MemorySettings, Policy, SessionActivitiesImpl, ToolActivitiesImpl,
+    LlmActivitiesImpl, LlmClient, MaintenanceActivitiesImpl, MaintenanceSettings, MemoryActivitiesImpl, MemorySettings, Policy, SessionActivitiesImpl, ToolActivitiesImpl,
     ToolSettings, UploadActivitiesImpl, UploadSettings,
 };
 use soma_core::blobs::BlobStore;
@@ -21,7 +22,7 @@ use soma_core::clamav::Clamd;
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
 use soma_workflows::{
-    ChatTurnWorkflow, MemoryWriteWorkflow, SessionDeletionWorkflow, ToolCatalogRefreshWorkflow, ToolExecutionWorkflow,
+    ChatTurnWorkflow, MaintenanceWorkflow, MemoryWriteWorkflow, SessionDeletionWorkflow, ToolCatalogRefreshWorkflow, ToolExecutionWorkflow,
     UploadScanWorkflow,
 };
 
@@ -55,10 +56,12 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
     }
     let memory = MemoryActivitiesImpl::new(store.clone(), backend, policy.clone(), memory_settings(config));
     tracing::info!(clamd = %config.clamd_address, bucket = %config.s3_bucket, "uploads: scanner and bucket");
+    let blobs = BlobStore::from_config(config);
+    let maintenance = MaintenanceActivitiesImpl::new(store.clone(), blobs.clone(), maintenance_settings(config));
     let uploads = UploadActivitiesImpl::new(
         store.clone(),
         Clamd::new(config.clamd_address.clone()),
-        BlobStore::from_config(config),
+        blobs.clone(),
         UploadSettings {
             inline_max_bytes: config.attachment_inline_max_bytes,
             stream_max_bytes: config.clamd_stream_max_bytes,
@@ -72,9 +75,11 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
         .register_workflow::<ToolCatalogRefreshWorkflow>()?
         .register_workflow::<MemoryWriteWorkflow>()?
         .register_workflow::<UploadScanWorkflow>()?
+        .register_workflow::<MaintenanceWorkflow>()?
         .register_activities(memory)
         .register_activities(uploads)
-        .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy))
+        .register_activities(maintenance)
+        .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy, blobs))
         .register_activities(tools)
         .register_activities(LlmActivitiesImpl::new(store, llm, coalesce, config.max_tool_rounds))
         // A dead worker's sticky queue is abandoned after this long.
@@ -106,6 +111,31 @@ pub fn memory_settings(config: &Config) -> MemorySettings {
     }
 }
 
+/// What the periodic jobs need from the config.
+pub fn maintenance_settings(config: &Config) -> MaintenanceSettings {
+    MaintenanceSettings {
+        session_retention: Duration::from_secs(config.session_retention_secs),
+        compact_deltas_after: Duration::from_secs(config.compact_deltas_after_secs),
+        batch_size: config.maintenance_batch_size,
+    }
+}
+
+/// Registers the search attributes and makes the configured schedules exist (idempotent: any
+/// number of workers may do it at once).
+pub async fn prepare_temporal(config: &Config, client: &Client) -> anyhow::Result<()> {
+    soma_core::temporal::ensure_search_attributes(client, &config.temporal_namespace).await?;
+    let task_queue = config.task_queue.clone();
+    soma_core::schedules::ensure_schedules(client, &config.schedules, |schedule| {
+        ScheduleAction::start_workflow(MaintenanceWorkflow::run, schedule.job, task_queue.clone(), schedule.id.clone())
+    })
+    .await
+    .map_err(|err| anyhow::anyhow!("cannot create or update the schedules: {err}"))?;
+    if !config.schedules.is_empty() {
+        tracing::info!(schedules = config.schedules.len(), "schedules in place");
+    }
+    Ok(())
+}
+
 /// What the tools need from the config.
 pub fn tool_settings(config: &Config) -> anyhow::Result<ToolSettings> {
     Ok(ToolSettings {
@@ -126,6 +156,7 @@ pub async fn run(
     store: Store,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> anyhow::Result<()> {
+    prepare_temporal(config, &client).await?;
     let options = worker_options(config, store.clone()).await?;
     let quiet_for = Duration::from_millis(config.turn_recovery_quiet_ms);
     let recovery =

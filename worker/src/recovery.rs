@@ -127,7 +127,7 @@ impl TurnRecovery {
             let entry = AuditEntry::for_upload(&upload, ACTOR, "upload.scan.recover", outcome, details);
             self.store.audit(&entry).await?;
             self.store.touch_upload(upload.attachment_id).await?;
-            let options = UploadScanWorkflow::start_options(&self.task_queue, upload.attachment_id);
+            let options = UploadScanWorkflow::start_options(&self.task_queue, &upload, "recovered scan");
             soma_core::temporal::start_once(&self.temporal, UploadScanWorkflow::run, upload, options).await?;
             tracing::warn!(%workflow_id, "started the scan of a pending file that had none");
             started += 1;
@@ -151,7 +151,7 @@ impl TurnRecovery {
             let details = json!({ "key": write.key, "workflow_id": workflow_id });
             let entry = AuditEntry::for_memory_write(&write, ACTOR, "memory.write.recover", outcome, details);
             self.store.audit(&entry).await?;
-            let options = MemoryWriteWorkflow::start_options(&self.task_queue, &write.key);
+            let options = MemoryWriteWorkflow::start_options(&self.task_queue, &write);
             let input = MemoryWriteInput { write, retry: self.memory_retry };
             soma_core::temporal::start_once(&self.temporal, MemoryWriteWorkflow::run, input, options).await?;
             tracing::warn!(%workflow_id, "started the workflow of an owed memory write that had none");
@@ -162,7 +162,7 @@ impl TurnRecovery {
 
     async fn start(&self, stalled: &StalledTurn) -> anyhow::Result<()> {
         self.audit(stalled, "started: its workflow had never started", json!({})).await?;
-        let options = ChatTurnWorkflow::start_options(&self.task_queue, &stalled.turn);
+        let options = ChatTurnWorkflow::start_options(&self.task_queue, &stalled.turn, "recovered turn");
         soma_core::temporal::start_once(&self.temporal, ChatTurnWorkflow::run, stalled.turn.clone(), options)
             .await?;
         let turn = &stalled.turn;

@@ -9,7 +9,7 @@ use temporalio_macros::activity_definitions;
 use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
 
-use soma_contract::api::CatalogRefreshed;
+use soma_contract::api::{CatalogRefreshed, MaintenanceBatch};
 use soma_contract::events::ErrorCode;
 use soma_contract::{AttachmentStatus, AttachmentStorage, UploadRef};
 use soma_contract::{MemoryWriteRef, RecallStatus, SessionRef, ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
@@ -140,6 +140,13 @@ pub struct MemoryActivities;
 
 #[activity_definitions]
 impl MemoryActivities {
+    /// If the memory backend answers again, replays a batch of open dead letters under their
+    /// idempotency keys (each write starts again; audited); otherwise replays none.
+    #[activity]
+    pub async fn replay_dead_letters() -> Result<MaintenanceBatch, ActivityError> {
+        unimplemented!()
+    }
+
     /// Recalls what is relevant to the turn's user message (top-k within a token budget) and
     /// records it with the turn (`memory.recall`) for the model's prompt. A backend that fails
     /// or is slow degrades the turn, it does not fail it: the event says memory was
@@ -211,6 +218,7 @@ impl UploadActivities {
 /// The generated marker types, which `soma-activities` names in `#[activity(definition = …)]`.
 pub mod defs {
     pub use super::llm_activities::*;
+    pub use super::maintenance_activities::*;
     pub use super::memory_activities::*;
     pub use super::session_activities::*;
     pub use super::tool_activities::*;
@@ -229,6 +237,40 @@ pub enum TurnBegin {
     /// The policy does not allow it (or could not say: fail closed).
     Denied { reason: String },
 }
+
+/// The periodic jobs' steps: the store and the bucket. Each handles one bounded batch and says
+/// whether more is left.
+pub struct MaintenanceActivities;
+
+#[activity_definitions]
+impl MaintenanceActivities {
+    /// Computes the gauges (active sessions, running and queued turns, scans pending, dead
+    /// letters, oldest pending memory write) and stores them for `/metrics`.
+    #[activity]
+    pub async fn publish_gauges() -> Result<MaintenanceBatch, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Deletes a batch of sessions past their retention with everything they own: their
+    /// files' S3 objects first, then their rows (audited).
+    #[activity]
+    pub async fn delete_expired_sessions() -> Result<MaintenanceBatch, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Replaces the `llm.delta` events of a batch of old finished turns by one per reply.
+    #[activity]
+    pub async fn compact_turn_deltas() -> Result<MaintenanceBatch, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Removes a batch of tus uploads past their expiry with the bytes they received.
+    #[activity]
+    pub async fn remove_expired_uploads() -> Result<MaintenanceBatch, ActivityError> {
+        unimplemented!()
+    }
+}
+
 
 /// Input of `stream_reply`: the turn and its round (0, then one more after each round of
 /// tools).

@@ -20,13 +20,13 @@ use temporalio_sdk::{
 use uuid::Uuid;
 
 use soma_contract::events::ErrorCode;
-use soma_contract::{ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef};
+use soma_contract::{ToolCallRef, ToolCallStatus, TurnOutcome, TurnRef, WorkKind};
 
 use crate::activities::{
     AssistantMessageInput, FinishToolCall, FinishTurnInput, LlmActivities, MemoryActivities, ReplyRound,
     SessionActivities, ToolActivities, TurnBegin,
 };
-use crate::steps;
+use crate::{steps, visibility};
 use crate::tool_execution::ToolExecutionWorkflow;
 
 /// Input of `ChatTurnWorkflow`.
@@ -179,6 +179,7 @@ async fn run_tools(
         let options = ChildWorkflowOptions::builder()
             .workflow_id(ToolExecutionWorkflow::workflow_id(call.session_id, call.tool_call_id))
             .parent_close_policy(ParentClosePolicy::RequestCancel)
+            .search_attributes(visibility::search_attributes(WorkKind::Tool, &call.tenant_id, Some(call.session_id)))
             .build();
         let started = view.start_child_workflow(ToolExecutionWorkflow::run, call.clone(), options).await;
         match started {
@@ -211,11 +212,13 @@ impl ChatTurnWorkflow {
 
     /// How a turn's workflow is started: under its turn's ID, reusing a running one and never
     /// running a finished one again, so a retried request or a recovery sweep starts at most
-    /// one workflow per turn.
-    pub fn start_options(task_queue: &str, turn: &TurnRef) -> WorkflowStartOptions {
+    /// one workflow per turn. `message` (its first words) is the memo's summary.
+    pub fn start_options(task_queue: &str, turn: &TurnRef, message: &str) -> WorkflowStartOptions {
         WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(turn.session_id, turn.turn_id))
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+            .search_attributes(visibility::search_attributes(WorkKind::Chat, &turn.tenant_id, Some(turn.session_id)))
+            .memo(visibility::memo(&turn.request_id, message))
             .build()
     }
 }

@@ -7,14 +7,17 @@
 
 pub mod activities;
 pub mod chat_turn;
+pub mod maintenance;
 pub mod memory_write;
 pub mod session_deletion;
 pub mod steps;
 pub mod tool_catalog;
 pub mod tool_execution;
 pub mod upload_scan;
+pub mod visibility;
 
 pub use chat_turn::{ChatTurnInput, ChatTurnOutput, ChatTurnWorkflow};
+pub use maintenance::MaintenanceWorkflow;
 pub use memory_write::{MemoryWriteInput, MemoryWriteWorkflow};
 pub use session_deletion::{SessionDeletionOutput, SessionDeletionWorkflow};
 pub use tool_catalog::ToolCatalogRefreshWorkflow;

@@ -14,10 +14,10 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{WorkflowContext, WorkflowContextView, WorkflowResult};
 
 use soma_contract::memory::MemoryRetry;
-use soma_contract::{MemoryWriteRef, MemoryWriteStatus};
+use soma_contract::{MemoryWriteRef, MemoryWriteStatus, WorkKind};
 
 use crate::activities::{DeadLetterInput, MemoryActivities};
-use crate::steps;
+use crate::{steps, visibility};
 
 /// Input of `MemoryWriteWorkflow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,10 +73,12 @@ impl MemoryWriteWorkflow {
 
     /// How a write is started: under its key, reusing a running one; a finished write may be
     /// started again (a dead letter's replay: the key makes it change nothing if delivered).
-    pub fn start_options(task_queue: &str, key: &str) -> WorkflowStartOptions {
-        WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(key))
+    pub fn start_options(task_queue: &str, write: &MemoryWriteRef) -> WorkflowStartOptions {
+        WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(&write.key))
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
             .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+            .search_attributes(visibility::search_attributes(WorkKind::Memory, &write.tenant_id, write.session_id))
+            .memo(visibility::memo(&write.request_id, "memory write"))
             .build()
     }
 }

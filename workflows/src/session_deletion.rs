@@ -15,10 +15,10 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{WorkflowContext, WorkflowContextView, WorkflowResult};
 use uuid::Uuid;
 
-use soma_contract::SessionRef;
+use soma_contract::{SessionRef, WorkKind};
 
 use crate::activities::SessionActivities;
-use crate::steps;
+use crate::{steps, visibility};
 
 /// How long open streams have to deliver `session.deleted` before its row goes with the rest.
 const STREAMS_GRACE: Duration = Duration::from_secs(3);
@@ -69,6 +69,8 @@ impl SessionDeletionWorkflow {
         WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(session.session_id))
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+            .search_attributes(visibility::search_attributes(WorkKind::Chat, &session.tenant_id, Some(session.session_id)))
+            .memo(visibility::memo(&session.request_id, "delete the session"))
             .build()
     }
 }

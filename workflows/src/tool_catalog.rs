@@ -13,6 +13,8 @@ use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowContextView, Work
 use soma_contract::api::CatalogRefreshed;
 
 use crate::activities::ToolActivities;
+use crate::visibility;
+use soma_contract::WorkKind;
 
 #[workflow]
 pub struct ToolCatalogRefreshWorkflow;
@@ -42,6 +44,7 @@ impl ToolCatalogRefreshWorkflow {
         WorkflowStartOptions::new(task_queue.to_string(), Self::WORKFLOW_ID)
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
             .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+            .search_attributes(temporalio_common::search_attributes::SearchAttributes::new(visibility::kind_only(WorkKind::Tool)))
             .build()
     }
 }

@@ -22,10 +22,10 @@ use temporalio_sdk::{
 };
 use uuid::Uuid;
 
-use soma_contract::{ApprovalDecision, ToolCallRef, ToolCallStatus};
+use soma_contract::{ApprovalDecision, ToolCallRef, ToolCallStatus, WorkKind};
 
 use crate::activities::{ApprovalRequest, FinishToolCall, ToolActivities, ToolPlan};
-use crate::steps;
+use crate::{steps, visibility};
 
 /// The decision a person sends to a call waiting for approval (`POST /v1/tool/{id}/approve`
 /// or `/deny`), as the signal `decide`.
@@ -140,10 +140,12 @@ impl ToolExecutionWorkflow {
     }
 
     /// How a direct request's call is started: under its own ID, never twice.
-    pub fn start_options(task_queue: &str, call: &ToolCallRef) -> WorkflowStartOptions {
+    pub fn start_options(task_queue: &str, call: &ToolCallRef, tool: &str) -> WorkflowStartOptions {
         WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(call.session_id, call.tool_call_id))
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+            .search_attributes(visibility::search_attributes(WorkKind::Tool, &call.tenant_id, Some(call.session_id)))
+            .memo(visibility::memo(&call.request_id, tool))
             .build()
     }
 }

@@ -11,10 +11,10 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{WorkflowContext, WorkflowContextView, WorkflowResult};
 use uuid::Uuid;
 
-use soma_contract::{AttachmentStatus, UploadRef};
+use soma_contract::{AttachmentStatus, UploadRef, WorkKind};
 
 use crate::activities::{RecordScanInput, ScanOutcome, UploadActivities};
-use crate::steps;
+use crate::{steps, visibility};
 
 #[workflow]
 pub struct UploadScanWorkflow {
@@ -57,10 +57,13 @@ impl UploadScanWorkflow {
 
     /// How a scan is started: once per file; a running scan is joined. A scan that ended
     /// without recording a verdict (terminated by an operator) may be started again.
-    pub fn start_options(task_queue: &str, attachment_id: Uuid) -> WorkflowStartOptions {
-        WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(attachment_id))
+    /// `filename` is the memo's summary.
+    pub fn start_options(task_queue: &str, upload: &UploadRef, filename: &str) -> WorkflowStartOptions {
+        WorkflowStartOptions::new(task_queue.to_string(), Self::workflow_id(upload.attachment_id))
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
             .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+            .search_attributes(visibility::search_attributes(WorkKind::Upload, &upload.tenant_id, upload.session_id))
+            .memo(visibility::memo(&upload.request_id, filename))
             .build()
     }
 }

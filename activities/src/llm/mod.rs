@@ -342,6 +342,7 @@ impl DeltaWriter<'_> {
             attempt: self.attempt,
             index: self.count,
             round: self.round,
+            compacted: false,
         });
         self.store.append_events(&self.turn.scope(), &[delta]).await.classify()?;
         self.count += 1;

@@ -236,8 +236,8 @@ async fn replay_letter(
                 request_id: ids.request_id.clone(),
                 trace_id: Some(ids.trace_id.clone()),
             };
+            let options = MemoryWriteWorkflow::start_options(&ctx.config.task_queue, &write);
             let input = MemoryWriteInput { write, retry: ctx.config.memory_retry() };
-            let options = MemoryWriteWorkflow::start_options(&ctx.config.task_queue, &letter.key);
             soma_core::temporal::start_once(&ctx.temporal, MemoryWriteWorkflow::run, input, options)
                 .await
                 .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })?;

@@ -91,7 +91,7 @@ pub async fn post_message(
         .await?;
     let turn = &accepted.turn;
     tracing::Span::current().record("session_id", tracing::field::display(turn.session_id));
-    if let Err(err) = start_workflow(&ctx, &accepted).await {
+    if let Err(err) = start_workflow(&ctx, &accepted, &request.message).await {
         if accepted.created {
             // Not accepted after all: take the turn back so it cannot block the session,
             // and so a retry with the same key starts afresh.
@@ -166,8 +166,8 @@ async fn known_attachments(ctx: &ApiContext, tenant_id: &str, refs: &[Attachment
 }
 
 /// Starts the turn's workflow; starting one that exists already (a retried request) is fine.
-async fn start_workflow(ctx: &ApiContext, accepted: &AcceptedTurn) -> Result<(), ApiError> {
-    let options = ChatTurnWorkflow::start_options(&ctx.config.task_queue, &accepted.turn);
+async fn start_workflow(ctx: &ApiContext, accepted: &AcceptedTurn, message: &str) -> Result<(), ApiError> {
+    let options = ChatTurnWorkflow::start_options(&ctx.config.task_queue, &accepted.turn, message);
     soma_core::temporal::start_once(&ctx.temporal, ChatTurnWorkflow::run, accepted.turn.clone(), options)
         .await
         .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })

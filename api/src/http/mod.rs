@@ -9,7 +9,9 @@ mod console;
 mod events;
 mod health;
 mod memory;
+mod metrics;
 pub(crate) mod messages;
+mod schedules;
 pub(crate) mod sessions;
 mod tools;
 pub(crate) mod uploads;
@@ -56,6 +58,11 @@ pub fn router(ctx: ApiContext) -> (Router, Document) {
         .routes(routes!(admin::replay))
         .routes(routes!(admin::discard))
         .routes(routes!(admin::refresh_tools))
+        .routes(routes!(schedules::list))
+        .routes(routes!(schedules::trigger))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::unpause))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(attachments::download))
         .routes(routes!(attachments::status))
         .merge(upload_routes())

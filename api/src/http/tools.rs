@@ -94,7 +94,7 @@ pub async fn request(
     };
     let workflow_id = ToolExecutionWorkflow::workflow_id(call.session_id, call.tool_call_id);
     ctx.store.insert_direct_call(&call, &workflow_id, &tool.name, &request.inputs.to_string()).await?;
-    let options = ToolExecutionWorkflow::start_options(&ctx.config.task_queue, &call);
+    let options = ToolExecutionWorkflow::start_options(&ctx.config.task_queue, &call, &tool.name);
     let started = soma_core::temporal::start_once(&ctx.temporal, ToolExecutionWorkflow::run, call.clone(), options).await;
     if let Err(err) = started {
         if let Err(undo) = ctx.store.withdraw_direct_call(&call.tenant_id, call.tool_call_id).await {

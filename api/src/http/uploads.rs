@@ -592,8 +592,9 @@ where
 
 /// Starts the file's scan; starting it again (a retried request) is fine.
 async fn start_scan(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiError> {
-    let options = UploadScanWorkflow::start_options(&ctx.config.task_queue, row.id);
-    soma_core::temporal::start_once(&ctx.temporal, UploadScanWorkflow::run, row.upload_ref(), options)
+    let upload = row.upload_ref();
+    let options = UploadScanWorkflow::start_options(&ctx.config.task_queue, &upload, &row.filename);
+    soma_core::temporal::start_once(&ctx.temporal, UploadScanWorkflow::run, upload, options)
         .await
         .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
 }

@@ -7,6 +7,7 @@
 mod audit;
 mod event_writer;
 mod events;
+mod maintenance;
 mod memory;
 mod messages;
 mod sessions;
@@ -22,6 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 
 pub use audit::{AuditEntry, Requester};
 pub use events::{EVENTS_CHANNEL, StoredEvent};
+pub use maintenance::{ClaimedSession, Compacted, Gauge, MAINTENANCE_ACTOR};
 pub use memory::{DeadLetterFilter, MemoryWriteRow, TurnMessage};
 pub use messages::ConversationLine;
 pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor};
