@@ -109,7 +109,8 @@ async fn three_workers_starting_at_once_make_each_schedule_once_and_tick_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_triggers_pauses_and_unpauses_a_schedule() {
     let app = TestApp::spawn_with("schedules_steer", DevProviderOptions::default(), |config| {
-        config.schedules = own_schedules(config);
+        // Paused, so that no tick of the clock lands beside the trigger (it runs while paused).
+        config.schedules = own_schedules(config).into_iter().map(|s| ScheduleConfig { paused: true, ..s }).collect();
     })
     .await;
     let _worker = app.start_worker();
