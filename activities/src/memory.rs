@@ -190,22 +190,18 @@ impl MemoryActivitiesImpl {
         let mut replayed = 0u64;
         for letter in &letters {
             let resolution = Some("the memory backend answers again");
+            let details = json!({ "workflow_id": MemoryWriteWorkflow::workflow_id(&letter.key) });
+            let by = MAINTENANCE_ACTOR;
+            let request = (request_id.as_str(), None);
             let resolved = self
                 .store
-                .resolve_dead_letter(letter.id, DeadLetterStatus::Replayed, MAINTENANCE_ACTOR, resolution, (&request_id, None))
+                .resolve_dead_letter(letter.id, DeadLetterStatus::Replayed, by, resolution, request, details)
                 .await
                 .classify()?;
             if !resolved {
                 continue;
             }
-            let write = MemoryWriteRef {
-                tenant_id: letter.tenant_id.clone(),
-                key: letter.key.clone(),
-                session_id: letter.session_id,
-                turn_id: None,
-                request_id: request_id.clone(),
-                trace_id: None,
-            };
+            let write = letter.memory_write(&request_id, None);
             let options = MemoryWriteWorkflow::start_options(&ctx.info().task_queue, &write);
             let input = MemoryWriteInput { write, retry: self.settings.retry };
             // If this fails the replay stays recorded: the worker's sweep starts the owed write.

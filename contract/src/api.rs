@@ -543,5 +543,19 @@ api_type! {
     }
 }
 
+impl DeadLetter {
+    /// The memory write a replay of this letter runs again, under its key, for `request_id`.
+    pub fn memory_write(&self, request_id: &str, trace_id: Option<&str>) -> crate::MemoryWriteRef {
+        crate::MemoryWriteRef {
+            tenant_id: self.tenant_id.clone(),
+            key: self.key.clone(),
+            session_id: self.session_id,
+            turn_id: None,
+            request_id: request_id.to_string(),
+            trace_id: trace_id.map(str::to_string),
+        }
+    }
+}
+
 /// The `format` of the first line of a session export.
 pub const EXPORT_FORMAT: &str = "soma.session.v1";

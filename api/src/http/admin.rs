@@ -13,8 +13,8 @@ use uuid::Uuid;
 use soma_contract::api::{
     CatalogRefreshed, DeadLetter, DeadLetterList, Discard, ErrorBody, ReplayAll, Replayed, ReplayedLetter,
 };
-use soma_contract::{DeadLetterKind, DeadLetterStatus, MemoryWriteRef};
-use soma_core::store::{AuditEntry, DeadLetterFilter};
+use soma_contract::{DeadLetterKind, DeadLetterStatus};
+use soma_core::store::DeadLetterFilter;
 use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow, ToolCatalogRefreshWorkflow};
 
 use crate::auth::Admin;
@@ -162,10 +162,11 @@ pub async fn discard(
     }
     let letter = open_letter(&ctx, &id).await?;
     let request = (ids.request_id.as_str(), Some(ids.trace_id.as_str()));
-    if !ctx.store.resolve_dead_letter(letter.id, DeadLetterStatus::Discarded, &admin.subject, Some(reason), request).await? {
+    let details = json!({ "reason": reason });
+    let by = &admin.subject;
+    if !ctx.store.resolve_dead_letter(letter.id, DeadLetterStatus::Discarded, by, Some(reason), request, details).await? {
         return Err(not_open());
     }
-    audit(&ctx, &admin, &ids, &letter, "discarded", json!({ "reason": reason })).await?;
     let letter = ctx.store.dead_letter(letter.id).await?.ok_or(ApiError::NotFound("dead letter"))?;
     Ok(Json(letter))
 }
@@ -213,9 +214,9 @@ async fn open_letter(ctx: &ApiContext, id: &str) -> Result<DeadLetter, ApiError>
     Ok(letter)
 }
 
-/// Marks the letter replayed (its write owed again) and starts its workflow. None if someone
-/// else resolved it first. If Temporal is away the replay stays recorded, and the worker's
-/// sweep starts the owed write.
+/// Marks the letter replayed (its write owed again; audited) and starts its workflow. None if
+/// someone else resolved it first. If Temporal is away the replay stays recorded, and the
+/// worker's sweep starts the owed write.
 async fn replay_letter(
     ctx: &ApiContext,
     admin: &Admin,
@@ -223,52 +224,22 @@ async fn replay_letter(
     letter: DeadLetter,
 ) -> Result<Option<ReplayedLetter>, ApiError> {
     let request = (ids.request_id.as_str(), Some(ids.trace_id.as_str()));
-    if !ctx.store.resolve_dead_letter(letter.id, DeadLetterStatus::Replayed, &admin.subject, None, request).await? {
+    let workflow_id = match letter.kind {
+        DeadLetterKind::MemoryWrite => MemoryWriteWorkflow::workflow_id(&letter.key),
+    };
+    let details = json!({ "workflow_id": workflow_id });
+    if !ctx.store.resolve_dead_letter(letter.id, DeadLetterStatus::Replayed, &admin.subject, None, request, details).await? {
         return Ok(None);
     }
-    let workflow_id = match letter.kind {
+    match letter.kind {
         DeadLetterKind::MemoryWrite => {
-            let write = MemoryWriteRef {
-                tenant_id: letter.tenant_id.clone(),
-                key: letter.key.clone(),
-                session_id: letter.session_id,
-                turn_id: None,
-                request_id: ids.request_id.clone(),
-                trace_id: Some(ids.trace_id.clone()),
-            };
+            let write = letter.memory_write(&ids.request_id, Some(&ids.trace_id));
             let options = MemoryWriteWorkflow::start_options(&ctx.config.task_queue, &write);
             let input = MemoryWriteInput { write, retry: ctx.config.memory_retry() };
             soma_core::temporal::start_once(&ctx.temporal, MemoryWriteWorkflow::run, input, options)
                 .await
                 .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })?;
-            MemoryWriteWorkflow::workflow_id(&letter.key)
         }
-    };
-    audit(ctx, admin, ids, &letter, "replayed", json!({ "workflow_id": workflow_id })).await?;
+    }
     Ok(Some(ReplayedLetter { id: letter.id, workflow_id }))
-}
-
-async fn audit(
-    ctx: &ApiContext,
-    admin: &Admin,
-    ids: &RequestIds,
-    letter: &DeadLetter,
-    outcome: &str,
-    mut details: serde_json::Value,
-) -> Result<(), ApiError> {
-    details["dead_letter_id"] = json!(letter.id);
-    details["key"] = json!(letter.key);
-    let entry = AuditEntry {
-        tenant_id: &letter.tenant_id,
-        request_id: Some(&ids.request_id),
-        trace_id: Some(&ids.trace_id),
-        session_id: letter.session_id,
-        turn_id: None,
-        actor: &admin.subject,
-        action: "dead_letter.resolve",
-        outcome,
-        details,
-        dedupe_key: None,
-    };
-    Ok(ctx.store.audit(&entry).await?)
 }

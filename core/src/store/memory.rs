@@ -10,7 +10,7 @@ use uuid::Uuid;
 use soma_contract::api::{DeadLetter, MemoryItem};
 use soma_contract::{DeadLetterKind, DeadLetterStatus, MemoryRole, MemoryWriteRef, MemoryWriteStatus, MessageStatus, Role};
 
-use super::{Store, StoreError};
+use super::{AuditEntry, Store, StoreError};
 
 /// A write owed to the memory backend.
 #[derive(Debug, Clone, PartialEq)]
@@ -319,10 +319,11 @@ impl Store {
         .await?)
     }
 
-    /// Closes an open dead letter as replayed or discarded, by whom and why. A memory write's
-    /// replay (under `request`: the replay's request and trace) makes its write owed again
-    /// (pending, its attempts from 0) in the same transaction. Returns false if it was not open
-    /// (someone else resolved it first).
+    /// Closes an open dead letter as replayed or discarded, by whom and why, audited
+    /// (`dead_letter.resolve`, with `details`) in the same transaction. A memory write's replay
+    /// (under `request`: the replay's request and trace) makes its write owed again (pending,
+    /// its attempts from 0) in it too. Returns false if it was not open (someone else resolved
+    /// it first).
     pub async fn resolve_dead_letter(
         &self,
         id: Uuid,
@@ -330,6 +331,7 @@ impl Store {
         by: &str,
         resolution: Option<&str>,
         request: (&str, Option<&str>),
+        mut details: Value,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let resolved = sqlx::query!(
@@ -365,6 +367,22 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        details["dead_letter_id"] = serde_json::json!(id);
+        details["key"] = serde_json::json!(letter.key);
+        AuditEntry {
+            tenant_id: &letter.tenant_id,
+            request_id: Some(request.0),
+            trace_id: request.1,
+            session_id: letter.session_id,
+            turn_id: None,
+            actor: by,
+            action: "dead_letter.resolve",
+            outcome: status.as_str(),
+            details,
+            dedupe_key: None,
+        }
+        .insert(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
