@@ -40,20 +40,30 @@ impl MaintenanceActivitiesImpl {
     }
 }
 
+/// What [`purge_session_with_files`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Whether the session's rows were still there.
+    pub session: bool,
+    pub s3_objects: usize,
+}
+
 /// Removes a session marked deleted with everything it owns: its files' S3 objects first (so
-/// none is left without a row pointing at it), then its rows (audited). Returns whether it
-/// was still there. Shared by a user's deletion and the retention cleanup.
+/// none is left without a row pointing at it), then its rows (audited). Shared by a user's
+/// deletion and the retention cleanup.
 pub async fn purge_session_with_files(
     store: &Store,
     blobs: &BlobStore,
     tenant_id: &str,
     session_id: Uuid,
     by: Requester<'_>,
-) -> Result<bool, ActivityError> {
-    for key in store.session_object_keys(tenant_id, session_id).await.classify()? {
-        blobs.delete(&key).await.classify()?;
+) -> Result<Purged, ActivityError> {
+    let keys = store.session_object_keys(tenant_id, session_id).await.classify()?;
+    for key in &keys {
+        blobs.delete(key).await.classify()?;
     }
-    store.purge_session(tenant_id, session_id, by).await.classify()
+    let session = store.purge_session(tenant_id, session_id, by).await.classify()?;
+    Ok(Purged { session, s3_objects: keys.len() })
 }
 
 #[activities]
@@ -73,8 +83,9 @@ impl MaintenanceActivitiesImpl {
         let by = Requester { actor: MAINTENANCE_ACTOR, request_id: &request_id, trace_id: None };
         let mut objects = 0;
         for session in &claimed {
-            objects += session.object_keys.len();
-            purge_session_with_files(&self.store, &self.blobs, &session.tenant_id, session.session_id, by).await?;
+            objects += purge_session_with_files(&self.store, &self.blobs, &session.tenant_id, session.session_id, by)
+                .await?
+                .s3_objects;
         }
         let summary = format!("{} sessions deleted ({objects} S3 objects)", claimed.len());
         Ok(self.batch(claimed.len() as u64, summary))

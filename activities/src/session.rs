@@ -211,7 +211,8 @@ impl SessionActivitiesImpl {
             request_id: &session.request_id,
             trace_id: session.trace_id.as_deref(),
         };
-        purge_session_with_files(&self.store, &self.blobs, &session.tenant_id, session.session_id, by).await
+        let purged = purge_session_with_files(&self.store, &self.blobs, &session.tenant_id, session.session_id, by).await?;
+        Ok(purged.session)
     }
 }
 

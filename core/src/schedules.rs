@@ -187,12 +187,19 @@ fn utc(time: SystemTime) -> DateTime<Utc> {
 pub async fn schedule_views(client: &Client, schedules: &[ScheduleConfig]) -> Result<Vec<ScheduleView>, ScheduleError> {
     let mut views = Vec::new();
     for schedule in schedules {
-        let description = match client.get_schedule_handle(&schedule.id).describe(Default::default()).await {
-            Ok(description) => description,
-            Err(err) if is(&err, Code::NotFound) => continue,
-            Err(err) => return Err(err),
-        };
-        views.push(ScheduleView {
+        views.extend(schedule_view(client, schedule).await?);
+    }
+    Ok(views)
+}
+
+/// One configured schedule as Temporal has it; none if it is not created yet.
+async fn schedule_view(client: &Client, schedule: &ScheduleConfig) -> Result<Option<ScheduleView>, ScheduleError> {
+    let description = match client.get_schedule_handle(&schedule.id).describe(Default::default()).await {
+        Ok(description) => description,
+        Err(err) if is(&err, Code::NotFound) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    Ok(Some(ScheduleView {
             id: schedule.id.clone(),
             job: schedule.job,
             spec: schedule.describe_spec(),
@@ -208,10 +215,8 @@ pub async fn schedule_views(client: &Client, schedules: &[ScheduleConfig]) -> Re
                 .into_iter()
                 .map(|run| ScheduleRun { workflow_id: run.workflow_id, started_at: run.actual_time.map(utc) })
                 .collect(),
-            runs: description.action_count(),
-        });
-    }
-    Ok(views)
+        runs: description.action_count(),
+    }))
 }
 
 /// Why a steering request failed: the schedule is not one of ours, or Temporal said no.
@@ -221,6 +226,11 @@ pub enum SteerError {
     NotFound,
     #[error(transparent)]
     Temporal(#[from] ScheduleError),
+}
+
+/// The schedule `id` of the config, as Temporal has it now.
+pub async fn describe(client: &Client, schedules: &[ScheduleConfig], id: &str) -> Result<ScheduleView, SteerError> {
+    schedule_view(client, configured(schedules, id)?).await?.ok_or(SteerError::NotFound)
 }
 
 fn configured<'a>(schedules: &'a [ScheduleConfig], id: &str) -> Result<&'a ScheduleConfig, SteerError> {

@@ -48,8 +48,7 @@ pub async fn list(State(ctx): State<ApiContext>, _admin: Admin) -> Result<Json<S
 }
 
 async fn view(ctx: &ApiContext, id: &str) -> Result<ScheduleView, ApiError> {
-    let views = schedules::schedule_views(&ctx.temporal, &ctx.config.schedules).await.map_err(temporal_unavailable)?;
-    views.into_iter().find(|view| view.id == id).ok_or(ApiError::NotFound("schedule"))
+    Ok(schedules::describe(&ctx.temporal, &ctx.config.schedules, id).await?)
 }
 
 async fn audit(ctx: &ApiContext, admin: &Admin, ids: &RequestIds, id: &str, action: &str, note: Option<&str>) -> Result<(), ApiError> {

@@ -23,8 +23,6 @@ pub struct Gauge {
 pub struct ClaimedSession {
     pub tenant_id: String,
     pub session_id: Uuid,
-    /// The S3 keys of its attachments, to delete before its rows go.
-    pub object_keys: Vec<String>,
 }
 
 /// What one compaction batch did.
@@ -97,10 +95,7 @@ impl Store {
                    SELECT tenant_id, id, $3, 'session.expire', 'requested',
                           jsonb_build_object('last_active', updated_at, 'retention_secs', $1)
                    FROM claimed)
-               SELECT c.tenant_id AS "tenant_id!", c.id AS "id!",
-                      coalesce(array_agg(a.object_key) FILTER (WHERE a.object_key IS NOT NULL), '{}') AS "object_keys!"
-               FROM claimed c LEFT JOIN attachments a ON a.session_id = c.id
-               GROUP BY c.tenant_id, c.id"#,
+               SELECT tenant_id AS "tenant_id!", id AS "id!" FROM claimed"#,
             secs(retention),
             i64::from(limit),
             MAINTENANCE_ACTOR,
@@ -109,7 +104,7 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| ClaimedSession { tenant_id: r.tenant_id, session_id: r.id, object_keys: r.object_keys })
+            .map(|r| ClaimedSession { tenant_id: r.tenant_id, session_id: r.id })
             .collect())
     }
 
