@@ -17,6 +17,7 @@ use soma_contract::api::Attachment;
 use soma_contract::events::AttachmentStatusChanged;
 use soma_contract::{AttachmentStatus, AttachmentStorage, SessionEvent};
 use soma_devllm::DevProviderOptions;
+use soma_workflows::UploadScanWorkflow;
 use soma_tests::{DEADLINE, Expect, KEY_B, TestApp, Typed, eventually};
 
 /// The EICAR test file: every antivirus reports it, and it harms nothing.
@@ -351,7 +352,13 @@ async fn a_file_waits_pending_while_clamd_is_down_and_is_scanned_when_it_returns
     };
     let file = b"a report written while the scanner was away".to_vec();
     let id = upload(&app.api, &file, &[("filename", "report.txt"), ("filetype", "text/plain")]).await.id().unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The scan has tried clamd, failed, and will try again: nothing is decided meanwhile.
+    let scan = app.temporal.get_workflow_handle::<UploadScanWorkflow>(UploadScanWorkflow::workflow_id(id));
+    eventually("the scan's first attempt failed on the stopped clamd", || async {
+        let description = scan.describe(Default::default()).await;
+        description.is_ok_and(|d| d.raw().pending_activities.iter().any(|a| a.attempt >= 2))
+    })
+    .await;
     assert_eq!(app.api.attachment(id).await.unwrap().status, AttachmentStatus::Pending, "nothing decided without clamd");
     let (status, _, _) = download(&app.api, id, None).await;
     assert_eq!(status, 409, "a pending file is not served");
