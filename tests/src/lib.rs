@@ -16,6 +16,7 @@ use soma_devllm::{DevProviderHandle, DevProviderOptions};
 use uuid::Uuid;
 
 
+pub mod histories;
 pub mod somabrain;
 
 pub const KEY_A: &str = "test-key-tenant-a";

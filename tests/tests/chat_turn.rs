@@ -12,7 +12,6 @@ use soma_tests::{DEADLINE, Expect, KEY_A, KEY_B, TestApp, Typed, shown_reply};
 use soma_workflows::ChatTurnWorkflow;
 use temporalio_client::UntypedWorkflow;
 use temporalio_client::WorkflowFetchHistoryOptions;
-use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
 fn fast_provider() -> DevProviderOptions {
     DevProviderOptions {
@@ -304,11 +303,7 @@ async fn a_recorded_chat_turn_history_replays_deterministically() {
     // The workflow completes just after turn.complete is written; wait for its result.
     handle.get_result(Default::default()).await.expect("workflow completed");
     let history = handle.fetch_history(WorkflowFetchHistoryOptions::default());
-    let replayer = WorkflowReplayer::new(
-        WorkflowReplayerOptions::new().register_workflow::<ChatTurnWorkflow>().unwrap().build(),
-    )
-    .unwrap();
-    replayer.replay_workflow(history).await.expect("replays without non-determinism");
+    soma_tests::histories::replayer().replay_workflow(history).await.expect("replays without non-determinism");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

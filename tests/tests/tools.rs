@@ -22,7 +22,6 @@ use soma_client::SseEvent;
 use soma_tests::{Expect, KEY_B, TestApp, Typed, eventually, shown_reply};
 use soma_workflows::{ChatTurnWorkflow, ToolExecutionWorkflow};
 use temporalio_client::{WorkflowExecutionStatus, WorkflowFetchHistoryOptions};
-use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const SECRET: &str = "test-hmac-secret";
@@ -155,15 +154,7 @@ async fn the_model_calls_the_calculator_and_answers_with_its_result() {
     let view = app.api.tool_call(call_id).await.unwrap();
     assert_eq!(view.workflow_id, tool_workflow);
     assert_eq!(view.output.as_deref(), Some("391"));
-    let replayer = WorkflowReplayer::new(
-        WorkflowReplayerOptions::new()
-            .register_workflow::<ChatTurnWorkflow>()
-            .unwrap()
-            .register_workflow::<ToolExecutionWorkflow>()
-            .unwrap()
-            .build(),
-    )
-    .unwrap();
+    let replayer = soma_tests::histories::replayer();
     let tool_handle = temporal.get_workflow_handle::<ToolExecutionWorkflow>(tool_workflow);
     tool_handle.get_result(Default::default()).await.expect("the tool's workflow completed");
     let tool_history = tool_handle.fetch_history(WorkflowFetchHistoryOptions::default());

@@ -21,10 +21,7 @@ use soma_core::blobs::BlobStore;
 use soma_core::clamav::Clamd;
 use soma_core::telemetry::SharedSubscriber;
 use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
-use soma_workflows::{
-    ChatTurnWorkflow, MaintenanceWorkflow, MemoryWriteWorkflow, SessionDeletionWorkflow, ToolCatalogRefreshWorkflow, ToolExecutionWorkflow,
-    UploadScanWorkflow,
-};
+use soma_workflows::MaintenanceWorkflow;
 
 /// A Temporal runtime whose logs go to our subscriber (the SDK logs nothing otherwise).
 pub fn temporal_runtime(subscriber: Option<SharedSubscriber>) -> anyhow::Result<Runtime> {
@@ -68,14 +65,7 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
             text_max_bytes: config.attachment_text_max_bytes,
         },
     );
-    Ok(WorkerOptions::new(config.task_queue.clone())
-        .register_workflow::<ChatTurnWorkflow>()?
-        .register_workflow::<SessionDeletionWorkflow>()?
-        .register_workflow::<ToolExecutionWorkflow>()?
-        .register_workflow::<ToolCatalogRefreshWorkflow>()?
-        .register_workflow::<MemoryWriteWorkflow>()?
-        .register_workflow::<UploadScanWorkflow>()?
-        .register_workflow::<MaintenanceWorkflow>()?
+    let mut options = WorkerOptions::new(config.task_queue.clone())
         .register_activities(memory)
         .register_activities(uploads)
         .register_activities(maintenance)
@@ -85,7 +75,9 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
         // A dead worker's sticky queue is abandoned after this long.
         .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
         .graceful_shutdown_period(Duration::from_secs(10))
-        .build())
+        .build();
+    soma_workflows::register_all(&mut options)?;
+    Ok(options)
 }
 
 /// The policy gate the config names: an OPA server, or the Rego files of `policy_dir`.
