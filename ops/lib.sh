@@ -122,7 +122,13 @@ ensure_namespace() {
 
 # terminate_running NAME: ends whatever still runs in a namespace (a test that stopped mid-turn).
 terminate_running() {
-  local running
+  local running id
+  # First the schedules a run made (a stack's worker makes the configured ones): left behind,
+  # they would go on starting workflows for task queues no worker serves any more.
+  for id in $("$TEMPORAL" schedule list -n "$1" -o json --address "$TEMPORAL_ADDRESS" 2>/dev/null |
+              python3 -c 'import json,sys; [print(s["scheduleId"]) for s in json.load(sys.stdin) or []]' 2>/dev/null); do
+    "$TEMPORAL" schedule delete -n "$1" -s "$id" --address "$TEMPORAL_ADDRESS" >/dev/null 2>&1 || true
+  done
   running=$("$TEMPORAL" workflow count -n "$1" --query 'ExecutionStatus="Running"' --address "$TEMPORAL_ADDRESS" 2>/dev/null | awk '{print $2}')
   if [ "${running:-0}" -gt 0 ]; then
     "$TEMPORAL" workflow terminate -n "$1" --query 'ExecutionStatus="Running"' --reason "the run that started it ended" \
@@ -280,6 +286,16 @@ stop_clamd() { stop_bg clamd; }
 # clamd_command start|stop: the shell command that starts or stops our own clamd (as
 # ensure_clamd / stop_clamd in a shell of its own). The drills run them to take the scanner
 # away; stop does nothing to a clamd these scripts did not start.
+# temporal_command stop|start: a shell command that stops or starts the Temporal dev server
+# these scripts run (its state is file-backed, so a restart keeps every workflow), for the
+# drill that restarts it.
+temporal_command() {
+  local fn=ensure_temporal
+  [ "$1" = stop ] && fn="stop_bg temporal"
+  printf 'SOMA_STATE_DIR=%q SOMA_TEMPORAL_PORT=%q SOMA_TEMPORAL_UI_PORT=%q bash -c %q >/dev/null 2>&1' "$STATE" \
+    "$TEMPORAL_PORT" "$TEMPORAL_UI_PORT" "source $(printf %q "$ROOT/ops/lib.sh") && $fn"
+}
+
 clamd_command() {
   local fn=ensure_clamd
   [ "$1" = stop ] && fn=stop_clamd

@@ -132,6 +132,9 @@ impl Stack {
             ("SOMA_STREAM_TOKEN_SECRET", uuid::Uuid::new_v4().to_string()),
             ("SOMA_LISTEN_ADDR", api_addr.to_string()),
             ("SOMA_LOG_FILTER", "warn".to_string()),
+            // No periodic jobs unless a drill asks for its own: the configured ones would
+            // outlive the stack, starting runs for its task queue once it is gone.
+            ("SOMA_SCHEDULES", "[]".to_string()),
         ];
         env.extend(more_env);
         std::fs::create_dir_all(&log_dir)?;

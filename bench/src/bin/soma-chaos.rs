@@ -31,7 +31,14 @@ struct Args {
     /// Shell command that starts clamd again.
     #[arg(long, env = "SOMA_CLAMD_START")]
     clamd_start: Option<String>,
-    /// Run only these drills (1–10); all by default.
+    /// Shell command that stops the Temporal dev server (drill 11 needs it and
+    /// --temporal-start; its state must be file-backed).
+    #[arg(long, env = "SOMA_TEMPORAL_STOP")]
+    temporal_stop: Option<String>,
+    /// Shell command that starts the Temporal dev server again.
+    #[arg(long, env = "SOMA_TEMPORAL_START")]
+    temporal_start: Option<String>,
+    /// Run only these drills (1–11); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 }
@@ -179,6 +186,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(10) {
         tally(eicar_storm(&args).await?);
+    }
+    if runs(11) {
+        match (&args.temporal_stop, &args.temporal_start) {
+            (Some(stop), Some(start)) => tally(temporal_restart(&args, stop, start).await?),
+            _ => println!("drill 11 skipped: the Temporal server is not one ops/ scripts started (no --temporal-stop/--temporal-start)"),
+        }
     }
     println!("chaos drills: {passed} passed, {failed} failed");
     anyhow::ensure!(failed == 0, "a drill lost, duplicated or did not finish something (counts above)");
@@ -932,4 +945,141 @@ async fn eicar_storm(args: &Args) -> anyhow::Result<Counts> {
     counts.print(&format!("drill 10, EICAR uploaded {uploads} times at once: quarantined, never served"), started.elapsed());
     stack.finish().await;
     Ok(counts)
+}
+
+/// Drill 11: restart the Temporal server itself (the dev server, its state in a file) while
+/// turns stream, tool calls run and files are scanned, and while a 2 s schedule ticks. Every
+/// accepted turn completes once (shown once, one end), every tool effect is applied once with
+/// one result, every file ends clean and served, and the schedule starts each tick at most
+/// once and goes on ticking after the restart.
+async fn temporal_restart(args: &Args, stop: &str, start: &str) -> anyhow::Result<Counts> {
+    let (turns, files, outage) = if args.stack.quick { (4, 3, Duration::from_secs(3)) } else { (12, 10, Duration::from_secs(10)) };
+    let started = Instant::now();
+    let (server, base) = EffectServer::start().await?;
+    let schedule_id = format!("chaos11-tick-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let schedules = format!(r#"[{{id="{schedule_id}",job="publish_metrics",every_secs=2}}]"#);
+    let mut stack = Stack::start_with("chaos11", &args.stack, streaming_provider(), vec![("SOMA_SCHEDULES", schedules)]).await?;
+    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
+    let store = soma_core::Store::connect_lazy(&stack.database_url, 2)?;
+    let mut tool = soma_core::store::CatalogTool::builtin("restart_effect", "a drill's tool", serde_json::json!({"type": "object"}));
+    tool.kind = soma_contract::ToolKind::Http;
+    tool.endpoint = Some(format!("{base}/effect/1000"));
+    tool.timeout_ms = 5_000;
+    tool.max_attempts = 20;
+    store.put_tool(&tool).await?;
+    let client = stack.client.clone();
+    let api = client.api.clone();
+    let mut counts = Counts::default();
+
+    // Turns mid-stream (every other one calls the tool first), files mid-scan.
+    let mut followers = Vec::new();
+    for turn in 0..turns {
+        let message = if turn % 2 == 0 {
+            format!("temporal restart {turn}")
+        } else {
+            format!(r#"[[tool:restart_effect {{"turn":{turn}}}]] temporal restart {turn}"#)
+        };
+        let (session, turn_id, _) = client.send(None, &message).await?;
+        let mut stream = client.events(&session, None).await;
+        let client = client.clone();
+        followers.push(tokio::spawn(async move {
+            let followed = client.follow_turn(&mut stream, &turn_id, &message, Instant::now()).await;
+            (message, session, followed)
+        }));
+    }
+    let mut uploads = Vec::new();
+    for i in 0..files {
+        let bytes = format!("file {i} scanned across a Temporal restart\n").into_bytes();
+        uploads.push(api.upload_multipart(&format!("restart-{i}.txt"), bytes, None).await?.id);
+    }
+    tokio::time::sleep(Duration::from_millis(random_below(1_500))).await;
+    let down_at = chrono::Utc::now();
+    shell(stop)?;
+    tokio::time::sleep(outage).await;
+    shell(start)?;
+    let up_at = chrono::Utc::now();
+    let down_secs = (up_at - down_at).num_milliseconds() as f64 / 1000.0;
+
+    for follower in followers {
+        let (message, session, followed) = follower.await?;
+        counts.attempted += 1;
+        let seen = if message.starts_with("[[tool:") {
+            tool_turn_seen(&pool, &server, &session, &followed).await?
+        } else {
+            judge(&followed, &soma_devllm::reply_text(&message, 0, STREAMING_EXTRA_WORDS))
+        };
+        counts.add(format!("turn {message:?}"), seen);
+    }
+    for (i, id) in uploads.into_iter().enumerate() {
+        counts.attempted += 1;
+        let attachment = api.wait_for_scan(id, WAIT).await?;
+        let seen = if attachment.status == soma_contract::AttachmentStatus::Clean && served(&api, id).await {
+            Seen::Whole
+        } else {
+            Seen::Missing(format!("file {i}: {} after the restart", attachment.status))
+        };
+        counts.add(format!("file {i}"), seen);
+    }
+
+    // The schedule: three more ticks after the restart, then each tick's runs are counted.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let temporal = soma_core::temporal::connect(&soma_core::Config::load(None)?, Duration::from_secs(30)).await?;
+    let query = format!("TemporalScheduledById = '{schedule_id}'");
+    let mut runs_per_tick: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut listed = temporal.list_workflows(query, Default::default());
+    let mut after_restart = 0;
+    while let Some(run) = listed.next().await {
+        let run = run?;
+        *runs_per_tick.entry(run.id().to_string()).or_default() += 1;
+        if run.start_time().is_some_and(|t| chrono::DateTime::<chrono::Utc>::from(t) > up_at) {
+            after_restart += 1;
+        }
+    }
+    let _ = temporal.get_schedule_handle(&schedule_id).delete(Default::default()).await;
+    counts.attempted += 1;
+    let twice: Vec<_> = runs_per_tick.iter().filter(|(_, runs)| **runs > 1).collect();
+    let seen = if !twice.is_empty() {
+        Seen::Twice(format!("ticks started more than once: {twice:?}"))
+    } else if after_restart == 0 {
+        Seen::Missing(format!("no run after the restart ({} ticks before it)", runs_per_tick.len()))
+    } else {
+        Seen::Whole
+    };
+    println!("drill 11: schedule {schedule_id}: {} ticks run, {after_restart} after the restart", runs_per_tick.len());
+    counts.add("schedule", seen);
+    let drill = format!("drill 11, Temporal stopped and started again ({down_secs:.1} s without it) under turns, tools, scans and a schedule");
+    counts.print(&drill, started.elapsed());
+    pool.close().await;
+    stack.finish().await;
+    Ok(counts)
+}
+
+/// A turn that called the drill's tool: one turn end, its one call succeeded with its effect
+/// applied once and one `tool.result`.
+async fn tool_turn_seen(pool: &sqlx::PgPool, server: &EffectServer, session: &str, followed: &FollowedTurn) -> anyhow::Result<Seen> {
+    if followed.end.as_deref() != Some("turn.complete") {
+        return Ok(Seen::Missing(format!("the turn ended {:?}", followed.end)));
+    }
+    let session_id: uuid::Uuid = session.parse()?;
+    let calls: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, status FROM tool_calls WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_all(pool)
+        .await?;
+    let [(id, status)] = calls.as_slice() else {
+        return Ok(Seen::Missing(format!("{} tool calls", calls.len())));
+    };
+    let results: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM session_events WHERE kind = 'tool.result' AND (payload->>'tool_call_id')::uuid = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    let applied = server.applied.lock().unwrap().get(&id.to_string()).copied().unwrap_or(0);
+    Ok(if status != "succeeded" || applied == 0 || results == 0 {
+        Seen::Missing(format!("status {status}, applied {applied}, {results} results"))
+    } else if applied > 1 || results > 1 {
+        Seen::Twice(format!("applied {applied}, {results} results"))
+    } else {
+        Seen::Whole
+    })
 }
