@@ -231,3 +231,40 @@ test("a file attached in the console uploads with tus, turns clean live, and goe
   const { body } = await api("GET", `/v1/sessions/${sessionId}/messages?limit=200`);
   assert.ok(body.messages.some((m) => m.role === "user" && m.content.includes("code name")));
 });
+
+test("an operator runs, resumes and pauses a schedule from the operations view", async () => {
+  const ADMIN_KEY = process.env.SOMA_ADMIN_KEY;
+  assert.ok(ADMIN_KEY, "soma-stack gives SOMA_ADMIN_KEY");
+  await page.click("#ops-toggle");
+  // A tenant's key is not an admin's: the view asks again and says why.
+  await page.fill("#ops-key", KEY);
+  await page.click("#ops-key-form button[type=submit]");
+  await page.waitForFunction(() => document.querySelector("#ops-key-error").textContent.includes("not an admin key"));
+  await page.fill("#ops-key", ADMIN_KEY);
+  await page.click("#ops-key-form button[type=submit]");
+  const row = "#schedules tr[data-schedule-id$='-publish-metrics']";
+  await page.waitForSelector(`${row}[data-paused=true]`, { timeout: WAIT });
+  const runs = async () => Number(await page.textContent(`${row} td:nth-child(3)`));
+  const before = await runs();
+
+  await page.click(`${row} button.trigger`);
+  await page.waitForFunction(
+    ([sel, n]) => Number(document.querySelector(`${sel} td:nth-child(3)`)?.textContent) > n, [row, before], { timeout: WAIT });
+
+  page.once("dialog", (dialog) => dialog.accept("back to normal"));
+  await page.click(`${row} button.unpause`);
+  await page.waitForSelector(`${row}[data-paused=false]`, { timeout: WAIT });
+  assert.equal(await page.textContent(`${row} .state`), "active");
+
+  page.once("dialog", (dialog) => dialog.accept("maintenance window"));
+  await page.click(`${row} button.pause`);
+  await page.waitForSelector(`${row}[data-paused=true]`, { timeout: WAIT });
+  assert.equal(await page.textContent(`${row} .state`), "paused: maintenance window");
+
+  // Back to the chat as it was, and #ops opens the view directly.
+  await page.click("#ops-toggle");
+  await page.waitForSelector("#main:not([hidden])");
+  await page.evaluate(() => history.replaceState(null, "", "#ops"));
+  await page.reload();
+  await page.waitForSelector(`${row}[data-paused=true]`, { timeout: WAIT });
+});

@@ -55,6 +55,13 @@ export class Api {
   }
   attachment(id) { return this.call("GET", `/v1/attachments/${id}/status`); }
 
+  // Operations (an admin key): the periodic jobs' schedules.
+  schedules() { return this.call("GET", "/v1/admin/schedules"); }
+  triggerSchedule(id) { return this.call("POST", `/v1/admin/schedules/${encodeURIComponent(id)}/trigger`); }
+  pauseSchedule(id, paused, note) {
+    return this.call("POST", `/v1/admin/schedules/${encodeURIComponent(id)}/${paused ? "pause" : "unpause"}`, note ? { note } : {});
+  }
+
   /**
    * Uploads a file with tus-js-client (resumable: a broken request resumes from the server's
    * offset, and after a reload, choosing the same file again resumes it). Calls

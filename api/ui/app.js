@@ -7,6 +7,7 @@
 
 import { Api } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
+import { closeOperations, openOperations } from "./ops.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY_NAME = "soma.apiKey";
@@ -505,8 +506,33 @@ $("delete").addEventListener("click", async () => {
   }
 });
 
+// ---- operations (ops.js) -------------------------------------------------------------------
+
+// The chat (or its key form) and the operations view take turns; #ops in the URL opens the
+// latter, so an operator can bookmark it.
+const chatParts = ["main", "key-form"];
+let chatVisible = {};
+
+function showOperations(open) {
+  if (open) {
+    chatVisible = Object.fromEntries(chatParts.map((id) => [id, !$(id).hidden]));
+    for (const id of chatParts) $(id).hidden = true;
+    $("ops-toggle").textContent = "back to chat";
+    if (location.hash !== "#ops") history.replaceState(null, "", "#ops");
+    openOperations();
+  } else {
+    closeOperations();
+    for (const id of chatParts) $(id).hidden = !chatVisible[id];
+    $("ops-toggle").textContent = "operations";
+    history.replaceState(null, "", state.session ? `#${state.session}` : location.pathname);
+  }
+}
+
+$("ops-toggle").addEventListener("click", () => showOperations($("ops").hidden));
+
 // ---- start ---------------------------------------------------------------------------------
 
+const opsFirst = location.hash === "#ops";
 const key = storedKey();
-if (key) connect(key).catch(() => { $("key-form").hidden = false; });
-else $("key-form").hidden = false;
+const started = key ? connect(key).catch(() => { $("key-form").hidden = false; }) : Promise.resolve($("key-form").hidden = false);
+if (opsFirst) started.then(() => showOperations(true));

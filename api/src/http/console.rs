@@ -16,6 +16,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../ui/app.js")),
     ("api.js", "text/javascript; charset=utf-8", include_str!("../../ui/api.js")),
     ("markdown.js", "text/javascript; charset=utf-8", include_str!("../../ui/markdown.js")),
+    ("ops.js", "text/javascript; charset=utf-8", include_str!("../../ui/ops.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../ui/style.css")),
     // tus-js-client 4.3.1 from npm (MIT), unmodified: the console's resumable uploads.
     ("tus.min.js", "text/javascript; charset=utf-8", include_str!("../../ui/tus.min.js")),

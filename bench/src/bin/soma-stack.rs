@@ -7,7 +7,8 @@
 //! - `SOMA_STACK_CONTROL`: a URL taking `POST /api/kill`, `/api/start`, `/api/restart`, so the
 //!   program can take the api away mid-stream,
 //!
-//! then stops everything and exits with COMMAND's status. `ops/test` runs the browser tests
+//! then stops everything and exits with COMMAND's status. Its worker makes one paused
+//! schedule of its own (`stack-…-publish-metrics`) for the console's operations view. `ops/test` runs the browser tests
 //! and schemathesis this way.
 
 use std::process::ExitCode;
@@ -44,7 +45,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         token_interval: Duration::from_millis(args.token_interval_ms),
         ..Default::default()
     };
-    let stack = Stack::start("stack", &args.stack, provider).await?;
+    // One schedule of its own, paused, for the console's operations view.
+    let schedule = format!(
+        r#"[{{id="stack-{}-publish-metrics",job="publish_metrics",every_secs=3600,paused=true}}]"#,
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let stack = Stack::start_with("stack", &args.stack, provider, vec![("SOMA_SCHEDULES", schedule)]).await?;
     let api_url = format!("http://{}", stack.api_addr);
     let stack = Arc::new(Mutex::new(stack));
 
