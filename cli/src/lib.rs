@@ -129,6 +129,29 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ScheduleAction>,
     },
+    /// The audit log, oldest first: what happened to a session or because of a request, what
+    /// an actor did (filters combine). Needs an admin key.
+    Audit {
+        #[arg(long)]
+        session: Option<Uuid>,
+        /// The request's `X-Request-Id`.
+        #[arg(long)]
+        request: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `key:…`, `admin:…`, `worker`, `recovery`, …
+        #[arg(long)]
+        actor: Option<String>,
+        /// An action (`session.delete`) or a family (`schedule.*`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Rows after this id (the `more:` line of the previous page).
+        #[arg(long)]
+        after: Option<i64>,
+        /// How many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
     /// The tenant's sessions, most recently active first.
     Sessions {
         /// How many (1 to 200).
@@ -270,7 +293,9 @@ pub async fn run(cli: Cli) -> Outcome {
         return Outcome::Done;
     }
     let (key, kind) = match cli.command {
-        Command::DeadLetters { .. } | Command::Schedules { .. } | Command::Tools { refresh: true } => (cli.admin_key, settings::KeyKind::Admin),
+        Command::DeadLetters { .. } | Command::Schedules { .. } | Command::Audit { .. } | Command::Tools { refresh: true } => {
+            (cli.admin_key, settings::KeyKind::Admin)
+        }
         _ => (cli.api_key, settings::KeyKind::Tenant),
     };
     let client = match settings::client(cli.api_url, key, kind) {
@@ -395,6 +420,34 @@ async fn execute(client: &Client, command: Command, out: &Output) -> Result<Outc
             };
             let schedule = client.steer_schedule(&id, verb, note).await?;
             out.json_or(&schedule, || print_schedule(&schedule));
+        }
+        Command::Audit { session, request, tenant, actor, action, after, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            let filters = [
+                ("session_id", session.map(|s| s.to_string())),
+                ("request_id", request),
+                ("tenant_id", tenant),
+                ("actor", actor),
+                ("action", action),
+                ("after", after.map(|a| a.to_string())),
+            ];
+            query.extend(filters.into_iter().filter_map(|(name, value)| value.map(|v| (name, v))));
+            let list = client.audit(&query).await?;
+            out.json_or(&list, || {
+                for record in &list.records {
+                    let when = record.created_at.format("%Y-%m-%d %H:%M:%S");
+                    let session = record.session_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{}  {when}  {}  {}  {}  {}  {session}", record.id, record.tenant_id, record.actor, record.action, record.outcome);
+                    if record.details.as_object().is_some_and(|d| !d.is_empty()) {
+                        println!("    {}", record.details);
+                    }
+                }
+                match list.next_after {
+                    Some(next) => out.note(&format!("more: --after {next}")),
+                    None if list.records.is_empty() => out.note("no matching audit rows"),
+                    None => {}
+                }
+            });
         }
         Command::Sessions { limit } => {
             let list = client.sessions(Some(limit), None).await?;

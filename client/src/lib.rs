@@ -242,6 +242,12 @@ impl Client {
         decode(self.request(Method::POST, &format!("/v1/admin/dead-letters/{id}/discard")).json(&body).send().await?).await
     }
 
+    /// Audit rows matching `query` (`session_id`, `request_id`, `tenant_id`, `actor`,
+    /// `action`, `after`, `limit` pairs), oldest first (an admin key's call).
+    pub async fn audit(&self, query: &[(&str, String)]) -> Result<soma_contract::api::AuditList, ClientError> {
+        decode(self.request(Method::GET, "/v1/admin/audit").query(query).send().await?).await
+    }
+
     /// The periodic jobs' schedules (an admin key's call).
     pub async fn schedules(&self) -> Result<soma_contract::api::ScheduleList, ClientError> {
         decode(self.request(Method::GET, "/v1/admin/schedules").send().await?).await

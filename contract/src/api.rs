@@ -454,6 +454,35 @@ api_type! {
         pub scanned_at: Option<DateTime<Utc>>,
     }
 
+    /// One row of the audit log: who did what, to which session, and how it ended.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AuditRecord {
+        /// Increasing: the cursor of `GET /v1/admin/audit?after=`.
+        pub id: i64,
+        pub tenant_id: String,
+        /// The API request that caused it (`X-Request-Id`), if any.
+        pub request_id: Option<String>,
+        pub trace_id: Option<String>,
+        pub session_id: Option<Uuid>,
+        pub turn_id: Option<Uuid>,
+        /// `key:<first 12 hex of the key's hash>`, `admin:<name>`, `worker`, `recovery`, or a job.
+        pub actor: String,
+        /// `turn.accept`, `session.delete`, `schedule.pause`, …
+        pub action: String,
+        pub outcome: String,
+        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+        pub details: serde_json::Value,
+        pub created_at: DateTime<Utc>,
+    }
+
+    /// `GET /v1/admin/audit`: matching rows, oldest first.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AuditList {
+        pub records: Vec<AuditRecord>,
+        /// Pass as `after` for the next page; absent on the last one.
+        pub next_after: Option<i64>,
+    }
+
     /// `GET /v1/admin/schedules`: the periodic jobs as Temporal runs them.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct ScheduleList {

@@ -155,12 +155,11 @@ async fn an_operator_triggers_pauses_and_unpauses_a_schedule() {
     let (status, unpaused) = app.call(KEY_ADMIN, Method::POST, &format!("/v1/admin/schedules/{metrics}/unpause")).await;
     assert_eq!((status, unpaused["paused"].as_bool()), (200, Some(false)));
     assert!(!unpaused["next_runs"].as_array().unwrap().is_empty());
-    let audited: Vec<String> =
-        sqlx::query_scalar("SELECT action FROM audit_log WHERE action LIKE 'schedule.%' ORDER BY id")
-            .fetch_all(app.store.pool())
-            .await
-            .unwrap();
+    let (status, audit) = app.get(KEY_ADMIN, "/v1/admin/audit?action=schedule.*").await;
+    assert_eq!(status, 200, "{audit}");
+    let audited: Vec<&str> = audit["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
     assert_eq!(audited, ["schedule.trigger", "schedule.pause", "schedule.unpause"]);
+    assert_eq!(audit["records"][1]["details"]["note"], "database maintenance", "{audit}");
     delete_schedules(&app).await;
 }
 
@@ -308,4 +307,56 @@ async fn a_sessions_workflows_are_found_by_its_session_id() {
         .unwrap();
     let summary: String = described.memo().get("summary").unwrap().unwrap();
     assert_eq!(summary, "what is the time in the visibility store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_reads_by_session_request_and_action_page_by_page() {
+    let app = TestApp::spawn("audit_read", DevProviderOptions::default()).await;
+    let _worker = app.start_worker();
+    let (first, _, _) = app.send(None, "first").await;
+    let (second, _, _) = app.send(None, "second").await;
+    for session in [&first, &second] {
+        app.events(session, None).await.until("turn.complete", DEADLINE).await;
+    }
+    let records = |body: &serde_json::Value| body["records"].as_array().unwrap().clone();
+
+    // A session's rows, and only its own: the turn accepted, then finished.
+    let (status, body) = app.get(KEY_ADMIN, &format!("/v1/admin/audit?session_id={first}")).await;
+    assert_eq!(status, 200, "{body}");
+    let rows = records(&body);
+    assert!(rows.iter().all(|r| r["session_id"] == first.as_str()), "{body}");
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions.first(), Some(&"turn.accept"), "{actions:?}");
+    assert!(actions.contains(&"turn.finish"), "{actions:?}");
+
+    // The request that accepted the turn finds its rows, across the api and the worker.
+    let request_id = rows[0]["request_id"].as_str().unwrap().to_string();
+    let (_, body) = app.get(KEY_ADMIN, &format!("/v1/admin/audit?request_id={request_id}")).await;
+    assert!(!records(&body).is_empty() && records(&body).iter().all(|r| r["request_id"] == request_id.as_str()), "{body}");
+
+    // A family of actions, one row per page: every turn.* row once, in order, then the end.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let (_, body) = app.get(KEY_ADMIN, &format!("/v1/admin/audit?action=turn.*&limit=1&after={after}")).await;
+        let page = records(&body);
+        assert!(page.len() <= 1, "{body}");
+        seen.extend(page.iter().map(|r| r["id"].as_i64().unwrap()));
+        match body["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    let (_, all) = app.get(KEY_ADMIN, "/v1/admin/audit?action=turn.*").await;
+    let all: Vec<i64> = records(&all).iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(seen, all, "paging gives every row once");
+    assert!(all.len() >= 4, "two turns accepted and finished: {all:?}");
+
+    // Only an admin reads it; bad paging is a 400.
+    let (status, _) = app.get(soma_tests::KEY_A, "/v1/admin/audit").await;
+    assert_eq!(status, 401);
+    let (status, body) = app.get(KEY_ADMIN, "/v1/admin/audit?limit=0").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_limit")));
+    let (status, body) = app.get(KEY_ADMIN, "/v1/admin/audit?after=-1").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_after")));
 }

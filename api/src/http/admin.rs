@@ -1,6 +1,7 @@
 //! Operators' routes (admin keys only): dead letters across tenants, listed, replayed under
 //! their idempotency key, or discarded with a reason (every replay and discard is audited);
-//! the tool catalog refreshed from the MCP servers.
+//! the tool catalog refreshed from the MCP servers; the audit log read by session, request,
+//! actor or action.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,10 +12,10 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use soma_contract::api::{
-    CatalogRefreshed, DeadLetter, DeadLetterList, Discard, ErrorBody, ReplayAll, Replayed, ReplayedLetter,
+    AuditList, CatalogRefreshed, DeadLetter, DeadLetterList, Discard, ErrorBody, ReplayAll, Replayed, ReplayedLetter,
 };
 use soma_contract::{DeadLetterKind, DeadLetterStatus};
-use soma_core::store::DeadLetterFilter;
+use soma_core::store::{AuditFilter, DeadLetterFilter};
 use soma_workflows::{MemoryWriteInput, MemoryWriteWorkflow, ToolCatalogRefreshWorkflow};
 
 use crate::auth::Admin;
@@ -24,6 +25,15 @@ use crate::{ApiContext, ApiError};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
+
+/// A page's size: `limit` if given and in 1..=1000, else 100.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    Ok(limit)
+}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -56,10 +66,7 @@ pub async fn list(
     _admin: Admin,
     AppQuery(query): AppQuery<DeadLetterQuery>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
-    }
+    let limit = page_limit(query.limit)?;
     let filter = DeadLetterFilter {
         kind: query.kind,
         tenant_id: query.tenant_id,
@@ -242,4 +249,59 @@ async fn replay_letter(
         }
     }
     Ok(Some(ReplayedLetter { id: letter.id, workflow_id }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    tenant_id: Option<String>,
+    session_id: Option<Uuid>,
+    /// The `X-Request-Id` of the request that caused the rows.
+    request_id: Option<String>,
+    /// `key:…`, `admin:…`, `worker`, `recovery`, or a maintenance job.
+    actor: Option<String>,
+    /// An action (`session.delete`), or a family of them (`schedule.*`).
+    action: Option<String>,
+    /// Rows after this id (the previous page's `next_after`).
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    /// 1 to 1000; 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// The audit log, oldest first: everything about a session or a request, what an actor did,
+/// one kind of action; across tenants. Page with `after`.
+#[utoipa::path(
+    get, path = "/v1/admin/audit", tag = "admin", params(AuditQuery),
+    responses(
+        (status = 200, description = "The matching audit rows", body = AuditList),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn audit(
+    State(ctx): State<ApiContext>,
+    _admin: Admin,
+    AppQuery(query): AppQuery<AuditQuery>,
+) -> Result<Json<AuditList>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let after = query.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request("invalid_after", "after must not be negative"));
+    }
+    let filter = AuditFilter {
+        tenant_id: query.tenant_id,
+        session_id: query.session_id,
+        request_id: query.request_id,
+        actor: query.actor,
+        action: query.action,
+        after,
+        limit,
+    };
+    let records = ctx.store.audit_records(&filter).await?;
+    let next_after = (records.len() as i64 == limit).then(|| records.last().map(|r| r.id)).flatten();
+    Ok(Json(AuditList { records, next_after }))
 }

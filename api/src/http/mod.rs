@@ -58,6 +58,7 @@ pub fn router(ctx: ApiContext) -> (Router, Document) {
         .routes(routes!(admin::replay))
         .routes(routes!(admin::discard))
         .routes(routes!(admin::refresh_tools))
+        .routes(routes!(admin::audit))
         .routes(routes!(schedules::list))
         .routes(routes!(schedules::trigger))
         .routes(routes!(schedules::pause))

@@ -3,6 +3,7 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use soma_contract::api::AuditRecord;
 use soma_contract::{MemoryWriteRef, TurnRef, UploadRef};
 
 use super::{Store, StoreError};
@@ -153,5 +154,51 @@ impl<'a> AuditEntry<'a> {
 impl Store {
     pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
         entry.insert(&self.pool).await
+    }
+}
+
+/// Which audit rows to read (every field narrows; none set reads them all).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant_id: Option<String>,
+    pub session_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub actor: Option<String>,
+    /// An action (`session.delete`) or, ending in `.*`, a family (`schedule.*`).
+    pub action: Option<String>,
+    /// Rows after this id.
+    pub after: i64,
+    pub limit: i64,
+}
+
+impl Store {
+    /// Audit rows matching `filter`, oldest first.
+    pub async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let action_prefix = filter.action.as_deref().and_then(|a| a.strip_suffix('*'));
+        let action = filter.action.as_deref().filter(|a| !a.ends_with('*'));
+        Ok(sqlx::query_as!(
+            AuditRecord,
+            r#"SELECT id, tenant_id, request_id, trace_id, session_id, turn_id, actor, action, outcome, details, created_at
+               FROM audit_log
+               WHERE id > $1
+                 AND ($2::text IS NULL OR tenant_id = $2)
+                 AND ($3::uuid IS NULL OR session_id = $3)
+                 AND ($4::text IS NULL OR request_id = $4)
+                 AND ($5::text IS NULL OR actor = $5)
+                 AND ($6::text IS NULL OR action = $6)
+                 AND ($7::text IS NULL OR starts_with(action, $7))
+               ORDER BY id
+               LIMIT $8"#,
+            filter.after,
+            filter.tenant_id.as_deref(),
+            filter.session_id,
+            filter.request_id.as_deref(),
+            filter.actor.as_deref(),
+            action,
+            action_prefix,
+            filter.limit,
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-pub use audit::{AuditEntry, Requester};
+pub use audit::{AuditEntry, AuditFilter, Requester};
 pub use events::{EVENTS_CHANNEL, StoredEvent};
 pub use maintenance::{ClaimedSession, Compacted, Gauge, MAINTENANCE_ACTOR};
 pub use memory::{DeadLetterFilter, MemoryWriteRow, TurnMessage};
