@@ -22,7 +22,7 @@ struct Args {
     #[command(flatten)]
     stack: StackArgs,
     /// Measure only these figures (comma-separated): rss, ttft, history, throughput, tools,
-    /// memory, upload, idle, active, deletion.
+    /// memory, upload, idle, active, deletion, maintenance.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
 }
@@ -39,6 +39,7 @@ enum Figure {
     Idle,
     Active,
     Deletion,
+    Maintenance,
 }
 
 const PROVIDER_TTFT: Duration = Duration::from_millis(200);
@@ -159,6 +160,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants(Figure::Deletion) {
         rows.push(bench.session_deletion().await?);
+    }
+    if wants(Figure::Maintenance) {
+        rows.extend(bench.maintenance().await?);
     }
     print_table(&rows, started.elapsed(), bench.quick, &load_before);
     let mut bench = bench;
@@ -882,5 +886,105 @@ fn print_table(rows: &[Row], took: Duration, quick: bool, load_before: &str) {
             None => "—",
         };
         println!("| {} | {} | {} | {met} |", r.figure, r.measured.replace('\n', "<br>"), r.target);
+    }
+}
+
+impl Bench {
+    /// Runs one maintenance job to its end on the stack's worker, as its schedule would.
+    async fn run_job(&self, job: soma_contract::MaintenanceJob) -> anyhow::Result<(soma_contract::api::MaintenanceReport, f64)> {
+        let id = format!("bench-{job}-{}", uuid::Uuid::new_v4());
+        let options = WorkflowStartOptions::new(self.stack.task_queue.clone(), id).build();
+        let t0 = Instant::now();
+        let handle = self.temporal.start_workflow(soma_workflows::MaintenanceWorkflow::run, job, options).await?;
+        let report = handle.get_result(Default::default()).await?;
+        Ok((report, ms(t0.elapsed())))
+    }
+
+    /// The periodic jobs: a publish-metrics run beside Temporal's floor for one activity, and
+    /// the rates at which compact-deltas and cleanup-sessions work through a backlog of
+    /// finished sessions made old (by moving their times back).
+    async fn maintenance(&self) -> anyhow::Result<Vec<Row>> {
+        use soma_contract::MaintenanceJob;
+        self.answer_at_once();
+        let runs = if self.quick { 5 } else { 20 };
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            ours.push(self.run_job(MaintenanceJob::PublishMetrics).await?.1);
+            let workflow_id = format!("maintenance-floor/{}/{i}", self.stack.run_id);
+            let options = WorkflowStartOptions::new(self.stack.baseline_task_queue(), workflow_id).build();
+            let t0 = Instant::now();
+            let handle = self.temporal.start_workflow(EmptyStepsWorkflow::run, EmptySteps { local: 0, regular: 1 }, options).await?;
+            handle.get_result(Default::default()).await?;
+            floor.push(ms(t0.elapsed()));
+        }
+        let (ours, floor) = (percentile(&mut ours, 50.0), percentile(&mut floor, 50.0));
+
+        // A backlog: sessions with one finished turn each, sent 50 at a time.
+        let total = if self.quick { 40 } else { 200 };
+        let mut sessions = Vec::new();
+        for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
+            let turns = chunk.iter().map(|i| {
+                let message = format!("old session {i}");
+                async move { self.client.complete_turn(None, &message).await }
+            });
+            for (session, _) in futures::future::try_join_all(turns).await? {
+                sessions.push(session.parse::<uuid::Uuid>()?);
+            }
+        }
+        let pool = sqlx::PgPool::connect(&self.stack.database_url).await?;
+        // The turns' memory writes first, so the jobs are timed on an otherwise idle worker.
+        let settled = Instant::now();
+        while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM memory_writes WHERE status = 'pending'").fetch_one(&pool).await? > 0 {
+            anyhow::ensure!(settled.elapsed() < Duration::from_secs(120), "the turns' memory writes never finished");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let deltas = |pool: sqlx::PgPool, sessions: Vec<uuid::Uuid>| async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM session_events WHERE kind = 'llm.delta' AND session_id = ANY($1)")
+                .bind(sessions)
+                .fetch_one(&pool)
+                .await
+        };
+        let before = deltas(pool.clone(), sessions.clone()).await?;
+        sqlx::query("UPDATE turns SET updated_at = now() - interval '2 days' WHERE session_id = ANY($1)")
+            .bind(&sessions)
+            .execute(&pool)
+            .await?;
+        let (compacted, compact_ms) = self.run_job(MaintenanceJob::CompactDeltas).await?;
+        let removed = before - deltas(pool.clone(), sessions.clone()).await?;
+        anyhow::ensure!(compacted.items as usize >= total, "compact-deltas compacted {} of {total} turns", compacted.items);
+        let compact_rate = compacted.items as f64 / (compact_ms / 1000.0);
+
+        sqlx::query("UPDATE sessions SET updated_at = now() - interval '400 days' WHERE id = ANY($1)")
+            .bind(&sessions)
+            .execute(&pool)
+            .await?;
+        let (cleaned, cleanup_ms) = self.run_job(MaintenanceJob::CleanupSessions).await?;
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE id = ANY($1)")
+            .bind(&sessions)
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        anyhow::ensure!(left == 0, "cleanup-sessions left {left} of {total} expired sessions ({})", cleaned.summary);
+        let cleanup_rate = total as f64 / (cleanup_ms / 1000.0);
+        Ok(vec![
+            row(
+                "maintenance: a publish-metrics run, start → result (p50) · Temporal's floor for one activity",
+                format!("{ours:.0} ms · floor {floor:.0} ms ({runs} runs)"),
+                "≤ floor + 100 ms",
+                Some(ours <= floor + 100.0),
+            ),
+            row(
+                "maintenance: compact-deltas through a backlog of finished turns",
+                format!("{} turns ({removed} delta rows removed) in {compact_ms:.0} ms: {compact_rate:.0} turns/s", compacted.items),
+                "≥ 50 turns/s (above the sustained turn rate)",
+                Some(compact_rate >= 50.0),
+            ),
+            row(
+                "maintenance: cleanup-sessions through a backlog of expired sessions (with their turns and events)",
+                format!("{total} sessions in {cleanup_ms:.0} ms: {cleanup_rate:.0} sessions/s"),
+                "≥ 10 sessions/s",
+                Some(cleanup_rate >= 10.0),
+            ),
+        ])
     }
 }
