@@ -672,22 +672,9 @@ async fn tools_with_worker_kill(args: &Args) -> anyhow::Result<Counts> {
                 .fetch_all(&pool)
                 .await?;
         for (id, status) in calls {
-            let results: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM session_events WHERE kind = 'tool.result' AND (payload->>'tool_call_id')::uuid = $1",
-            )
-            .bind(id)
-            .fetch_one(&pool)
-            .await?;
+            let seen = tool_call_seen(&pool, &server, id, &status).await?;
             let key = id.to_string();
-            let applied = server.applied.lock().unwrap().get(&key).copied().unwrap_or(0);
             let requests = server.requests.lock().unwrap().get(&key).copied().unwrap_or(0);
-            let seen = if status != "succeeded" || applied == 0 || results == 0 {
-                Seen::Missing(format!("status {status}, applied {applied}, {results} results"))
-            } else if applied > 1 || results > 1 {
-                Seen::Twice(format!("applied {applied}, {results} results"))
-            } else {
-                Seen::Whole
-            };
             if requests > 1 {
                 eprintln!("trial {trial}: call {key} was sent {requests} times (the key kept its effect once)");
             }
@@ -1021,20 +1008,27 @@ async fn temporal_restart(args: &Args, stop: &str, start: &str) -> anyhow::Resul
         counts.add(format!("file {i}"), seen);
     }
 
-    // The schedule: three more ticks after the restart, then each tick's runs are counted.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The schedule: wait for three ticks after the restart (a minute at most), then count
+    // each tick's runs.
     let temporal = soma_core::temporal::connect(&soma_core::Config::load(None)?, Duration::from_secs(30)).await?;
     let query = format!("TemporalScheduledById = '{schedule_id}'");
-    let mut runs_per_tick: std::collections::BTreeMap<String, usize> = Default::default();
-    let mut listed = temporal.list_workflows(query, Default::default());
-    let mut after_restart = 0;
-    while let Some(run) = listed.next().await {
-        let run = run?;
-        *runs_per_tick.entry(run.id().to_string()).or_default() += 1;
-        if run.start_time().is_some_and(|t| chrono::DateTime::<chrono::Utc>::from(t) > up_at) {
-            after_restart += 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (runs_per_tick, after_restart) = loop {
+        let mut runs_per_tick: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut after_restart = 0;
+        let mut listed = temporal.list_workflows(query.clone(), Default::default());
+        while let Some(run) = listed.next().await {
+            let run = run?;
+            *runs_per_tick.entry(run.id().to_string()).or_default() += 1;
+            if run.start_time().is_some_and(|t| chrono::DateTime::<chrono::Utc>::from(t) > up_at) {
+                after_restart += 1;
+            }
         }
-    }
+        if after_restart >= 3 || Instant::now() > deadline {
+            break (runs_per_tick, after_restart);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let _ = temporal.get_schedule_handle(&schedule_id).delete(Default::default()).await;
     counts.attempted += 1;
     let twice: Vec<_> = runs_per_tick.iter().filter(|(_, runs)| **runs > 1).collect();
@@ -1054,8 +1048,8 @@ async fn temporal_restart(args: &Args, stop: &str, start: &str) -> anyhow::Resul
     Ok(counts)
 }
 
-/// A turn that called the drill's tool: one turn end, its one call succeeded with its effect
-/// applied once and one `tool.result`.
+/// A turn that called the drill's tool: one turn end, and its one call judged by
+/// [`tool_call_seen`].
 async fn tool_turn_seen(pool: &sqlx::PgPool, server: &EffectServer, session: &str, followed: &FollowedTurn) -> anyhow::Result<Seen> {
     if followed.end.as_deref() != Some("turn.complete") {
         return Ok(Seen::Missing(format!("the turn ended {:?}", followed.end)));
@@ -1065,9 +1059,15 @@ async fn tool_turn_seen(pool: &sqlx::PgPool, server: &EffectServer, session: &st
         .bind(session_id)
         .fetch_all(pool)
         .await?;
-    let [(id, status)] = calls.as_slice() else {
-        return Ok(Seen::Missing(format!("{} tool calls", calls.len())));
-    };
+    match calls.as_slice() {
+        [(id, status)] => tool_call_seen(pool, server, *id, status).await,
+        _ => Ok(Seen::Missing(format!("{} tool calls", calls.len()))),
+    }
+}
+
+/// One tool call at the drills' effect endpoint: succeeded, its effect applied once, one
+/// `tool.result` on the stream.
+async fn tool_call_seen(pool: &sqlx::PgPool, server: &EffectServer, id: uuid::Uuid, status: &str) -> anyhow::Result<Seen> {
     let results: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM session_events WHERE kind = 'tool.result' AND (payload->>'tool_call_id')::uuid = $1",
     )
