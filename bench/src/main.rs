@@ -938,19 +938,15 @@ impl Bench {
             anyhow::ensure!(settled.elapsed() < Duration::from_secs(120), "the turns' memory writes never finished");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let deltas = |pool: sqlx::PgPool, sessions: Vec<uuid::Uuid>| async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM session_events WHERE kind = 'llm.delta' AND session_id = ANY($1)")
-                .bind(sessions)
-                .fetch_one(&pool)
-                .await
-        };
-        let before = deltas(pool.clone(), sessions.clone()).await?;
+        const DELTAS: &str = "SELECT count(*) FROM session_events WHERE kind = 'llm.delta' AND session_id = ANY($1)";
+        let before: i64 = sqlx::query_scalar(DELTAS).bind(&sessions).fetch_one(&pool).await?;
         sqlx::query("UPDATE turns SET updated_at = now() - interval '2 days' WHERE session_id = ANY($1)")
             .bind(&sessions)
             .execute(&pool)
             .await?;
         let (compacted, compact_ms) = self.run_job(MaintenanceJob::CompactDeltas).await?;
-        let removed = before - deltas(pool.clone(), sessions.clone()).await?;
+        let after: i64 = sqlx::query_scalar(DELTAS).bind(&sessions).fetch_one(&pool).await?;
+        let removed = before - after;
         anyhow::ensure!(compacted.items as usize >= total, "compact-deltas compacted {} of {total} turns", compacted.items);
         let compact_rate = compacted.items as f64 / (compact_ms / 1000.0);
 
