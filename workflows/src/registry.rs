@@ -41,35 +41,22 @@ pub fn workflow_types() -> Vec<String> {
     names
 }
 
-impl WorkflowRegistry for WorkflowDefinitions {
-    fn register<W>(&mut self) -> Result<(), WorkflowRegistrationError>
-    where
-        W: WorkflowImplementation,
-        <W::Run as WorkflowDefinition>::Input: Send,
-    {
-        self.register_workflow::<W>().map(|_| ())
-    }
+/// Each of these has its own `register_workflow::<W>()`, alike but for its return type.
+macro_rules! registry_by_register_workflow {
+    ($($target:ty),*) => {$(
+        impl WorkflowRegistry for $target {
+            fn register<W>(&mut self) -> Result<(), WorkflowRegistrationError>
+            where
+                W: WorkflowImplementation,
+                <W::Run as WorkflowDefinition>::Input: Send,
+            {
+                self.register_workflow::<W>().map(|_| ())
+            }
+        }
+    )*};
 }
 
-impl WorkflowRegistry for WorkerOptions {
-    fn register<W>(&mut self) -> Result<(), WorkflowRegistrationError>
-    where
-        W: WorkflowImplementation,
-        <W::Run as WorkflowDefinition>::Input: Send,
-    {
-        self.register_workflow::<W>().map(|_| ())
-    }
-}
-
-impl WorkflowRegistry for WorkflowReplayerOptions {
-    fn register<W>(&mut self) -> Result<(), WorkflowRegistrationError>
-    where
-        W: WorkflowImplementation,
-        <W::Run as WorkflowDefinition>::Input: Send,
-    {
-        self.register_workflow::<W>().map(|_| ())
-    }
-}
+registry_by_register_workflow!(WorkflowDefinitions, WorkerOptions, WorkflowReplayerOptions);
 
 #[cfg(test)]
 mod tests {
