@@ -13,7 +13,7 @@ pub mod tools;
 pub mod uploads;
 
 pub use llm::{LlmActivitiesImpl, LlmClient, LlmError};
-pub use maintenance::{MaintenanceActivitiesImpl, MaintenanceSettings};
+pub use maintenance::{MaintenanceActivitiesImpl, MaintenanceSettings, SessionPurger};
 pub use memory::{MemoryActivitiesImpl, MemorySettings};
 pub use policy::Policy;
 pub use session::SessionActivitiesImpl;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use soma_contract::api::MaintenanceBatch;
 use soma_core::blobs::BlobStore;
-use soma_core::store::{MAINTENANCE_ACTOR, Requester, Store};
+use soma_core::store::{MAINTENANCE_ACTOR, Requester, SessionMemories, Store};
 use soma_workflows::activities::defs;
 
 use crate::failure::Classify;
@@ -26,13 +26,13 @@ pub struct MaintenanceSettings {
 
 pub struct MaintenanceActivitiesImpl {
     store: Store,
-    blobs: BlobStore,
+    purger: SessionPurger,
     settings: MaintenanceSettings,
 }
 
 impl MaintenanceActivitiesImpl {
-    pub fn new(store: Store, blobs: BlobStore, settings: MaintenanceSettings) -> Self {
-        Self { store, blobs, settings }
+    pub fn new(store: Store, purger: SessionPurger, settings: MaintenanceSettings) -> Self {
+        Self { store, purger, settings }
     }
 
     fn batch(&self, items: u64, summary: String) -> MaintenanceBatch {
@@ -40,7 +40,7 @@ impl MaintenanceActivitiesImpl {
     }
 }
 
-/// What [`purge_session_with_files`] removed.
+/// What [`SessionPurger::purge`] removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Purged {
     /// Whether the session's rows were still there.
@@ -48,22 +48,30 @@ pub struct Purged {
     pub s3_objects: usize,
 }
 
-/// Removes a session marked deleted with everything it owns: its files' S3 objects first (so
-/// none is left without a row pointing at it), then its rows (audited). Shared by a user's
-/// deletion and the retention cleanup.
-pub async fn purge_session_with_files(
-    store: &Store,
-    blobs: &BlobStore,
-    tenant_id: &str,
-    session_id: Uuid,
-    by: Requester<'_>,
-) -> Result<Purged, ActivityError> {
-    let keys = store.session_object_keys(tenant_id, session_id).await.classify()?;
-    for key in &keys {
-        blobs.delete(key).await.classify()?;
+/// Removes sessions marked deleted with everything they own, the one way both a user's
+/// deletion and the retention cleanup do it.
+#[derive(Clone)]
+pub struct SessionPurger {
+    store: Store,
+    blobs: BlobStore,
+    memories: SessionMemories,
+}
+
+impl SessionPurger {
+    pub fn new(store: Store, blobs: BlobStore, memories: SessionMemories) -> Self {
+        Self { store, blobs, memories }
     }
-    let session = store.purge_session(tenant_id, session_id, by).await.classify()?;
-    Ok(Purged { session, s3_objects: keys.len() })
+
+    /// Its files' S3 objects first (so none is left without a row pointing at it), then its
+    /// rows and, if configured, its memories (audited).
+    pub async fn purge(&self, tenant_id: &str, session_id: Uuid, by: Requester<'_>) -> Result<Purged, ActivityError> {
+        let keys = self.store.session_object_keys(tenant_id, session_id).await.classify()?;
+        for key in &keys {
+            self.blobs.delete(key).await.classify()?;
+        }
+        let session = self.store.purge_session(tenant_id, session_id, self.memories, by).await.classify()?;
+        Ok(Purged { session, s3_objects: keys.len() })
+    }
 }
 
 #[activities]
@@ -83,9 +91,7 @@ impl MaintenanceActivitiesImpl {
         let by = Requester { actor: MAINTENANCE_ACTOR, request_id: &request_id, trace_id: None };
         let mut objects = 0;
         for session in &claimed {
-            objects += purge_session_with_files(&self.store, &self.blobs, &session.tenant_id, session.session_id, by)
-                .await?
-                .s3_objects;
+            objects += self.purger.purge(&session.tenant_id, session.session_id, by).await?.s3_objects;
         }
         let summary = format!("{} sessions deleted ({objects} S3 objects)", claimed.len());
         Ok(self.batch(claimed.len() as u64, summary))

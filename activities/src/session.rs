@@ -19,8 +19,7 @@ use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{UntypedWorkflow, WorkflowCancelOptions};
 
 use crate::failure::Classify;
-use crate::maintenance::purge_session_with_files;
-use soma_core::blobs::BlobStore;
+use crate::maintenance::SessionPurger;
 use crate::policy::{CONVERSATION_SEND, Decision, Policy, PolicyInput};
 
 /// How long a wait goes without re-reading, if no wake-up comes; also its heartbeat period.
@@ -33,14 +32,14 @@ pub struct SessionActivitiesImpl {
     store: Store,
     wakeups: Arc<SessionWakeups>,
     policy: Arc<Policy>,
-    /// Where a deleted session's files are (removed with it).
-    blobs: BlobStore,
+    /// Removes a deleted session with its files (and memories, if configured).
+    purger: SessionPurger,
 }
 
 impl SessionActivitiesImpl {
     /// `wakeups` must be listening (`SessionWakeups::start`) for waits to end promptly.
-    pub fn new(store: Store, wakeups: Arc<SessionWakeups>, policy: Arc<Policy>, blobs: BlobStore) -> Self {
-        Self { store, wakeups, policy, blobs }
+    pub fn new(store: Store, wakeups: Arc<SessionWakeups>, policy: Arc<Policy>, purger: SessionPurger) -> Self {
+        Self { store, wakeups, policy, purger }
     }
 
     /// Waits, heartbeating, while `still()` holds: re-checked whenever the session has news
@@ -211,8 +210,7 @@ impl SessionActivitiesImpl {
             request_id: &session.request_id,
             trace_id: session.trace_id.as_deref(),
         };
-        let purged = purge_session_with_files(&self.store, &self.blobs, &session.tenant_id, session.session_id, by).await?;
-        Ok(purged.session)
+        Ok(self.purger.purge(&session.tenant_id, session.session_id, by).await?.session)
     }
 }
 

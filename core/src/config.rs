@@ -156,6 +156,10 @@ pub struct Config {
     pub schedules: Vec<ScheduleConfig>,
     /// A session untouched for this long is deleted with everything it owns (cleanup-sessions).
     pub session_retention_secs: u64,
+    /// Deleting a session (by its user or by cleanup-sessions) also deletes its memories.
+    /// Off by default: memories outlive their session. Built-in backend only (SomaBrain's API
+    /// has no delete route).
+    pub forget_memories_with_session: bool,
     /// The `llm.delta` events of a turn that ended this long ago are compacted (compact-deltas).
     pub compact_deltas_after_secs: u64,
     /// Items (sessions, turns, uploads, dead letters) a periodic job handles per batch.
@@ -231,6 +235,7 @@ impl Default for Config {
             upload_chunk_bytes: 1024 * 1024,
             schedules: crate::schedules::default_schedules(),
             session_retention_secs: 30 * 24 * 3600,
+            forget_memories_with_session: false,
             compact_deltas_after_secs: 3600,
             maintenance_batch_size: 100,
             turn_recovery_interval_ms: 5_000,
@@ -304,6 +309,12 @@ impl Config {
                 "memory_backend is somabrain but somabrain_url {:?} is not a URL",
                 self.somabrain_url
             )));
+        }
+        if self.forget_memories_with_session && self.memory_backend == MemoryBackendKind::Somabrain {
+            return Err(ConfigError(
+                "forget_memories_with_session needs memory_backend = postgres: SomaBrain's API cannot delete memories"
+                    .into(),
+            ));
         }
         if self.memory_retry_budget_secs == 0 || self.memory_retry_max_interval_secs == 0 {
             return Err(ConfigError("memory_retry_budget_secs and memory_retry_max_interval_secs must be positive".into()));
@@ -462,5 +473,15 @@ mod tests {
         assert!(bad.validate().is_err());
         let good = Config { api_keys: format!("acme:{}", "a".repeat(64)), ..Config::default() };
         assert!(good.validate().is_ok());
+    }
+
+    #[test]
+    fn forgetting_a_sessions_memories_needs_the_built_in_backend() {
+        let forget = Config { forget_memories_with_session: true, ..Config::default() };
+        assert!(forget.validate().is_ok());
+        let brain =
+            Config { memory_backend: MemoryBackendKind::Somabrain, somabrain_url: "http://brain:30101".into(), ..forget };
+        let err = brain.validate().unwrap_err().to_string();
+        assert!(err.contains("forget_memories_with_session"), "{err}");
     }
 }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use soma_activities::{LlmActivitiesImpl, LlmClient, SessionActivitiesImpl};
+use soma_activities::{LlmActivitiesImpl, LlmClient, SessionActivitiesImpl, SessionPurger};
 use soma_contract::events::LlmDelta;
 use soma_contract::{SessionEvent, TurnOutcome};
 use soma_core::SessionWakeups;
-use soma_core::store::TurnSession;
+use soma_core::store::{SessionMemories, TurnSession};
 use soma_devllm::{DevProviderOptions, Fault};
 use soma_tests::TestApp;
 use soma_workflows::activities::{FinishTurnInput, ReplyRound, TurnBegin};
@@ -18,8 +18,10 @@ use temporalio_sdk::testing::{ActivityEnvironment, ActivityEnvironmentError, Tes
 use uuid::Uuid;
 
 fn session_activities(app: &TestApp) -> ActivityEnvironment {
+    let blobs = soma_core::blobs::BlobStore::from_config(&app.config);
+    let purger = SessionPurger::new(app.store.clone(), blobs, SessionMemories::Keep);
     let activities =
-        SessionActivitiesImpl::new(app.store.clone(), Arc::new(SessionWakeups::default()), soma_tests::project_policy(), soma_core::blobs::BlobStore::from_config(&app.config));
+        SessionActivitiesImpl::new(app.store.clone(), Arc::new(SessionWakeups::default()), soma_tests::project_policy(), purger);
     ActivityEnvironment::builder_with_default().register_activities(activities).build()
 }
 

@@ -176,14 +176,27 @@ async fn session_with_file(app: &TestApp, text: &str) -> (Uuid, Uuid) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_removes_exactly_the_expired_sessions_with_their_files() {
+async fn cleanup_removes_exactly_the_expired_sessions_with_their_files_and_memories() {
     let app = TestApp::spawn_with("cleanup_sessions", DevProviderOptions::default(), |config| {
         config.attachment_inline_max_bytes = 4; // every file goes to S3
+        config.forget_memories_with_session = true;
     })
     .await;
     let _worker = app.start_worker();
     let (old, old_file) = session_with_file(&app, "an old conversation").await;
     let (recent, recent_file) = session_with_file(&app, "a recent conversation").await;
+    let memories = |session: Uuid| {
+        let pool = app.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM memories WHERE session_id = $1")
+                .bind(session)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    eventually("both sessions' messages remembered", || async { memories(old).await >= 2 && memories(recent).await >= 2 })
+        .await;
     sqlx::query("UPDATE sessions SET updated_at = now() - interval '31 days' WHERE id = $1")
         .bind(old)
         .execute(app.store.pool())
@@ -207,18 +220,22 @@ async fn cleanup_removes_exactly_the_expired_sessions_with_their_files() {
         assert_eq!(count(old).await, 0, "{table} still holds the expired session's rows");
         assert!(count(recent).await > 0, "{table} lost the recent session's rows");
     }
+    assert_eq!(memories(old).await, 0, "the expired session's memories are left");
+    assert!(memories(recent).await >= 2, "the recent session's memories are gone");
     assert!(!blobs.exists(&key(old_file)).await.unwrap(), "the expired session's S3 object is left");
     assert!(blobs.exists(&key(recent_file)).await.unwrap(), "the recent session's S3 object is gone");
     let (status, _) = app.get(soma_tests::KEY_A, &format!("/v1/session/{old}/messages")).await;
     assert_eq!(status, 404);
-    let audited: Vec<(String, String)> = sqlx::query_as(
-        "SELECT action, outcome FROM audit_log WHERE session_id = $1 AND action IN ('session.expire', 'session.delete') ORDER BY id",
+    let audited: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT action, outcome, details FROM audit_log WHERE session_id = $1 AND action IN ('session.expire', 'session.delete') ORDER BY id",
     )
     .bind(old)
     .fetch_all(app.store.pool())
     .await
     .unwrap();
-    assert_eq!(audited, [("session.expire".into(), "requested".into()), ("session.delete".into(), "completed".into())]);
+    let actions: Vec<(&str, &str)> = audited.iter().map(|(a, o, _)| (a.as_str(), o.as_str())).collect();
+    assert_eq!(actions, [("session.expire", "requested"), ("session.delete", "completed")]);
+    assert!(audited[1].2["memories_forgotten"].as_u64() >= Some(2), "{audited:?}");
 
     // Nothing left to do: a second run deletes nothing.
     assert_eq!(run_job(&app, MaintenanceJob::CleanupSessions).await.items, 0);

@@ -14,12 +14,13 @@ use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use soma_activities::{
-    LlmActivitiesImpl, LlmClient, MaintenanceActivitiesImpl, MaintenanceSettings, MemoryActivitiesImpl, MemorySettings, Policy, SessionActivitiesImpl, ToolActivitiesImpl,
-    ToolSettings, UploadActivitiesImpl, UploadSettings,
+    LlmActivitiesImpl, LlmClient, MaintenanceActivitiesImpl, MaintenanceSettings, MemoryActivitiesImpl, MemorySettings, Policy, SessionActivitiesImpl, SessionPurger,
+    ToolActivitiesImpl, ToolSettings, UploadActivitiesImpl, UploadSettings,
 };
 use soma_core::blobs::BlobStore;
 use soma_core::clamav::Clamd;
 use soma_core::telemetry::SharedSubscriber;
+use soma_core::store::SessionMemories;
 use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
 use soma_workflows::MaintenanceWorkflow;
 
@@ -54,7 +55,10 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
     let memory = MemoryActivitiesImpl::new(store.clone(), backend, policy.clone(), memory_settings(config));
     tracing::info!(clamd = %config.clamd_address, bucket = %config.s3_bucket, "uploads: scanner and bucket");
     let blobs = BlobStore::from_config(config);
-    let maintenance = MaintenanceActivitiesImpl::new(store.clone(), blobs.clone(), maintenance_settings(config));
+    let memories =
+        if config.forget_memories_with_session { SessionMemories::Forget } else { SessionMemories::Keep };
+    let purger = SessionPurger::new(store.clone(), blobs.clone(), memories);
+    let maintenance = MaintenanceActivitiesImpl::new(store.clone(), purger.clone(), maintenance_settings(config));
     let uploads = UploadActivitiesImpl::new(
         store.clone(),
         Clamd::new(config.clamd_address.clone()),
@@ -69,7 +73,7 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
         .register_activities(memory)
         .register_activities(uploads)
         .register_activities(maintenance)
-        .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy, blobs))
+        .register_activities(SessionActivitiesImpl::new(store.clone(), wakeups, policy, purger))
         .register_activities(tools)
         .register_activities(LlmActivitiesImpl::new(store, llm, coalesce, config.max_tool_rounds))
         // A dead worker's sticky queue is abandoned after this long.

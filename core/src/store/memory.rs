@@ -52,7 +52,9 @@ pub struct DeadLetterFilter {
 
 impl Store {
     /// Keeps a memory in the built-in backend, once per key: returns false when the key was
-    /// already remembered (the write is then a no-op).
+    /// already remembered, or its session has been deleted since (the write is then a no-op).
+    /// The session's row is share-locked while the memory goes in, so a deletion that forgets
+    /// the session's memories waits for it and takes it too.
     pub async fn remember_memory(
         &self,
         tenant_id: &str,
@@ -65,7 +67,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let inserted = sqlx::query!(
             r#"INSERT INTO memories (id, tenant_id, namespace, key, session_id, role, content, payload)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8
+               WHERE $5::uuid IS NULL
+                  OR EXISTS (SELECT 1 FROM sessions WHERE id = $5 AND deleted_at IS NULL FOR KEY SHARE)
                ON CONFLICT (tenant_id, key) DO NOTHING"#,
             Uuid::now_v7(),
             tenant_id,

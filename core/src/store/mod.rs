@@ -26,7 +26,7 @@ pub use events::{EVENTS_CHANNEL, StoredEvent};
 pub use maintenance::{ClaimedSession, Compacted, Gauge, MAINTENANCE_ACTOR};
 pub use memory::{DeadLetterFilter, MemoryWriteRow, TurnMessage};
 pub use messages::ConversationLine;
-pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor};
+pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor, SessionMemories};
 pub use tools::{CatalogTool, DecisionError, ModelToolCall, RoundCall, ToolCallRow};
 pub use uploads::{Appended, AttachmentRow, ChunkWriter, NewUpload, PromptAttachment, ScanRecord, UploadChunk};
 pub use turns::{AcceptedTurn, BegunTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession, TurnStart};

@@ -18,6 +18,14 @@ pub struct SessionCursor {
     pub id: Uuid,
 }
 
+/// What a session's deletion does to its memories in the built-in backend (which keeps them
+/// without a foreign key, so they outlive it unless told otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMemories {
+    Keep,
+    Forget,
+}
+
 /// A turn to import: the user's message and, if it was answered, the reply.
 #[derive(Debug, Clone)]
 pub struct ImportedTurn {
@@ -129,12 +137,14 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a session marked deleted and everything it owns (turns, messages, events).
-    /// Audit rows stay: they are the record that it existed. Returns whether it was there.
+    /// Removes a session marked deleted and everything it owns (turns, messages, events, and
+    /// with [`SessionMemories::Forget`] its memories). Audit rows stay: they are the record
+    /// that it existed. Returns whether it was there.
     pub async fn purge_session(
         &self,
         tenant_id: &str,
         session_id: Uuid,
+        memories: SessionMemories,
         by: Requester<'_>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -146,7 +156,19 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if purged.is_some() {
-            AuditEntry::for_session(tenant_id, session_id, by, "session.delete", "completed", json!({}))
+            let mut details = json!({});
+            if memories == SessionMemories::Forget {
+                let forgotten = sqlx::query!(
+                    "DELETE FROM memories WHERE tenant_id = $1 AND session_id = $2",
+                    tenant_id,
+                    session_id
+                )
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                details = json!({ "memories_forgotten": forgotten });
+            }
+            AuditEntry::for_session(tenant_id, session_id, by, "session.delete", "completed", details)
                 .once(format!("{session_id}:session.delete"))
                 .insert(&mut *tx)
                 .await?;
