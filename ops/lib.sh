@@ -89,8 +89,19 @@ ensure_temporal() {
     log "Temporal: starting the dev server (state in $STATE/temporal)"
     mkdir -p "$STATE/temporal"
     STARTED_TEMPORAL=1
+    # Tuned for latency between steps (docs/architecture.md, Processes): the history service's
+    # queue readers may poll 1000 times a second, not 20 (with one shard each hop between
+    # workflows waited up to 50 ms); one task-queue partition; SQLite in WAL mode with
+    # synchronous=NORMAL (a killed server loses nothing; only a power cut could lose the last
+    # commits).
     start_bg temporal "$TEMPORAL" server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
       --ui-port "$TEMPORAL_UI_PORT" --db-filename "$STATE/temporal/temporal.db" \
+      --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=normal \
+      --dynamic-config-value matching.numTaskqueueReadPartitions=1 \
+      --dynamic-config-value matching.numTaskqueueWritePartitions=1 \
+      --dynamic-config-value history.transferProcessorMaxPollRPS=1000 \
+      --dynamic-config-value history.timerProcessorMaxPollRPS=1000 \
+      --dynamic-config-value history.visibilityProcessorMaxPollRPS=1000 \
       --log-level warn --ui-disable-news-fetch
     wait_port "$TEMPORAL_PORT" "Temporal" 60 "$STATE/logs/temporal.log"
   fi
