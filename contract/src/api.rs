@@ -554,7 +554,9 @@ api_type! {
         pub version: String,
     }
 
-    /// `GET /v1/ready`: 200 when every check passes, 503 with the failing ones otherwise.
+    /// `GET /v1/ready`: 200 when no check is `failing`, 503 with the failing ones otherwise.
+    /// Postgres and Temporal are required; clamd and S3 are not (uploads wait for the scanner,
+    /// only large clean files need S3): when they do not answer their check is `degraded`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Readiness {
         /// `ready` or `not_ready`.
@@ -565,7 +567,8 @@ api_type! {
     /// One readiness check.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Check {
-        /// `ok` or `failing`.
+        /// `ok`, `failing` (the process is not ready) or `degraded` (it serves; the error says
+        /// what waits).
         pub status: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub error: Option<String>,

@@ -159,6 +159,12 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Whether the bucket answers (readiness).
+    pub async fn check(&self) -> Result<(), BlobError> {
+        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(blob_error("head bucket"))?;
+        Ok(())
+    }
+
     /// Whether `key` is there (for tests and checks).
     pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {

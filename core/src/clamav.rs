@@ -58,6 +58,16 @@ impl Clamd {
         Ok(Scan { clamd: self, stream, cut_off: false })
     }
 
+    /// Whether clamd answers `PING` with `PONG` (readiness).
+    pub async fn ping(&self) -> Result<(), ClamdError> {
+        let mut stream = self.connect().await?;
+        self.io(stream.write_all(b"zPING\0")).await?;
+        match self.reply(&mut stream, self.io_timeout).await?.as_str() {
+            "PONG" => Ok(()),
+            other => Err(self.unreachable(format!("answered PING with {other:?}"))),
+        }
+    }
+
     async fn connect(&self) -> Result<TcpStream, ClamdError> {
         let stream = self.io(TcpStream::connect(&self.address)).await?;
         let _ = stream.set_nodelay(true);
