@@ -15,7 +15,8 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use soma_contract::events::{MemoryRecall, MemoryWrite, RecalledMemory};
 use soma_contract::memory::{MemoryPayload, MemoryRetry, memory_key};
 use soma_contract::{
-    DeadLetterStatus, MemoryRole, MemoryWriteRef, MemoryWriteStatus, MessageStatus, RecallStatus, Role, SessionEvent, TurnRef,
+    AttachmentStatus, DeadLetterStatus, MemoryRole, MemoryWriteRef, MemoryWriteStatus, MessageStatus, RecallStatus, Role,
+    SessionEvent, TurnRef,
 };
 use soma_core::memory::{MemoryBackend, MemoryError};
 use soma_contract::api::{MaintenanceBatch, MemoryItem};
@@ -40,6 +41,8 @@ pub struct MemorySettings {
     pub recall_token_budget: u32,
     pub recall_timeout: Duration,
     pub retry: MemoryRetry,
+    /// Remember the text of the clean files a user's message carries.
+    pub remember_attachments: bool,
 }
 
 pub struct MemoryActivitiesImpl {
@@ -254,16 +257,34 @@ impl MemoryActivitiesImpl {
         let messages = self.store.turn_messages(&turn.tenant_id, turn.turn_id).await.classify()?;
         let origin = Origin::from(&turn);
         let mut started = 0;
+        let mut items = Vec::new();
         // The user's message always; the reply only when it was finished.
         for message in messages.into_iter().filter(|m| m.role == Role::User || m.status == MessageStatus::Complete) {
-            let item = Remembered {
+            if message.role == Role::User && self.settings.remember_attachments {
+                // The text of the clean files it carries, under the message's time.
+                let files = self.store.conversation_attachments(&turn.tenant_id, turn.session_id, turn.turn_id).await.classify()?;
+                for file in files.into_iter().filter(|f| f.turn_id == turn.turn_id && f.status == AttachmentStatus::Clean) {
+                    let Some(text) = file.text else { continue };
+                    items.push(Remembered {
+                        id: file.attachment_id,
+                        kind: MemoryPayload::ATTACHMENT,
+                        role: MemoryRole::User,
+                        content: format!("{}: {text}", file.filename),
+                        persona_id: message.persona_id.clone(),
+                        stored_at: message.created_at,
+                    });
+                }
+            }
+            items.push(Remembered {
                 id: message.id,
                 kind: MemoryPayload::CONVERSATION_EVENT,
                 role: message.role.into(),
                 content: message.content,
                 persona_id: message.persona_id,
                 stored_at: message.created_at,
-            };
+            });
+        }
+        for item in items {
             started += u32::from(owe_memory_write(&self.store, &ctx, &self.settings, &origin, item).await?);
         }
         Ok(started)

@@ -41,10 +41,70 @@ pub struct UploadSettings {
 /// Whether a file's text can go to the model as it is: plain text, Markdown, JSON, CSV and
 /// the like.
 pub fn is_text_like(content_type: &str) -> bool {
-    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let mime = mime_of(content_type);
     mime.starts_with("text/")
         || mime.ends_with("+json")
         || matches!(mime.as_str(), "application/json" | "application/x-ndjson" | "application/csv" | "application/xml")
+}
+
+fn mime_of(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+/// The largest PDF whose text is read: the whole file is held while it is scanned.
+pub const PDF_TEXT_MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Where a clean file's text for the model comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextSource {
+    /// A text-like file: its first bytes, as they are.
+    Plain,
+    /// A PDF up to [`PDF_TEXT_MAX_FILE_BYTES`]: the text extracted from the whole file.
+    Pdf,
+}
+
+impl TextSource {
+    pub fn of(content_type: &str, size_bytes: u64) -> Option<Self> {
+        if is_text_like(content_type) {
+            Some(TextSource::Plain)
+        } else if mime_of(content_type) == "application/pdf" && size_bytes <= PDF_TEXT_MAX_FILE_BYTES {
+            Some(TextSource::Pdf)
+        } else {
+            None
+        }
+    }
+}
+
+/// At most `max_bytes` of `text` (cut at a character), and whether it was cut.
+fn within(mut text: String, max_bytes: usize) -> (String, bool) {
+    let truncated = text.len() > max_bytes;
+    if truncated {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    // A character cut in half by the byte limit shows as one replacement character.
+    let kept = text.trim_end_matches('\u{FFFD}').to_string();
+    (kept, truncated)
+}
+
+/// The text of a PDF, or none when it has none to read (scanned pages, encryption, or a file
+/// the extractor does not understand; it may even panic, which ends only its own thread).
+async fn pdf_text(bytes: Vec<u8>) -> Option<String> {
+    match tokio::task::spawn_blocking(move || pdf_extract::extract_text_from_mem(&bytes)).await {
+        Ok(Ok(text)) if !text.trim().is_empty() => Some(text.trim().to_string()),
+        Ok(Ok(_)) => None,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "no text could be read from a PDF");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the PDF text extractor failed");
+            None
+        }
+    }
 }
 
 pub struct UploadActivitiesImpl {
@@ -135,7 +195,7 @@ impl UploadActivitiesImpl {
             return Ok(ScanOutcome::Quarantined { sha256: None, verdict: Verdict::TOO_LARGE.into() });
         }
         let mut scan = self.clamd.scan().await.classify()?;
-        let keep_text = is_text_like(&row.content_type);
+        let text_source = TextSource::of(&row.content_type, size as u64);
         let mut text = Vec::new();
         let mut whole = Sha256::new();
         let mut offset = 0i64;
@@ -152,9 +212,13 @@ impl UploadActivitiesImpl {
                 });
             }
             whole.update(&chunk.data);
-            if keep_text && text.len() <= self.settings.text_max_bytes {
-                let room = self.settings.text_max_bytes + 1 - text.len();
-                text.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+            match text_source {
+                Some(TextSource::Plain) if text.len() <= self.settings.text_max_bytes => {
+                    let room = self.settings.text_max_bytes + 1 - text.len();
+                    text.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+                }
+                Some(TextSource::Pdf) => text.extend_from_slice(&chunk.data),
+                _ => {}
             }
             scan.send(&chunk.data).await.classify()?;
             offset += chunk.data.len() as i64;
@@ -174,12 +238,14 @@ impl UploadActivitiesImpl {
         }
         Ok(match scan.finish().await.classify()? {
             Verdict::Clean => {
-                if keep_text {
-                    let truncated = text.len() > self.settings.text_max_bytes;
-                    text.truncate(self.settings.text_max_bytes);
-                    let text = String::from_utf8_lossy(&text);
-                    // A character cut in half at the end shows as one replacement character.
-                    self.store.set_attachment_text(row.id, text.trim_end_matches('\u{FFFD}'), truncated).await.classify()?;
+                let readable = match text_source {
+                    Some(TextSource::Plain) => Some(String::from_utf8_lossy(&text).into_owned()),
+                    Some(TextSource::Pdf) => pdf_text(text).await,
+                    None => None,
+                };
+                if let Some(readable) = readable {
+                    let (kept, truncated) = within(readable, self.settings.text_max_bytes);
+                    self.store.set_attachment_text(row.id, &kept, truncated).await.classify()?;
                 }
                 ScanOutcome::Clean { sha256 }
             }
@@ -245,5 +311,26 @@ fn recorded_outcome(row: &AttachmentRow) -> ScanOutcome {
         AttachmentStatus::Clean => ScanOutcome::Clean { sha256: row.sha256.clone().unwrap_or_default() },
         AttachmentStatus::Quarantined => ScanOutcome::Quarantined { sha256: row.sha256.clone(), verdict },
         _ => ScanOutcome::Failed { reason: verdict },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_comes_from_text_like_files_and_pdfs_up_to_their_limit() {
+        assert_eq!(TextSource::of("text/markdown; charset=utf-8", 10), Some(TextSource::Plain));
+        assert_eq!(TextSource::of("application/pdf", PDF_TEXT_MAX_FILE_BYTES), Some(TextSource::Pdf));
+        assert_eq!(TextSource::of("application/pdf", PDF_TEXT_MAX_FILE_BYTES + 1), None);
+        assert_eq!(TextSource::of("image/png", 10), None);
+    }
+
+    #[test]
+    fn kept_text_is_cut_at_a_character_and_says_so() {
+        assert_eq!(within("héllo".into(), 100), ("héllo".to_string(), false));
+        // "é" is two bytes: a limit inside it keeps what comes before.
+        assert_eq!(within("héllo".into(), 2), ("h".to_string(), true));
+        assert_eq!(within("ok\u{FFFD}".into(), 100), ("ok".to_string(), false));
     }
 }

@@ -16,7 +16,8 @@ use crate::status::MemoryRole;
 pub struct MemoryPayload {
     /// The remembered message's ID.
     pub id: Uuid,
-    /// `conversation_event` for messages, `tool_result` for tools' results.
+    /// `conversation_event` for messages, `tool_result` for tools' results, `attachment` for
+    /// the text of a message's files.
     #[serde(rename = "type")]
     pub kind: String,
     pub role: MemoryRole,
@@ -36,6 +37,8 @@ impl MemoryPayload {
     pub const CONVERSATION_EVENT: &'static str = "conversation_event";
     /// The payload `type` of remembered tool results.
     pub const TOOL_RESULT: &'static str = "tool_result";
+    /// The payload `type` of remembered attachment text (`{filename}: {text}`).
+    pub const ATTACHMENT: &'static str = "attachment";
 }
 
 /// How long a memory write keeps trying: backoff from 1 s doubling up to

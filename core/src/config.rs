@@ -115,6 +115,8 @@ pub struct Config {
     pub memory_recall_token_budget: u32,
     /// A turn's recall waiting longer than this goes on without memories (and says so).
     pub memory_recall_timeout_ms: u64,
+    /// The text of a clean file a message carries is remembered with the message.
+    pub memory_remember_attachments: bool,
     /// A memory write's retries back off exponentially up to this interval…
     pub memory_retry_max_interval_secs: u64,
     /// …for at most this long in all, then the write becomes a dead letter. The default rides
@@ -216,6 +218,7 @@ impl Default for Config {
             memory_recall_top_k: 5,
             memory_recall_token_budget: 800,
             memory_recall_timeout_ms: 2_000,
+            memory_remember_attachments: true,
             memory_retry_max_interval_secs: 120,
             memory_retry_budget_secs: 2 * 3600,
             admin_api_keys: String::new(),

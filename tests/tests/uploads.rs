@@ -18,7 +18,8 @@ use soma_contract::events::AttachmentStatusChanged;
 use soma_contract::{AttachmentStatus, AttachmentStorage, SessionEvent};
 use soma_devllm::DevProviderOptions;
 use soma_workflows::UploadScanWorkflow;
-use soma_tests::{DEADLINE, Expect, KEY_B, TestApp, Typed, eventually};
+use serde_json::json;
+use soma_tests::{DEADLINE, Expect, KEY_A, KEY_B, TestApp, Typed, eventually};
 
 /// The EICAR test file: every antivirus reports it, and it harms nothing.
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -362,9 +363,14 @@ async fn a_file_waits_pending_while_clamd_is_down_and_is_scanned_when_it_returns
     assert_eq!(app.api.attachment(id).await.unwrap().status, AttachmentStatus::Pending, "nothing decided without clamd");
     let (status, _, _) = download(&app.api, id, None).await;
     assert_eq!(status, 409, "a pending file is not served");
+    let (status, ready) = app.get(KEY_A, "/v1/ready").await;
+    assert_eq!((status, &ready["checks"]["clamd"]["status"]), (200, &json!("degraded")), "{ready}");
+    assert!(ready["checks"]["clamd"]["error"].as_str().unwrap().contains("uploads stay pending"), "{ready}");
 
     drop(stopped);
     let attachment = scanned(&app.api, id).await;
+    let (_, ready) = app.get(KEY_A, "/v1/ready").await;
+    assert_eq!((&ready["checks"]["clamd"]["status"], &ready["checks"]["s3"]["status"]), (&json!("ok"), &json!("ok")));
     assert_eq!(attachment.status, AttachmentStatus::Clean, "scanned once clamd returned, with no one acting");
     assert_eq!(download(&app.api, id, None).await.2, file);
 }
@@ -377,6 +383,8 @@ async fn a_message_waits_for_its_files_scans_gives_the_model_the_clean_text_and_
     let session: Uuid = session_id.parse().unwrap();
     let notes = b"# Launch notes\nThe launch code word is PERIWINKLE.\n".to_vec();
     let clean = app.api.upload_multipart("notes.md", notes, Some(session)).await.unwrap();
+    let pdf = soma_tests::tiny_pdf("The vault word is AZALEA.");
+    let brief = app.api.upload_multipart("brief.pdf", pdf, Some(session)).await.unwrap();
     let infected = upload(&app.api, EICAR, &[("filename", "payload.txt"), ("filetype", "text/plain")]).await.id().unwrap();
 
     let unknown = soma_contract::api::PostMessage {
@@ -396,6 +404,7 @@ async fn a_message_waits_for_its_files_scans_gives_the_model_the_clean_text_and_
     let message = soma_contract::api::PostMessage {
         attachments: vec![
             soma_contract::api::AttachmentRef { id: clean.id },
+            soma_contract::api::AttachmentRef { id: brief.id },
             soma_contract::api::AttachmentRef { id: infected },
         ],
         message: "What is the code word in my notes?".into(),
@@ -418,10 +427,23 @@ async fn a_message_waits_for_its_files_scans_gives_the_model_the_clean_text_and_
         .collect();
     assert_eq!(
         statuses,
-        vec![(clean.id, AttachmentStatus::Clean), (infected, AttachmentStatus::Quarantined)],
+        vec![(clean.id, AttachmentStatus::Clean), (brief.id, AttachmentStatus::Clean), (infected, AttachmentStatus::Quarantined)],
         "the turn says which files it has, after their scans"
     );
     let prompt = app.provider.user_messages().into_iter().rev().find(|m| m.contains("code word in my notes")).unwrap();
     assert!(prompt.contains("PERIWINKLE") && prompt.contains("[Attached file notes.md (text/markdown):]"), "{prompt}");
     assert!(prompt.contains("payload.txt was refused") && !prompt.contains("EICAR-STANDARD"), "{prompt}");
+    assert!(prompt.contains("[Attached file brief.pdf (application/pdf):]") && prompt.contains("AZALEA"), "{prompt}");
+
+    // The clean files' text is remembered with the message (the infected one's never is).
+    eventually("the notes and the PDF remembered as attachments", || async {
+        let (_, found) = app.get(KEY_A, "/v1/memory/recall?q=PERIWINKLE%20AZALEA").await;
+        let contents: Vec<String> =
+            found["memories"].as_array().into_iter().flatten().filter_map(|m| m["content"].as_str().map(String::from)).collect();
+        contents.iter().any(|c| c.starts_with("notes.md: ") && c.contains("PERIWINKLE"))
+            && contents.iter().any(|c| c.starts_with("brief.pdf: ") && c.contains("AZALEA"))
+    })
+    .await;
+    let (_, found) = app.get(KEY_A, "/v1/memory/recall?q=EICAR").await;
+    assert!(!found.to_string().contains("EICAR-STANDARD"), "{found}");
 }

@@ -104,6 +104,7 @@ pub fn memory_settings(config: &Config) -> MemorySettings {
         recall_token_budget: config.memory_recall_token_budget,
         recall_timeout: Duration::from_millis(config.memory_recall_timeout_ms),
         retry: config.memory_retry(),
+        remember_attachments: config.memory_remember_attachments,
     }
 }
 

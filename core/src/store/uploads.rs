@@ -108,6 +108,7 @@ pub struct ScanRecord<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptAttachment {
     pub turn_id: Uuid,
+    pub attachment_id: Uuid,
     pub filename: String,
     pub content_type: String,
     pub size_bytes: i64,
@@ -345,7 +346,7 @@ impl Store {
     ) -> Result<Vec<PromptAttachment>, StoreError> {
         Ok(sqlx::query_as!(
             PromptAttachment,
-            r#"SELECT t.id AS "turn_id!", a.filename, a.content_type, a.received_bytes AS size_bytes,
+            r#"SELECT t.id AS "turn_id!", a.id AS attachment_id, a.filename, a.content_type, a.received_bytes AS size_bytes,
                       a.status AS "status: AttachmentStatus", a.verdict, a.text, a.text_truncated
                FROM turns t
                CROSS JOIN LATERAL unnest(t.attachment_ids) WITH ORDINALITY AS u(attachment_id, ord)
