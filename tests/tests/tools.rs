@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use soma_activities::tools::runners::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
-use soma_contract::{SessionEvent, ToolCallStatus, ToolKind};
+use soma_contract::{ApprovalDecision, SessionEvent, ToolCallStatus, ToolKind};
 use soma_core::store::CatalogTool;
 use soma_devllm::DevProviderOptions;
 use soma_client::SseEvent;
@@ -272,6 +272,41 @@ async fn a_tool_that_needs_approval_waits_for_a_person_of_its_tenant() {
     assert_eq!(results(&events)[0].status, ToolCallStatus::TimedOut);
     assert_eq!(app.api.decide_tool(call, true, None).await.unwrap_err().status(), Some(409));
     assert_eq!(app.api.decide_tool(Uuid::now_v7(), true, None).await.unwrap_err().status(), Some(404));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_recorded_but_never_signalled_is_delivered_by_the_sweep() {
+    let app = TestApp::spawn_with("undelivered-decision", fast_provider(), |config| {
+        config.tool_hmac_secret = soma_core::Secret::new(SECRET);
+        config.turn_recovery_interval_ms = 500;
+        config.turn_recovery_quiet_ms = 1_000;
+    })
+    .await;
+    let (server, base) = ToolServer::start().await;
+    let mut guarded = http_tool("guarded", &format!("{base}/echo/x"));
+    guarded.requires_approval = true;
+    guarded.approval_timeout_ms = 60_000;
+    app.store.put_tool(&guarded).await.unwrap();
+    let _worker = app.start_worker();
+
+    // What an api that died after recording the approval, before signalling it, leaves.
+    let (session_id, turn_id, _) = app.send(None, r#"[[tool:guarded {"a":1}]]"#).await;
+    let call = approval_asked(&app, &session_id).await;
+    let started = Instant::now();
+    app.store
+        .decide_tool_call("tenant-a", call, ApprovalDecision::Approved, "key:test", Some("then the api died"))
+        .await
+        .unwrap();
+
+    // The sweep delivers it: the call runs once, long before its approval would time out.
+    let events = app.events(&session_id, None).await.until("turn.complete", DEADLINE).await;
+    assert_eq!(results(&events)[0].status, ToolCallStatus::Succeeded);
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(server.requests(&call.to_string()), 1);
+    let audit = app.audit(&turn_id).await;
+    let recovered: Vec<_> = audit.iter().filter(|(action, _, _)| action == "tool.approval.recover").collect();
+    assert_eq!(recovered.len(), 1, "{audit:?}");
+    assert_eq!((recovered[0].1.as_str(), recovered[0].2.as_str()), ("approved", "recovery"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

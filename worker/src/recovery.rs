@@ -14,20 +14,25 @@
 //! The same sweep finds memory writes that are still owed but have not moved for longer than
 //! their retries ever wait (their workflow never started, or was terminated; a dead letter's
 //! replay whose start failed) and starts their workflow again under the same key, and files
-//! whose bytes are all in but whose scan has no workflow (the api died between the two).
+//! whose bytes are all in but whose scan has no workflow (the api died between the two),
+//! and approvals or denials that were recorded but never signalled to the tool call's
+//! workflow (the api died between the two; the call would otherwise wait out its approval
+//! timeout and count as denied). A decision signalled twice is heeded once.
 
 use std::time::Duration;
 
 use serde_json::json;
 use temporalio_client::errors::WorkflowInteractionError;
-use temporalio_client::{Client, UntypedWorkflow, WorkflowExecutionStatus};
+use temporalio_client::{Client, UntypedWorkflow, WorkflowExecutionStatus, WorkflowSignalOptions};
 
 use soma_activities::session::{record_turn_end, store_reply};
 use soma_contract::TurnOutcome;
 use soma_contract::memory::MemoryRetry;
 use soma_core::Store;
 use soma_core::store::{AuditEntry, StalledTurn};
-use soma_workflows::{ChatTurnWorkflow, MemoryWriteInput, MemoryWriteWorkflow, UploadScanWorkflow};
+use soma_workflows::{
+    ChatTurnWorkflow, MemoryWriteInput, MemoryWriteWorkflow, ToolDecision, ToolExecutionWorkflow, UploadScanWorkflow,
+};
 use soma_workflows::activities::FinishTurnInput;
 
 /// The audit log's name for what the sweep does.
@@ -48,6 +53,15 @@ pub struct SweepReport {
     pub memory_writes_started: usize,
     /// Pending files whose scan had no workflow, now started.
     pub scans_started: usize,
+    /// Recorded decisions on tool calls that their workflow had not heard, now signalled.
+    pub decisions_delivered: usize,
+}
+
+impl SweepReport {
+    /// Whether the sweep changed anything.
+    pub fn acted(&self) -> bool {
+        self.started + self.failed + self.memory_writes_started + self.scans_started + self.decisions_delivered > 0
+    }
 }
 
 pub struct TurnRecovery {
@@ -72,7 +86,7 @@ impl TurnRecovery {
         loop {
             tick.tick().await;
             match self.sweep().await {
-                Ok(report) if report.started + report.failed + report.memory_writes_started + report.scans_started > 0 => {
+                Ok(report) if report.acted() => {
                     tracing::info!(?report, "turn recovery sweep");
                 }
                 Ok(_) => {}
@@ -103,7 +117,50 @@ impl TurnRecovery {
         }
         report.memory_writes_started = self.sweep_memory_writes().await?;
         report.scans_started = self.sweep_scans().await?;
+        report.decisions_delivered = self.sweep_decisions().await?;
         Ok(report)
+    }
+
+    /// Signals each recorded decision that its call's workflow has not acted on. Returns how
+    /// many reached a running workflow. A call whose workflow is gone (terminated by an
+    /// operator) is left as it is: nothing waits for the decision any more.
+    async fn sweep_decisions(&self) -> anyhow::Result<usize> {
+        let mut delivered = 0;
+        for call in self.store.undelivered_decisions(self.quiet_for, BATCH).await? {
+            let signal = ToolDecision {
+                decision: call.decision,
+                decided_by: call.decided_by.clone(),
+                reason: call.decision_reason.clone(),
+            };
+            let sent = self
+                .temporal
+                .get_workflow_handle::<ToolExecutionWorkflow>(call.workflow_id.clone())
+                .signal(ToolExecutionWorkflow::decide, signal, WorkflowSignalOptions::default())
+                .await;
+            match sent {
+                Ok(()) => {}
+                Err(WorkflowInteractionError::NotFound(_)) => continue,
+                Err(err) => return Err(err.into()),
+            }
+            let details = json!({ "tool_call_id": call.tool_call_id, "tool": call.tool_name, "decided_by": call.decided_by });
+            let entry = AuditEntry {
+                tenant_id: &call.tenant_id,
+                request_id: None,
+                trace_id: None,
+                session_id: Some(call.session_id),
+                turn_id: call.turn_id,
+                actor: ACTOR,
+                action: "tool.approval.recover",
+                outcome: call.decision.as_str(),
+                details,
+                dedupe_key: Some(format!("{}:tool.approval.recover", call.tool_call_id)),
+            };
+            self.store.audit(&entry).await?;
+            tracing::warn!(workflow_id = %call.workflow_id, decision = call.decision.as_str(),
+                           "delivered a recorded decision that the tool call's workflow had not heard");
+            delivered += 1;
+        }
+        Ok(delivered)
     }
 
     /// Starts the scan of each pending file that has none running. Returns how many. A scan

@@ -27,7 +27,7 @@ pub use maintenance::{ClaimedSession, Compacted, Gauge, MAINTENANCE_ACTOR};
 pub use memory::{DeadLetterFilter, MemoryWriteRow, TurnMessage};
 pub use messages::ConversationLine;
 pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor, SessionMemories};
-pub use tools::{CatalogTool, DecisionError, ModelToolCall, RoundCall, ToolCallRow};
+pub use tools::{CatalogTool, DecisionError, ModelToolCall, RoundCall, ToolCallRow, UndeliveredDecision};
 pub use uploads::{Appended, AttachmentRow, ChunkWriter, NewUpload, PromptAttachment, ScanRecord, UploadChunk};
 pub use turns::{AcceptedTurn, BegunTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession, TurnStart};
 

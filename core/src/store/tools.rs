@@ -95,6 +95,20 @@ pub struct ToolCallRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// A recorded decision that its call's workflow may not have heard.
+#[derive(Debug, Clone)]
+pub struct UndeliveredDecision {
+    pub tenant_id: String,
+    pub tool_call_id: Uuid,
+    pub session_id: Uuid,
+    pub turn_id: Option<Uuid>,
+    pub tool_name: String,
+    pub workflow_id: String,
+    pub decision: ApprovalDecision,
+    pub decided_by: String,
+    pub decision_reason: Option<String>,
+}
+
 /// Why a decision on a tool call was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum DecisionError {
@@ -450,7 +464,7 @@ impl Store {
     /// Takes back a decision that could not be delivered, so it can be sent again.
     pub async fn undo_decision(&self, tenant_id: &str, tool_call_id: Uuid) -> Result<(), StoreError> {
         sqlx::query!(
-            r#"UPDATE tool_calls SET approval = NULL, decided_by = NULL, decision_reason = NULL
+            r#"UPDATE tool_calls SET approval = NULL, decided_by = NULL, decision_reason = NULL, decided_at = NULL
                WHERE id = $1 AND tenant_id = $2 AND status = 'awaiting_approval'"#,
             tool_call_id,
             tenant_id,
@@ -458,6 +472,28 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Decisions recorded more than `quiet_for` ago on calls that still wait for one: their
+    /// signal was never delivered (the api died between recording and signalling), oldest first.
+    pub async fn undelivered_decisions(
+        &self,
+        quiet_for: Duration,
+        limit: i64,
+    ) -> Result<Vec<UndeliveredDecision>, StoreError> {
+        Ok(sqlx::query_as!(
+            UndeliveredDecision,
+            r#"SELECT tenant_id, id AS tool_call_id, session_id, turn_id, tool_name, workflow_id,
+                      approval AS "decision!: ApprovalDecision", decided_by AS "decided_by!", decision_reason
+               FROM tool_calls
+               WHERE status = 'awaiting_approval' AND approval IS NOT NULL
+                 AND decided_at < now() - make_interval(secs => $1)
+               ORDER BY decided_at LIMIT $2"#,
+            quiet_for.as_secs_f64(),
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The calls of the turn's rounds before `before_round`, in order, for the next model call.
