@@ -442,7 +442,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<ToolCallRow, DecisionError> {
         let decided = sqlx::query_scalar!(
-            r#"UPDATE tool_calls SET approval = $3, decided_by = $4, decision_reason = $5
+            r#"UPDATE tool_calls SET approval = $3, decided_by = $4, decision_reason = $5, decided_at = now()
                WHERE id = $1 AND tenant_id = $2 AND status = 'awaiting_approval' AND approval IS NULL
                RETURNING id"#,
             tool_call_id,
