@@ -4,7 +4,9 @@
 //! process writes, at most once per window: it takes every append waiting and commits them in
 //! one statement (one round trip, one NOTIFY naming the sessions). An append that finds the
 //! writer idle for a window goes out at once, alone, so a single stream's latency is
-//! unchanged; under load, the appends of a window go together.
+//! unchanged; under load, the appends of a window go together. Only deltas wait for the
+//! window: any other event (a tool call, a step's end, a turn's end) is what a workflow's next
+//! step waits on, so it goes at once and takes the deltas waiting with it.
 //!
 //! Each caller's append returns once its rows are committed, so an activity only goes on (and
 //! Temporal only hears it finished) once its events are durable. Per-session order holds: each
@@ -26,6 +28,12 @@ const MAX_ROWS: usize = 2000;
 struct Append {
     rows: Vec<EventRow>,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Append {
+    fn may_wait(&self) -> bool {
+        self.rows.iter().all(EventRow::may_wait)
+    }
 }
 
 /// The process's event writer; cheap to clone.
@@ -54,16 +62,29 @@ impl EventWriter {
 async fn write(pool: PgPool, window: Duration, mut appends: mpsc::UnboundedReceiver<Append>) {
     let mut last_commit = Instant::now() - window;
     while let Some(first) = appends.recv().await {
-        // Busy: let the rest of the window's appends come, and go with them.
-        tokio::time::sleep_until(last_commit + window).await;
-        last_commit = Instant::now();
+        let mut rows = first.rows.len();
+        let mut wait = first.may_wait();
         let mut batch = vec![first];
-        let mut rows = batch[0].rows.len();
+        // Busy with deltas: let the rest of the window's appends come, and go with them; an
+        // append that may not wait ends the window at once.
+        let window_ends = last_commit + window;
+        while wait && rows < MAX_ROWS {
+            tokio::select! {
+                _ = tokio::time::sleep_until(window_ends) => break,
+                next = appends.recv() => {
+                    let Some(next) = next else { break };
+                    rows += next.rows.len();
+                    wait = next.may_wait();
+                    batch.push(next);
+                }
+            }
+        }
         while rows < MAX_ROWS {
             let Ok(next) = appends.try_recv() else { break };
             rows += next.rows.len();
             batch.push(next);
         }
+        last_commit = Instant::now();
         commit(&pool, batch).await;
     }
 }

@@ -62,6 +62,9 @@ pub(super) struct EventRow {
     kind: &'static str,
     payload: Value,
     dedupe_key: String,
+    /// A streamed token (`llm.delta`): the bulk of all appends, which nothing waits on but the
+    /// clients, so it may wait for others to be committed with.
+    is_delta: bool,
 }
 
 impl EventRow {
@@ -75,7 +78,13 @@ impl EventRow {
             kind: event.kind(),
             payload: event.payload(),
             dedupe_key: event.dedupe_key(scope),
+            is_delta: matches!(event, SessionEvent::LlmDelta(_)),
         }
+    }
+
+    /// Whether this row may wait for company in a group commit (see [`super::event_writer`]).
+    pub(super) fn may_wait(&self) -> bool {
+        self.is_delta
     }
 }
 
