@@ -11,6 +11,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use soma_contract::{AttachmentStatus, AttachmentStorage, UploadRef};
@@ -144,6 +145,53 @@ impl Failure for UploadGone {
     }
 }
 
+/// A large file's S3 object, written beside its scan: fed the bytes as the scanner reads them,
+/// so a clean file is not read from Postgres a second time. The object is completed only when
+/// the scan says clean ([`ObjectBesideScan::keep`]); otherwise, or if the scan stops halfway,
+/// the multipart upload is aborted and no object appears (an infected file's bytes never
+/// reach the bucket as an object).
+struct ObjectBesideScan {
+    /// The scanner's bytes; `None` is the end of a clean file.
+    pieces: mpsc::Sender<Option<Bytes>>,
+    writing: tokio::task::JoinHandle<Result<u64, BlobError>>,
+}
+
+impl ObjectBesideScan {
+    fn start(blobs: BlobStore, key: String, content_type: String) -> Self {
+        // A few parts' worth in flight: the scan waits for a slow bucket rather than hold the file.
+        let (pieces, received) = mpsc::channel::<Option<Bytes>>(32);
+        let bytes = futures::stream::unfold(Some(received), |state| async move {
+            let mut received = state?;
+            match received.recv().await {
+                Some(Some(bytes)) => Some((Ok(bytes), Some(received))),
+                Some(None) => None,
+                None => Some((Err("the scan stopped before its verdict"), None)),
+            }
+        });
+        let writing = tokio::spawn(async move { blobs.put(&key, &content_type, Box::pin(bytes.fuse())).await });
+        Self { pieces, writing }
+    }
+
+    /// Passes on the scanner's next bytes. A write that has failed takes no more; `keep` says why.
+    async fn send(&self, bytes: Bytes) {
+        let _ = self.pieces.send(Some(bytes)).await;
+    }
+
+    /// Completes the object; returns how many bytes it holds.
+    async fn keep(self) -> Result<u64, BlobError> {
+        let _ = self.pieces.send(None).await;
+        self.writing
+            .await
+            .unwrap_or_else(|err| Err(BlobError { operation: "put object", message: err.to_string() }))
+    }
+
+    /// Aborts the object, and waits until it is.
+    async fn discard(self) {
+        drop(self.pieces);
+        let _ = self.writing.await;
+    }
+}
+
 impl UploadActivitiesImpl {
     pub fn new(store: Store, clamd: Clamd, blobs: BlobStore, settings: UploadSettings) -> Self {
         Self { store, clamd, blobs, settings }
@@ -200,6 +248,9 @@ impl UploadActivitiesImpl {
         let mut whole = Sha256::new();
         let mut offset = 0i64;
         let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+        let key = object_key(&row.tenant_id, row.id);
+        let mut object = (size as u64 > self.settings.inline_max_bytes)
+            .then(|| ObjectBesideScan::start(self.blobs.clone(), key.clone(), row.content_type.clone()));
         let mut chunks = self.store.upload_chunks(upload.attachment_id);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.classify()?;
@@ -222,6 +273,9 @@ impl UploadActivitiesImpl {
             }
             scan.send(&chunk.data).await.classify()?;
             offset += chunk.data.len() as i64;
+            if let Some(object) = &object {
+                object.send(Bytes::from(chunk.data)).await;
+            }
             if Instant::now() >= heartbeat_at {
                 heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
                 ctx.record_heartbeat(offset).await?;
@@ -236,7 +290,22 @@ impl UploadActivitiesImpl {
         {
             return Ok(ScanOutcome::Failed { reason: format!("SHA-256 is {sha256}, not the {expected} declared") });
         }
-        Ok(match scan.finish().await.classify()? {
+        let verdict = scan.finish().await.classify()?;
+        match (object.take(), &verdict) {
+            (Some(object), Verdict::Clean) => {
+                let written = object.keep().await.classify()?;
+                if written != size as u64 {
+                    return Err(step_failure(BlobError {
+                        operation: "put object",
+                        message: format!("wrote {written} bytes of {size}"),
+                    }));
+                }
+                self.store.store_attachment_object(row.id, &key).await.classify()?;
+            }
+            (Some(object), _) => object.discard().await,
+            (None, _) => {}
+        }
+        Ok(match verdict {
             Verdict::Clean => {
                 let readable = match text_source {
                     Some(TextSource::Plain) => Some(String::from_utf8_lossy(&text).into_owned()),

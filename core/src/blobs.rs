@@ -165,6 +165,20 @@ impl BlobStore {
         Ok(())
     }
 
+    /// How many multipart uploads of `key` were begun and neither completed nor aborted (for
+    /// tests and checks: each keeps its parts, which cost storage).
+    pub async fn unfinished_uploads(&self, key: &str) -> Result<usize, BlobError> {
+        let listed = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(blob_error("list multipart uploads"))?;
+        Ok(listed.uploads().len())
+    }
+
     /// Whether `key` is there (for tests and checks).
     pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {

@@ -320,6 +320,25 @@ async fn a_large_file_lands_in_s3_and_downloads_intact() {
     assert_eq!(hex::encode(hasher.finalize()), sha256_hex(&file), "the same bytes came back");
     let (status, _, body) = download(&app.api, id, Some("bytes=10000000-10000099")).await;
     assert_eq!((status, body.as_slice()), (206, &file[10_000_000..10_000_100]), "a range straight from S3");
+
+    // The object is written beside the scan; for an infected file it is aborted: no object,
+    // and no parts left behind.
+    let mut infected = random_bytes(20 * 1024 * 1024);
+    infected.extend_from_slice(EICAR);
+    let path = std::env::temp_dir().join(format!("soma-s3-{}.bin", Uuid::now_v7()));
+    std::fs::write(&path, &infected).unwrap();
+    let upload = app.api.upload_file(&path, None, None, |_| {}).await.expect("uploaded");
+    std::fs::remove_file(&path).ok();
+    let bad = upload.id().unwrap();
+    let attachment = scanned(&app.api, bad).await;
+    assert_eq!(attachment.status, AttachmentStatus::Quarantined, "{attachment:?}");
+    assert!(attachment.verdict.unwrap_or_default().starts_with("Soma.Test.EICAR"));
+    let blobs = soma_core::blobs::BlobStore::from_config(&app.config);
+    for (id, kept) in [(id, true), (bad, false)] {
+        let key = format!("attachments/tenant-a/{id}");
+        assert_eq!(blobs.exists(&key).await.unwrap(), kept, "{key}");
+        assert_eq!(blobs.unfinished_uploads(&key).await.unwrap(), 0, "{key}");
+    }
 }
 
 /// Stops the real clamd (the command `ops/test` exports) and starts it again when dropped,
