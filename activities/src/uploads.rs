@@ -204,6 +204,17 @@ impl UploadActivitiesImpl {
         }
     }
 
+    /// Records that the file is kept in S3 under `key`, once the object holds all of it.
+    async fn record_object(&self, row: &AttachmentRow, key: &str, written: u64) -> Result<(), ActivityError> {
+        if written != row.received_bytes as u64 {
+            return Err(step_failure(BlobError {
+                operation: "put object",
+                message: format!("wrote {written} bytes of {}", row.received_bytes),
+            }));
+        }
+        self.store.store_attachment_object(row.id, key).await.classify()
+    }
+
     /// The chunks as bytes for S3, heartbeating the progress; a chunk that went missing ends
     /// the stream with an error.
     fn chunk_bytes<'a>(&'a self, ctx: &'a ActivityContext, id: uuid::Uuid) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Unpin + 'a {
@@ -294,13 +305,7 @@ impl UploadActivitiesImpl {
         match (object.take(), &verdict) {
             (Some(object), Verdict::Clean) => {
                 let written = object.keep().await.classify()?;
-                if written != size as u64 {
-                    return Err(step_failure(BlobError {
-                        operation: "put object",
-                        message: format!("wrote {written} bytes of {size}"),
-                    }));
-                }
-                self.store.store_attachment_object(row.id, &key).await.classify()?;
+                self.record_object(&row, &key, written).await?;
             }
             (Some(object), _) => object.discard().await,
             (None, _) => {}
@@ -339,13 +344,7 @@ impl UploadActivitiesImpl {
         }
         let key = object_key(&row.tenant_id, row.id);
         let written = self.blobs.put(&key, &row.content_type, self.chunk_bytes(&ctx, row.id)).await.classify()?;
-        if written != row.received_bytes as u64 {
-            return Err(step_failure(BlobError {
-                operation: "put object",
-                message: format!("wrote {written} bytes of {}", row.received_bytes),
-            }));
-        }
-        self.store.store_attachment_object(row.id, &key).await.classify()?;
+        self.record_object(&row, &key, written).await?;
         Ok(AttachmentStorage::S3)
     }
 

@@ -233,14 +233,21 @@ async fn approval_asked(app: &TestApp, session_id: &str) -> Uuid {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tool_that_needs_approval_waits_for_a_person_of_its_tenant() {
-    let app = spawn("approval").await;
+/// Puts the tool `guarded` (the tool server's echo, approval required, denied after
+/// `approval_timeout_ms` without a decision) and starts the server it calls.
+async fn guarded_tool(app: &TestApp, approval_timeout_ms: i32) -> ToolServer {
     let (server, base) = ToolServer::start().await;
     let mut guarded = http_tool("guarded", &format!("{base}/echo/x"));
     guarded.requires_approval = true;
-    guarded.approval_timeout_ms = 2000;
+    guarded.approval_timeout_ms = approval_timeout_ms;
     app.store.put_tool(&guarded).await.unwrap();
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_that_needs_approval_waits_for_a_person_of_its_tenant() {
+    let app = spawn("approval").await;
+    let server = guarded_tool(&app, 2000).await;
     let _worker = app.start_worker();
 
     // Approved: it runs. Another tenant cannot decide; a second decision is a conflict.
@@ -282,11 +289,7 @@ async fn a_decision_recorded_but_never_signalled_is_delivered_by_the_sweep() {
         config.turn_recovery_quiet_ms = 1_000;
     })
     .await;
-    let (server, base) = ToolServer::start().await;
-    let mut guarded = http_tool("guarded", &format!("{base}/echo/x"));
-    guarded.requires_approval = true;
-    guarded.approval_timeout_ms = 60_000;
-    app.store.put_tool(&guarded).await.unwrap();
+    let server = guarded_tool(&app, 60_000).await;
     let _worker = app.start_worker();
 
     // What an api that died after recording the approval, before signalling it, leaves.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use temporalio_client::errors::WorkflowInteractionError;
-use temporalio_client::{Client, UntypedWorkflow, WorkflowExecutionStatus, WorkflowSignalOptions};
+use temporalio_client::{Client, UntypedWorkflow, WorkflowExecutionStatus};
 
 use soma_activities::session::{record_turn_end, store_reply};
 use soma_contract::TurnOutcome;
@@ -132,12 +132,7 @@ impl TurnRecovery {
                 decided_by: call.decided_by.clone(),
                 reason: call.decision_reason.clone(),
             };
-            let sent = self
-                .temporal
-                .get_workflow_handle::<ToolExecutionWorkflow>(call.workflow_id.clone())
-                .signal(ToolExecutionWorkflow::decide, signal, WorkflowSignalOptions::default())
-                .await;
-            match sent {
+            match ToolExecutionWorkflow::send_decision(&self.temporal, call.workflow_id.clone(), signal).await {
                 Ok(()) => {}
                 Err(WorkflowInteractionError::NotFound(_)) => continue,
                 Err(err) => return Err(err.into()),

@@ -14,7 +14,10 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use temporalio_client::{WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions};
+use temporalio_client::errors::WorkflowInteractionError;
+use temporalio_client::{
+    Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowSignalOptions, WorkflowStartOptions,
+};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityExecutionError, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
@@ -147,5 +150,18 @@ impl ToolExecutionWorkflow {
             .search_attributes(visibility::search_attributes(WorkKind::Tool, &call.tenant_id, Some(call.session_id)))
             .memo(visibility::memo(&call.request_id, tool))
             .build()
+    }
+
+    /// Sends a person's decision to the call's workflow as its `decide` signal: from the api,
+    /// and from the worker's recovery sweep for a decision recorded but never sent.
+    pub async fn send_decision(
+        client: &Client,
+        workflow_id: String,
+        decision: ToolDecision,
+    ) -> Result<(), WorkflowInteractionError> {
+        client
+            .get_workflow_handle::<ToolExecutionWorkflow>(workflow_id)
+            .signal(ToolExecutionWorkflow::decide, decision, WorkflowSignalOptions::default())
+            .await
     }
 }

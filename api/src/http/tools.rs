@@ -5,7 +5,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use temporalio_client::WorkflowSignalOptions;
 use uuid::Uuid;
 
 use soma_contract::api::{
@@ -222,12 +221,7 @@ async fn decide(
         Err(DecisionError::Store(err)) => return Err(err.into()),
     };
     let signal = ToolDecision { decision, decided_by: principal.subject.clone(), reason: reason.map(str::to_string) };
-    let sent = ctx
-        .temporal
-        .get_workflow_handle::<ToolExecutionWorkflow>(row.workflow_id.clone())
-        .signal(ToolExecutionWorkflow::decide, signal, WorkflowSignalOptions::default())
-        .await;
-    if let Err(err) = sent {
+    if let Err(err) = ToolExecutionWorkflow::send_decision(&ctx.temporal, row.workflow_id.clone(), signal).await {
         if let Err(undo) = ctx.store.undo_decision(tenant, id).await {
             tracing::error!(error = %undo, tool_call_id = %id, "could not take back an undelivered decision");
         }
