@@ -25,6 +25,9 @@ use crate::session::WORKER_ACTOR;
 
 /// How often a step reading the whole file says how far it got.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// How often a scan following an upload still arriving looks for its next bytes.
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
+
 /// The audit log's action for a file's scan.
 const SCAN_ACTION: &str = "upload.scan";
 
@@ -37,6 +40,9 @@ pub struct UploadSettings {
     pub stream_max_bytes: u64,
     /// How much of a text-like file's text is kept for the model.
     pub text_max_bytes: usize,
+    /// How long a scan follows an upload that sends nothing before it lets go of clamd's
+    /// connection and its worker slot (`upload_follow_patience_ms`).
+    pub follow_patience: Duration,
 }
 
 /// Whether a file's text can go to the model as it is: plain text, Markdown, JSON, CSV and
@@ -220,7 +226,7 @@ impl UploadActivitiesImpl {
     fn chunk_bytes<'a>(&'a self, ctx: &'a ActivityContext, id: uuid::Uuid) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Unpin + 'a {
         let mut sent = 0u64;
         let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
-        Box::pin(self.store.upload_chunks(id).then(move |chunk| {
+        Box::pin(self.store.upload_chunks(id, 0).then(move |chunk| {
             let chunk = chunk.map(|chunk| {
                 sent += chunk.data.len() as u64;
                 Bytes::from(chunk.data)
@@ -244,64 +250,119 @@ impl UploadActivitiesImpl {
 impl UploadActivitiesImpl {
     #[activity(definition = defs::ScanUpload)]
     pub async fn scan_upload(self: Arc<Self>, ctx: ActivityContext, upload: UploadRef) -> Result<ScanOutcome, ActivityError> {
-        let row = self.row(&upload).await?;
+        let mut row = self.row(&upload).await?;
         if row.status.is_final() {
             // Recorded by an earlier run of this scan: say the same again.
             return Ok(recorded_outcome(&row));
         }
-        let size = row.size_bytes.unwrap_or(row.received_bytes);
-        if size as u64 > self.settings.stream_max_bytes {
+        if row.is_expired(chrono::Utc::now()) {
+            return Ok(ScanOutcome::Failed { reason: "the upload expired before its last byte".into() });
+        }
+        let stream_max = self.settings.stream_max_bytes as i64;
+        let known_size = row.size_bytes;
+        if row.status == AttachmentStatus::Uploading && known_size.is_some_and(|size| size > stream_max) {
+            // Too large to scan: nothing to follow; the verdict waits for the last byte.
+            return Ok(unfinished(&row));
+        }
+        if row.status != AttachmentStatus::Uploading && row.size_bytes.unwrap_or(row.received_bytes) > stream_max {
             return Ok(ScanOutcome::Quarantined { sha256: None, verdict: Verdict::TOO_LARGE.into() });
         }
         let mut scan = self.clamd.scan().await.classify()?;
-        let text_source = TextSource::of(&row.content_type, size as u64);
+        // A deferred length is known only at the end: the PDF limit is checked then too.
+        let text_source = TextSource::of(&row.content_type, known_size.unwrap_or(0) as u64);
         let mut text = Vec::new();
         let mut whole = Sha256::new();
         let mut offset = 0i64;
         let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+        let mut last_bytes_at = Instant::now();
         let key = object_key(&row.tenant_id, row.id);
-        let mut object = (size as u64 > self.settings.inline_max_bytes)
+        // A file whose length is not known yet goes to S3 after its verdict (store_attachment).
+        let mut object = known_size
+            .is_some_and(|size| size as u64 > self.settings.inline_max_bytes)
             .then(|| ObjectBesideScan::start(self.blobs.clone(), key.clone(), row.content_type.clone()));
-        let mut chunks = self.store.upload_chunks(upload.attachment_id);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.classify()?;
-            if chunk.start_offset != offset {
-                return Ok(ScanOutcome::Failed { reason: format!("the bytes at offset {offset} are missing") });
-            }
-            if Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
-                return Ok(ScanOutcome::Failed {
-                    reason: format!("the chunk at offset {offset} is not the one received (SHA-256 differs)"),
-                });
-            }
-            whole.update(&chunk.data);
-            match text_source {
-                Some(TextSource::Plain) if text.len() <= self.settings.text_max_bytes => {
-                    let room = self.settings.text_max_bytes + 1 - text.len();
-                    text.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+        // Read what is stored; while the upload is still arriving, come back for the rest.
+        loop {
+            let mut chunks = self.store.upload_chunks(upload.attachment_id, offset);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.classify()?;
+                let broken = if chunk.start_offset != offset {
+                    Some(format!("the bytes at offset {offset} are missing"))
+                } else if Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
+                    Some(format!("the chunk at offset {offset} is not the one received (SHA-256 differs)"))
+                } else {
+                    None
+                };
+                if let Some(reason) = broken {
+                    drop(chunks);
+                    discard(object).await;
+                    return Ok(ScanOutcome::Failed { reason });
                 }
-                Some(TextSource::Pdf) => text.extend_from_slice(&chunk.data),
-                _ => {}
+                if offset + chunk.data.len() as i64 > stream_max {
+                    // A deferred length grew beyond what clamd scans: decide once every byte is in.
+                    drop(chunks);
+                    discard(object).await;
+                    return Ok(unfinished(&self.row(&upload).await?));
+                }
+                whole.update(&chunk.data);
+                match text_source {
+                    Some(TextSource::Plain) if text.len() <= self.settings.text_max_bytes => {
+                        let room = self.settings.text_max_bytes + 1 - text.len();
+                        text.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+                    }
+                    Some(TextSource::Pdf) if (text.len() + chunk.data.len()) as u64 <= PDF_TEXT_MAX_FILE_BYTES => {
+                        text.extend_from_slice(&chunk.data)
+                    }
+                    _ => {}
+                }
+                scan.send(&chunk.data).await.classify()?;
+                offset += chunk.data.len() as i64;
+                last_bytes_at = Instant::now();
+                if let Some(object) = &object {
+                    object.send(Bytes::from(chunk.data)).await;
+                }
+                if Instant::now() >= heartbeat_at {
+                    heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+                    ctx.record_heartbeat(offset).await?;
+                }
             }
-            scan.send(&chunk.data).await.classify()?;
-            offset += chunk.data.len() as i64;
-            if let Some(object) = &object {
-                object.send(Bytes::from(chunk.data)).await;
+            if row.status != AttachmentStatus::Uploading && offset >= row.received_bytes {
+                break; // every byte is in, and read
             }
-            if Instant::now() >= heartbeat_at {
-                heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
-                ctx.record_heartbeat(offset).await?;
+            row = self.row(&upload).await?;
+            if row.status == AttachmentStatus::Uploading && offset >= row.received_bytes {
+                // Nothing new yet: wait for the client, but not for ever.
+                if row.is_expired(chrono::Utc::now()) {
+                    discard(object).await;
+                    return Ok(ScanOutcome::Failed { reason: "the upload expired before its last byte".into() });
+                }
+                if last_bytes_at.elapsed() >= self.settings.follow_patience {
+                    discard(object).await;
+                    return Ok(unfinished(&row));
+                }
+                if Instant::now() >= heartbeat_at {
+                    heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+                    ctx.record_heartbeat(offset).await?;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
             }
         }
-        if offset != size {
-            return Ok(ScanOutcome::Failed { reason: format!("{offset} bytes stored of {size}") });
-        }
+        let size = row.size_bytes.unwrap_or(row.received_bytes);
+        let read_at = Instant::now();
         let sha256 = hex::encode(whole.finalize());
-        if let Some(expected) = &row.expected_sha256
-            && !expected.eq_ignore_ascii_case(&sha256)
-        {
-            return Ok(ScanOutcome::Failed { reason: format!("SHA-256 is {sha256}, not the {expected} declared") });
+        let broken = if offset != size {
+            Some(format!("{offset} bytes stored of {size}"))
+        } else {
+            row.expected_sha256
+                .as_ref()
+                .filter(|expected| !expected.eq_ignore_ascii_case(&sha256))
+                .map(|expected| format!("SHA-256 is {sha256}, not the {expected} declared"))
+        };
+        if let Some(reason) = broken {
+            discard(object).await;
+            return Ok(ScanOutcome::Failed { reason });
         }
         let verdict = scan.finish().await.classify()?;
+        let verdict_at = Instant::now();
         match (object.take(), &verdict) {
             (Some(object), Verdict::Clean) => {
                 let written = object.keep().await.classify()?;
@@ -310,11 +371,15 @@ impl UploadActivitiesImpl {
             (Some(object), _) => object.discard().await,
             (None, _) => {}
         }
+        // After the last byte was read: clamd's verdict, then the S3 object's completion.
+        tracing::info!(attachment_id = %row.id, bytes = size, verdict_ms = (verdict_at - read_at).as_millis() as u64,
+                       object_ms = verdict_at.elapsed().as_millis() as u64, "file scanned");
         Ok(match verdict {
             Verdict::Clean => {
                 let readable = match text_source {
                     Some(TextSource::Plain) => Some(String::from_utf8_lossy(&text).into_owned()),
-                    Some(TextSource::Pdf) => pdf_text(text).await,
+                    Some(TextSource::Pdf) if size as u64 <= PDF_TEXT_MAX_FILE_BYTES => pdf_text(text).await,
+                    Some(TextSource::Pdf) => None,
                     None => None,
                 };
                 if let Some(readable) = readable {
@@ -355,12 +420,16 @@ impl UploadActivitiesImpl {
             ScanOutcome::Clean { sha256 } => (Some(sha256.as_str()), None),
             ScanOutcome::Quarantined { sha256, verdict } => (sha256.as_deref(), Some(verdict.as_str())),
             ScanOutcome::Failed { reason } => (None, Some(reason.as_str())),
+            ScanOutcome::Unfinished { .. } => return Ok(()), // no verdict: nothing to record
         };
         let status = outcome.status();
         self.store.record_scan(upload.attachment_id, &ScanRecord { status, sha256, verdict }).await.classify()?;
         let Some(row) = self.store.attachment(&upload.tenant_id, upload.attachment_id).await.classify()? else {
             return Ok(());
         };
+        if !row.status.is_final() {
+            return Ok(()); // an upload that expired before its last byte: its expiry removes it
+        }
         if let Some(scope) = upload.scope() {
             self.store.append_events(&scope, &[row.status_event()]).await.classify()?;
         }
@@ -369,6 +438,20 @@ impl UploadActivitiesImpl {
         let entry = AuditEntry::for_upload(&upload, WORKER_ACTOR, SCAN_ACTION, row.status.as_str(), details);
         self.store.audit(&entry.once(format!("{}:{SCAN_ACTION}", row.id))).await.classify()?;
         Ok(())
+    }
+}
+
+/// A scan that lets go of an upload still arriving: it starts again when every byte is in
+/// (the `received` signal), or once the upload has expired.
+fn unfinished(row: &AttachmentRow) -> ScanOutcome {
+    let until_expiry = (row.expires_at - chrono::Utc::now()).num_milliseconds().max(0) as u64;
+    ScanOutcome::Unfinished { wait_ms: until_expiry + 1_000 }
+}
+
+/// Aborts the S3 object written beside a scan that stopped before its verdict.
+async fn discard(object: Option<ObjectBesideScan>) {
+    if let Some(object) = object {
+        object.discard().await;
     }
 }
 

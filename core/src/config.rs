@@ -153,6 +153,10 @@ pub struct Config {
     pub upload_expiry_secs: u64,
     /// Received bytes are stored in chunks of at most this size, each durable once stored.
     pub upload_chunk_bytes: usize,
+    /// A tus upload's scan reads its chunks as they are stored; when no byte comes for this
+    /// long it lets go (of clamd's connection and a worker slot) and scans the file from its
+    /// first byte once the rest is in. Keep it below clamd's `ReadTimeout` (120 s by default).
+    pub upload_follow_patience_ms: u64,
     /// The periodic jobs, as Temporal Schedules; each worker creates or updates them when it
     /// starts (`[[schedules]]` tables in the config file replace the whole list).
     pub schedules: Vec<ScheduleConfig>,
@@ -236,6 +240,7 @@ impl Default for Config {
             upload_max_in_progress: 20,
             upload_expiry_secs: 24 * 3600,
             upload_chunk_bytes: 1024 * 1024,
+            upload_follow_patience_ms: 30_000,
             schedules: crate::schedules::default_schedules(),
             session_retention_secs: 30 * 24 * 3600,
             forget_memories_with_session: false,

@@ -466,3 +466,89 @@ async fn a_message_waits_for_its_files_scans_gives_the_model_the_clean_text_and_
     let (_, found) = app.get(KEY_A, "/v1/memory/recall?q=EICAR").await;
     assert!(!found.to_string().contains("EICAR-STANDARD"), "{found}");
 }
+
+/// How far the scan steps (`scan_upload`) of a file's workflow got: (started, completed).
+async fn scan_steps(app: &TestApp, id: Uuid) -> (usize, usize) {
+    use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
+    let handle = app.temporal.get_workflow_handle::<UploadScanWorkflow>(UploadScanWorkflow::workflow_id(id));
+    let Ok(events) = handle.fetch_history(Default::default()).collect::<Vec<_>>().await.into_iter().collect::<Result<Vec<_>, _>>()
+    else {
+        return (0, 0); // not started yet
+    };
+    let mut scans = std::collections::HashSet::new();
+    let (mut started, mut completed) = (0, 0);
+    for event in &events {
+        match &event.attributes {
+            Some(Attributes::ActivityTaskScheduledEventAttributes(a))
+                if a.activity_type.as_ref().is_some_and(|t| t.name.ends_with("scan_upload")) =>
+            {
+                scans.insert(event.event_id);
+            }
+            Some(Attributes::ActivityTaskStartedEventAttributes(a)) if scans.contains(&a.scheduled_event_id) => started += 1,
+            Some(Attributes::ActivityTaskCompletedEventAttributes(a)) if scans.contains(&a.scheduled_event_id) => {
+                completed += 1
+            }
+            _ => {}
+        }
+    }
+    (started, completed)
+}
+
+/// Whether the file's scan step is running now (a running activity is in the workflow's
+/// description; its history shows it only once it ends).
+async fn scan_running(app: &TestApp, id: Uuid) -> bool {
+    use temporalio_common::protos::temporal::api::enums::v1::PendingActivityState;
+    let handle = app.temporal.get_workflow_handle::<UploadScanWorkflow>(UploadScanWorkflow::workflow_id(id));
+    let Ok(description) = handle.describe(Default::default()).await else { return false };
+    description.raw().pending_activities.iter().any(|activity| {
+        activity.state() == PendingActivityState::Started
+            && activity.activity_type.as_ref().is_some_and(|t| t.name.ends_with("scan_upload"))
+    })
+}
+
+/// A tus upload's scan starts with the upload and reads each chunk as it is stored: its one
+/// scan step runs before the last byte is sent, and the file is read once. An upload that
+/// pauses longer than the scan's patience is let go (nothing recorded, its bytes kept) and
+/// scanned from its first byte once the rest arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scan_follows_its_upload_and_starts_over_after_a_pause() {
+    let app = app("follow", |config| {
+        config.attachment_inline_max_bytes = 64 * 1024;
+        config.upload_follow_patience_ms = 2_000;
+    })
+    .await;
+    let _worker = app.start_worker();
+    let file = random_bytes(3 * 1024 * 1024 + 77);
+    let first = 1024 * 1024;
+
+    // Followed: the scan step is running while the upload is still arriving, and is the only one.
+    let upload = app.api.tus_create(file.len() as u64, &[("filename", "followed.bin")]).await.unwrap();
+    let id = upload.id().unwrap();
+    app.api.tus_append(&upload, 0, file[..first].to_vec()).await.unwrap();
+    eventually("the scan step runs before the last byte", || async { scan_running(&app, id).await }).await;
+    assert_eq!(app.store.attachment("tenant-a", id).await.unwrap().unwrap().status, AttachmentStatus::Uploading);
+    app.api.tus_append(&upload, first as u64, file[first..].to_vec()).await.unwrap();
+    let attachment = scanned(&app.api, id).await;
+    assert_eq!(attachment.status, AttachmentStatus::Clean, "{attachment:?}");
+    assert_eq!(attachment.sha256.as_deref(), Some(sha256_hex(&file).as_str()));
+    assert_eq!(scan_steps(&app, id).await, (1, 1), "one scan step read the file as it came");
+    let response = app.api.download(id, None).await.unwrap();
+    assert_eq!(response.bytes().await.unwrap().as_ref(), file.as_slice(), "the same bytes came back");
+
+    // Paused: the step lets go, the bytes stay, and the rest brings a scan from the first byte.
+    let upload = app.api.tus_create(file.len() as u64, &[("filename", "paused.bin")]).await.unwrap();
+    let paused = upload.id().unwrap();
+    app.api.tus_append(&upload, 0, file[..first].to_vec()).await.unwrap();
+    eventually("the scan step lets go of the paused upload", || async { scan_steps(&app, paused).await.1 == 1 }).await;
+    let row = app.store.attachment("tenant-a", paused).await.unwrap().unwrap();
+    assert_eq!((row.status, row.received_bytes), (AttachmentStatus::Uploading, first as i64), "nothing recorded");
+    let offset = app.api.tus_append(&upload, first as u64, file[first..].to_vec()).await.unwrap();
+    assert_eq!(offset, file.len() as u64, "the bytes before the pause were kept");
+    let attachment = scanned(&app.api, paused).await;
+    assert_eq!(attachment.status, AttachmentStatus::Clean, "{attachment:?}");
+    assert_eq!(attachment.sha256.as_deref(), Some(sha256_hex(&file).as_str()));
+    assert_eq!(scan_steps(&app, paused).await, (2, 2), "the let-go step, then the whole file");
+    let blobs = soma_core::blobs::BlobStore::from_config(&app.config);
+    let key = format!("attachments/tenant-a/{paused}");
+    assert_eq!(blobs.unfinished_uploads(&key).await.unwrap(), 0, "the let-go step's S3 parts were aborted");
+}

@@ -67,6 +67,7 @@ pub async fn worker_options(config: &Config, store: Store) -> anyhow::Result<Wor
             inline_max_bytes: config.attachment_inline_max_bytes,
             stream_max_bytes: config.clamd_stream_max_bytes,
             text_max_bytes: config.attachment_text_max_bytes,
+            follow_patience: Duration::from_millis(config.upload_follow_patience_ms),
         },
     );
     let mut options = WorkerOptions::new(config.task_queue.clone())

@@ -158,31 +158,32 @@ impl TurnRecovery {
         Ok(delivered)
     }
 
-    /// Starts the scan of each pending file that has none running. Returns how many. A scan
-    /// heartbeats and moves its file at every step, so a quiet pending file has lost it.
+    /// Tells the scan of each pending file that has gone quiet that every byte is in,
+    /// starting it if none is running (the api may have died between storing the last byte
+    /// and saying so). Returns how many were started. A scan heartbeats and moves its file at
+    /// every step, so a quiet pending file has lost its scan, or its scan waits for clamd or S3.
     async fn sweep_scans(&self) -> anyhow::Result<usize> {
         let mut started = 0;
         for upload in self.store.stalled_pending_uploads(self.quiet_for, BATCH).await? {
             let workflow_id = UploadScanWorkflow::workflow_id(upload.attachment_id);
             let handle = self.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id.clone());
-            match handle.describe(Default::default()).await {
-                Ok(description) if !is_closed(description.status()) => {
-                    // Waiting for clamd or S3: running, only quiet.
-                    self.store.touch_upload(upload.attachment_id).await?;
-                    continue;
-                }
-                Ok(_) | Err(WorkflowInteractionError::NotFound(_)) => {}
+            let running = match handle.describe(Default::default()).await {
+                Ok(description) => !is_closed(description.status()),
+                Err(WorkflowInteractionError::NotFound(_)) => false,
                 Err(err) => return Err(err.into()),
-            }
-            let outcome = "started: the pending file's scan had no running workflow";
-            let details = json!({ "attachment_id": upload.attachment_id, "workflow_id": workflow_id });
-            let entry = AuditEntry::for_upload(&upload, ACTOR, "upload.scan.recover", outcome, details);
-            self.store.audit(&entry).await?;
+            };
             self.store.touch_upload(upload.attachment_id).await?;
-            let options = UploadScanWorkflow::start_options(&self.task_queue, &upload, "recovered scan");
-            soma_core::temporal::start_once(&self.temporal, UploadScanWorkflow::run, upload, options).await?;
-            tracing::warn!(%workflow_id, "started the scan of a pending file that had none");
-            started += 1;
+            if !running {
+                let outcome = "started: the pending file's scan had no running workflow";
+                let details = json!({ "attachment_id": upload.attachment_id, "workflow_id": workflow_id });
+                let entry = AuditEntry::for_upload(&upload, ACTOR, "upload.scan.recover", outcome, details);
+                self.store.audit(&entry).await?;
+            }
+            UploadScanWorkflow::send_received(&self.temporal, &self.task_queue, &upload, "recovered scan").await?;
+            if !running {
+                tracing::warn!(%workflow_id, "started the scan of a pending file that had none");
+                started += 1;
+            }
         }
         Ok(started)
     }

@@ -194,6 +194,8 @@ pub struct UploadActivities;
 impl UploadActivities {
     /// Reads the file's bytes once, checking each chunk against the SHA-256 it arrived with
     /// and the whole against the one declared, while streaming them to clamd (INSTREAM).
+    /// Started while the file is still arriving, it follows the upload, scanning each chunk
+    /// as it is stored, and returns [`ScanOutcome::Unfinished`] if the upload pauses.
     /// Heartbeats the bytes scanned. Retried while clamd is away; the file stays `pending`.
     #[activity]
     pub async fn scan_upload(upload: UploadRef) -> Result<ScanOutcome, ActivityError> {
@@ -368,6 +370,10 @@ pub enum ScanOutcome {
     Quarantined { sha256: Option<String>, verdict: String },
     /// The bytes are not what was sent, or the scan could not be done: never served.
     Failed { reason: String },
+    /// The upload paused before its last byte (or is too large to follow): nothing is
+    /// recorded; the scan starts again when every byte is in, or after `wait_ms` (when the
+    /// upload expires).
+    Unfinished { wait_ms: u64 },
 }
 
 impl ScanOutcome {
@@ -376,6 +382,7 @@ impl ScanOutcome {
             ScanOutcome::Clean { .. } => AttachmentStatus::Clean,
             ScanOutcome::Quarantined { .. } => AttachmentStatus::Quarantined,
             ScanOutcome::Failed { .. } => AttachmentStatus::Failed,
+            ScanOutcome::Unfinished { .. } => AttachmentStatus::Uploading,
         }
     }
 }

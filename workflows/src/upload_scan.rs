@@ -4,11 +4,21 @@
 //! attachment (inline or S3) / infected or too large: quarantine → record the verdict
 //! (`attachment.status`, audit row). While clamd or S3 is away the step retries and the file
 //! stays `pending`; nothing is ever served before the verdict says `clean`.
+//!
+//! A tus upload's scan starts when the upload is created and follows it: each chunk is
+//! scanned (and, for a large file, written to S3) as it is stored, so the verdict comes soon
+//! after the last byte rather than a whole read later. If the upload pauses, the scan step
+//! lets go ([`ScanOutcome::Unfinished`]) and the workflow waits, holding nothing, for the
+//! `received` signal (sent when the last byte is stored) or the upload's expiry, then scans
+//! again from the first byte.
 #![allow(unreachable_pub)]
 
-use temporalio_client::{WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions};
+use std::time::Duration;
+
+use temporalio_client::errors::WorkflowStartError;
+use temporalio_client::{Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions};
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_sdk::{WorkflowContext, WorkflowContextView, WorkflowResult};
+use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult};
 use uuid::Uuid;
 
 use soma_contract::{AttachmentStatus, UploadRef, WorkKind};
@@ -19,22 +29,32 @@ use crate::{steps, visibility};
 #[workflow]
 pub struct UploadScanWorkflow {
     upload: UploadRef,
+    /// Every byte of the file is stored (the `received` signal).
+    received: bool,
 }
 
 #[workflow_methods]
 impl UploadScanWorkflow {
     #[init]
     pub fn new(_ctx: &WorkflowContextView, upload: UploadRef) -> Self {
-        Self { upload }
+        Self { upload, received: false }
     }
 
     /// Returns the file's final status: clean, quarantined or failed.
     #[run(name = "UploadScanWorkflow")]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<AttachmentStatus> {
         let upload = ctx.state(|s| s.upload.clone());
-        let mut outcome = match ctx.execute_activity(UploadActivities::scan_upload, upload.clone(), steps::whole_file()).await {
-            Ok(outcome) => outcome,
-            Err(err) => ScanOutcome::Failed { reason: steps::failure_reason(&err) },
+        let mut outcome = loop {
+            match ctx.execute_activity(UploadActivities::scan_upload, upload.clone(), steps::whole_file()).await {
+                Ok(ScanOutcome::Unfinished { wait_ms }) => {
+                    temporalio_sdk::workflows::select! {
+                        _ = ctx.wait_condition(|s: &UploadScanWorkflow| s.received) => {}
+                        _ = ctx.timer(Duration::from_millis(wait_ms)) => {}
+                    }
+                }
+                Ok(outcome) => break outcome,
+                Err(err) => break ScanOutcome::Failed { reason: steps::failure_reason(&err) },
+            }
         };
         if let ScanOutcome::Clean { .. } = outcome
             && let Err(err) =
@@ -47,6 +67,12 @@ impl UploadScanWorkflow {
             .await?;
         Ok(status)
     }
+
+    /// Every byte of the file is stored: a scan waiting for the rest starts again now.
+    #[signal]
+    pub fn received(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
+        self.received = true;
+    }
 }
 
 impl UploadScanWorkflow {
@@ -55,7 +81,8 @@ impl UploadScanWorkflow {
         format!("upload/{attachment_id}")
     }
 
-    /// How a scan is started: once per file; a running scan is joined. A scan that ended
+    /// How a scan is started (when its upload is created, or with the `received` signal when
+    /// its last byte is stored): once per file; a running scan is joined. A scan that ended
     /// without recording a verdict (terminated by an operator) may be started again.
     /// `filename` is the memo's summary.
     pub fn start_options(task_queue: &str, upload: &UploadRef, filename: &str) -> WorkflowStartOptions {
@@ -65,5 +92,21 @@ impl UploadScanWorkflow {
             .search_attributes(visibility::search_attributes(WorkKind::Upload, &upload.tenant_id, upload.session_id))
             .memo(visibility::memo(&upload.request_id, filename))
             .build()
+    }
+
+    /// Tells the file's scan that every byte is stored, starting the scan if none is running:
+    /// from the api when the last byte is stored, and from the worker's recovery sweep for a
+    /// pending file whose scan went quiet. Sent twice, it is heeded once.
+    pub async fn send_received(
+        client: &Client,
+        task_queue: &str,
+        upload: &UploadRef,
+        filename: &str,
+    ) -> Result<(), WorkflowStartError> {
+        let options = Self::start_options(task_queue, upload, filename);
+        client
+            .signal_with_start_workflow(UploadScanWorkflow::run, upload.clone(), UploadScanWorkflow::received, (), options)
+            .await
+            .map(|_| ())
     }
 }

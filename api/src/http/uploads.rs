@@ -4,8 +4,10 @@
 //!
 //! Received bytes go to the store in chunks as they arrive (durable once acknowledged,
 //! readable by any api process), so an upload resumes after a restart, on any process, and
-//! memory use does not grow with the file. The request that completes a file starts its
-//! `UploadScanWorkflow`; nothing is served before the scan says `clean`.
+//! memory use does not grow with the file. A tus upload's `UploadScanWorkflow` starts when the
+//! upload is created and scans the chunks as they are stored; the request that completes the
+//! file signals it (`received`), starting it if need be. Nothing is served before the scan
+//! says `clean`.
 
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -196,7 +198,10 @@ pub async fn create(
         Received { received_bytes: 0, status: row.status }
     };
     if received.status == AttachmentStatus::Pending {
-        start_scan(&ctx, &row).await?;
+        scan_received(&ctx, &row).await?;
+    } else if let Err(err) = follow_upload(&ctx, &row).await {
+        // The scan then starts with the last byte, reading the file whole.
+        tracing::warn!(attachment_id = %row.id, error = %err, "could not start the scan that follows the upload");
     }
     let mut response = StatusCode::CREATED.into_response();
     let headers = response.headers_mut();
@@ -306,7 +311,7 @@ pub async fn append(
         Received { received_bytes: row.received_bytes, status: row.status }
     };
     if received.status == AttachmentStatus::Pending {
-        start_scan(&ctx, &row).await?;
+        scan_received(&ctx, &row).await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(UPLOAD_OFFSET, received.received_bytes.into());
@@ -383,7 +388,7 @@ async fn multipart(
         let sha256 = hex::encode(whole.finalize());
         ctx.store.set_upload_length(&row.tenant_id, row.id, received, Some(&sha256)).await?;
         let row = ctx.store.attachment(&row.tenant_id, row.id).await?.ok_or(ApiError::NotFound("upload"))?;
-        start_scan(&ctx, &row).await?;
+        scan_received(&ctx, &row).await?;
         return Ok((StatusCode::ACCEPTED, Json(attachment_view(&row))).into_response());
     }
     Err(ApiError::bad_request("invalid_multipart", "the form has no `file` field"))
@@ -590,16 +595,23 @@ where
     }
 }
 
-/// Starts the file's scan; starting it again (a retried request) is fine.
-async fn start_scan(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiError> {
-    let upload = row.upload_ref();
-    let options = UploadScanWorkflow::start_options(&ctx.config.task_queue, &upload, &row.filename);
-    soma_core::temporal::start_once(&ctx.temporal, UploadScanWorkflow::run, upload, options)
+/// Starts the file's scan as its upload is created: it scans the bytes as they are stored.
+/// Starting it again (a retried request) is fine.
+async fn follow_upload(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiError> {
+    let options = UploadScanWorkflow::start_options(&ctx.config.task_queue, &row.upload_ref(), &row.filename);
+    soma_core::temporal::start_once(&ctx.temporal, UploadScanWorkflow::run, row.upload_ref(), options)
         .await
         .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
 }
 
-/// The tenant's upload named by the route: 404 for anything else, 410 once expired.
+/// Tells the file's scan that every byte is in (starting it if it is not running); sending it
+/// again (a retried request) is fine.
+async fn scan_received(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiError> {
+    UploadScanWorkflow::send_received(&ctx.temporal, &ctx.config.task_queue, &row.upload_ref(), &row.filename)
+        .await
+        .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
+}
+
 async fn upload_row(ctx: &ApiContext, principal: &Principal, id: &str) -> Result<AttachmentRow, ApiError> {
     let row = owned(ctx, principal, id, "upload").await?;
     if row.is_expired(Utc::now()) {

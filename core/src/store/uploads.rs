@@ -228,13 +228,16 @@ impl Store {
         Ok(deleted == 1)
     }
 
-    /// The chunks of a file not yet scanned, in order, as the database sends them (the file is
-    /// never held whole).
-    pub fn upload_chunks(&self, id: Uuid) -> BoxStream<'_, Result<UploadChunk, StoreError>> {
+    /// The chunks of a file not yet scanned from byte `from` on, in order, as the database
+    /// sends them (the file is never held whole). A chunk once stored never changes, so a
+    /// reader following an upload may read what is there now and come back for the rest.
+    pub fn upload_chunks(&self, id: Uuid, from: i64) -> BoxStream<'_, Result<UploadChunk, StoreError>> {
         sqlx::query_as!(
             UploadChunk,
-            "SELECT start_offset, data, sha256 FROM upload_chunks WHERE attachment_id = $1 ORDER BY start_offset",
+            "SELECT start_offset, data, sha256 FROM upload_chunks
+             WHERE attachment_id = $1 AND start_offset >= $2 ORDER BY start_offset",
             id,
+            from,
         )
         .fetch(&self.pool)
         .map_err(StoreError::from)
@@ -269,7 +272,9 @@ impl Store {
     }
 
     /// Records how the scan ended and drops the chunks, which nothing will read again. A
-    /// retried call changes nothing more. Returns whether the file was still pending.
+    /// retried call changes nothing more. Returns whether the file was still pending. The
+    /// chunks of a file still arriving are kept (a scan that gave up on an upload its client
+    /// may yet resume).
     pub async fn record_scan(&self, id: Uuid, record: &ScanRecord<'_>) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query!(
@@ -285,7 +290,13 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query!("DELETE FROM upload_chunks WHERE attachment_id = $1", id).execute(&mut *tx).await?;
+        sqlx::query!(
+            "DELETE FROM upload_chunks WHERE attachment_id = $1
+             AND NOT EXISTS (SELECT 1 FROM attachments WHERE id = $1 AND status = 'uploading')",
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(updated == 1)
     }
