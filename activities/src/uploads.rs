@@ -25,6 +25,26 @@ use crate::session::WORKER_ACTOR;
 
 /// How often a step reading the whole file says how far it got.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// When a step reading the whole file is next due to say how far it got.
+struct Heartbeats {
+    next: Instant,
+}
+
+impl Heartbeats {
+    fn new() -> Self {
+        Self { next: Instant::now() + HEARTBEAT_EVERY }
+    }
+
+    /// Whether a heartbeat is due now (the next one is then due [`HEARTBEAT_EVERY`] later).
+    fn due(&mut self) -> bool {
+        let due = Instant::now() >= self.next;
+        if due {
+            self.next = Instant::now() + HEARTBEAT_EVERY;
+        }
+        due
+    }
+}
+
 /// How often a scan following an upload still arriving looks for its next bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
@@ -225,16 +245,13 @@ impl UploadActivitiesImpl {
     /// the stream with an error.
     fn chunk_bytes<'a>(&'a self, ctx: &'a ActivityContext, id: uuid::Uuid) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Unpin + 'a {
         let mut sent = 0u64;
-        let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+        let mut heartbeats = Heartbeats::new();
         Box::pin(self.store.upload_chunks(id, 0).then(move |chunk| {
             let chunk = chunk.map(|chunk| {
                 sent += chunk.data.len() as u64;
                 Bytes::from(chunk.data)
             });
-            let beat = Instant::now() >= heartbeat_at;
-            if beat {
-                heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
-            }
+            let beat = heartbeats.due();
             let progress = sent;
             async move {
                 if beat {
@@ -256,7 +273,7 @@ impl UploadActivitiesImpl {
             return Ok(recorded_outcome(&row));
         }
         if row.is_expired(chrono::Utc::now()) {
-            return Ok(ScanOutcome::Failed { reason: "the upload expired before its last byte".into() });
+            return Ok(expired());
         }
         let stream_max = self.settings.stream_max_bytes as i64;
         let known_size = row.size_bytes;
@@ -264,7 +281,7 @@ impl UploadActivitiesImpl {
             // Too large to scan: nothing to follow; the verdict waits for the last byte.
             return Ok(unfinished(&row));
         }
-        if row.status != AttachmentStatus::Uploading && row.size_bytes.unwrap_or(row.received_bytes) > stream_max {
+        if row.status != AttachmentStatus::Uploading && known_size.unwrap_or(row.received_bytes) > stream_max {
             return Ok(ScanOutcome::Quarantined { sha256: None, verdict: Verdict::TOO_LARGE.into() });
         }
         let mut scan = self.clamd.scan().await.classify()?;
@@ -273,7 +290,7 @@ impl UploadActivitiesImpl {
         let mut text = Vec::new();
         let mut whole = Sha256::new();
         let mut offset = 0i64;
-        let mut heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+        let mut heartbeats = Heartbeats::new();
         let mut last_bytes_at = Instant::now();
         let key = object_key(&row.tenant_id, row.id);
         // A file whose length is not known yet goes to S3 after its verdict (store_attachment).
@@ -282,47 +299,49 @@ impl UploadActivitiesImpl {
             .then(|| ObjectBesideScan::start(self.blobs.clone(), key.clone(), row.content_type.clone()));
         // Read what is stored; while the upload is still arriving, come back for the rest.
         loop {
-            let mut chunks = self.store.upload_chunks(upload.attachment_id, offset);
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.classify()?;
-                let broken = if chunk.start_offset != offset {
-                    Some(format!("the bytes at offset {offset} are missing"))
-                } else if Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
-                    Some(format!("the chunk at offset {offset} is not the one received (SHA-256 differs)"))
-                } else {
-                    None
-                };
-                if let Some(reason) = broken {
-                    drop(chunks);
-                    discard(object).await;
-                    return Ok(ScanOutcome::Failed { reason });
-                }
-                if offset + chunk.data.len() as i64 > stream_max {
-                    // A deferred length grew beyond what clamd scans: decide once every byte is in.
-                    drop(chunks);
-                    discard(object).await;
-                    return Ok(unfinished(&self.row(&upload).await?));
-                }
-                whole.update(&chunk.data);
-                match text_source {
-                    Some(TextSource::Plain) if text.len() <= self.settings.text_max_bytes => {
-                        let room = self.settings.text_max_bytes + 1 - text.len();
-                        text.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+            // Only what the row says is stored: a quiet upload costs one query per look.
+            if offset < row.received_bytes {
+                let mut chunks = self.store.upload_chunks(upload.attachment_id, offset);
+                while let Some(chunk) = chunks.next().await {
+                    let chunk = chunk.classify()?;
+                    let broken = if chunk.start_offset != offset {
+                        Some(format!("the bytes at offset {offset} are missing"))
+                    } else if Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
+                        Some(format!("the chunk at offset {offset} is not the one received (SHA-256 differs)"))
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = broken {
+                        drop(chunks);
+                        discard(object).await;
+                        return Ok(ScanOutcome::Failed { reason });
                     }
-                    Some(TextSource::Pdf) if (text.len() + chunk.data.len()) as u64 <= PDF_TEXT_MAX_FILE_BYTES => {
-                        text.extend_from_slice(&chunk.data)
+                    if offset + chunk.data.len() as i64 > stream_max {
+                        // A deferred length grew beyond what clamd scans: decide once every byte is in.
+                        drop(chunks);
+                        discard(object).await;
+                        return Ok(unfinished(&row));
                     }
-                    _ => {}
-                }
-                scan.send(&chunk.data).await.classify()?;
-                offset += chunk.data.len() as i64;
-                last_bytes_at = Instant::now();
-                if let Some(object) = &object {
-                    object.send(Bytes::from(chunk.data)).await;
-                }
-                if Instant::now() >= heartbeat_at {
-                    heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
-                    ctx.record_heartbeat(offset).await?;
+                    whole.update(&chunk.data);
+                    match text_source {
+                        Some(TextSource::Plain) if text.len() <= self.settings.text_max_bytes => {
+                            let room = self.settings.text_max_bytes + 1 - text.len();
+                            text.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+                        }
+                        Some(TextSource::Pdf) if (text.len() + chunk.data.len()) as u64 <= PDF_TEXT_MAX_FILE_BYTES => {
+                            text.extend_from_slice(&chunk.data)
+                        }
+                        _ => {}
+                    }
+                    scan.send(&chunk.data).await.classify()?;
+                    offset += chunk.data.len() as i64;
+                    last_bytes_at = Instant::now();
+                    if let Some(object) = &object {
+                        object.send(Bytes::from(chunk.data)).await;
+                    }
+                    if heartbeats.due() {
+                        ctx.record_heartbeat(offset).await?;
+                    }
                 }
             }
             if row.status != AttachmentStatus::Uploading && offset >= row.received_bytes {
@@ -333,14 +352,13 @@ impl UploadActivitiesImpl {
                 // Nothing new yet: wait for the client, but not for ever.
                 if row.is_expired(chrono::Utc::now()) {
                     discard(object).await;
-                    return Ok(ScanOutcome::Failed { reason: "the upload expired before its last byte".into() });
+                    return Ok(expired());
                 }
                 if last_bytes_at.elapsed() >= self.settings.follow_patience {
                     discard(object).await;
                     return Ok(unfinished(&row));
                 }
-                if Instant::now() >= heartbeat_at {
-                    heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
+                if heartbeats.due() {
                     ctx.record_heartbeat(offset).await?;
                 }
                 tokio::time::sleep(FOLLOW_POLL).await;
@@ -446,6 +464,11 @@ impl UploadActivitiesImpl {
 fn unfinished(row: &AttachmentRow) -> ScanOutcome {
     let until_expiry = (row.expires_at - chrono::Utc::now()).num_milliseconds().max(0) as u64;
     ScanOutcome::Unfinished { wait_ms: until_expiry + 1_000 }
+}
+
+/// A scan of an upload that expired before its last byte: nothing to scan, nothing to record.
+fn expired() -> ScanOutcome {
+    ScanOutcome::Failed { reason: "the upload expired before its last byte".into() }
 }
 
 /// Aborts the S3 object written beside a scan that stopped before its verdict.

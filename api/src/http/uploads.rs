@@ -598,8 +598,9 @@ where
 /// Starts the file's scan as its upload is created: it scans the bytes as they are stored.
 /// Starting it again (a retried request) is fine.
 async fn follow_upload(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiError> {
-    let options = UploadScanWorkflow::start_options(&ctx.config.task_queue, &row.upload_ref(), &row.filename);
-    soma_core::temporal::start_once(&ctx.temporal, UploadScanWorkflow::run, row.upload_ref(), options)
+    let upload = row.upload_ref();
+    let options = UploadScanWorkflow::start_options(&ctx.config.task_queue, &upload, &row.filename);
+    soma_core::temporal::start_once(&ctx.temporal, UploadScanWorkflow::run, upload, options)
         .await
         .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
 }
