@@ -141,6 +141,8 @@ pub fn follow(
     let mut live = feed.subscribe();
     async_stream::stream! {
         let _feed = feed; // keeps the session's feed running while this client follows it
+        // Armed once for the client's whole stream, not once per event.
+        let mut closed = std::pin::pin!(async move { drop(closing.wait_for(|closing| *closing).await) });
         let mut catching_up = true;
         loop {
             if catching_up {
@@ -173,7 +175,7 @@ pub fn follow(
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 // The client reconnects to another (or the restarted) API with Last-Event-ID.
-                _ = async { drop(closing.wait_for(|closing| *closing).await) } => break,
+                () = &mut closed => break,
             }
         }
     }

@@ -16,7 +16,8 @@ use axum::http::HeaderMap;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -91,18 +92,38 @@ pub async fn stream(
     let SessionReader { tenant_id, session_id } = reader;
     let feed = ctx.feeds.feed(&tenant_id, session_id).await?;
     let events = feed::follow(ctx.store.clone(), tenant_id, session_id, after, feed, ctx.closing.subscribe());
-    // Each frame was rendered once for all clients: write it as it is, with a comment when quiet.
-    let body = async_stream::stream! {
-        let mut events = std::pin::pin!(events);
+    // Each frame was rendered once for all clients: write it as it is.
+    let body = with_heartbeats(events.map(|event| event.frame.clone()), HEARTBEAT);
+    Ok(([(CONTENT_TYPE, "text/event-stream"), (CACHE_CONTROL, "no-cache")], Body::from_stream(body.map(Ok::<_, Infallible>))).into_response())
+}
+
+/// `frames`, with a comment whenever they have been quiet for `quiet`. One timer per stream,
+/// not one per frame: when it fires, a stream that sent something since it was armed is
+/// re-armed from then; a quiet one gets the comment.
+fn with_heartbeats(frames: impl Stream<Item = Bytes>, quiet: Duration) -> impl Stream<Item = Bytes> {
+    async_stream::stream! {
+        let mut frames = std::pin::pin!(frames);
+        let mut heartbeat = std::pin::pin!(tokio::time::sleep(quiet));
+        let mut last_sent = Instant::now();
         loop {
-            match tokio::time::timeout(HEARTBEAT, events.next()).await {
-                Ok(Some(event)) => yield Ok::<_, Infallible>(event.frame.clone()),
-                Ok(None) => break,
-                Err(_) => yield Ok(Bytes::from_static(b": heartbeat\n\n")),
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    Some(frame) => {
+                        last_sent = Instant::now();
+                        yield frame;
+                    }
+                    None => break,
+                },
+                () = &mut heartbeat => {
+                    if Instant::now() >= last_sent + quiet {
+                        last_sent = Instant::now();
+                        yield Bytes::from_static(b": heartbeat\n\n");
+                    }
+                    heartbeat.as_mut().reset(last_sent + quiet);
+                }
             }
         }
-    };
-    Ok(([(CONTENT_TYPE, "text/event-stream"), (CACHE_CONTROL, "no-cache")], Body::from_stream(body)).into_response())
+    }
 }
 
 /// A short-lived token that opens this session's event stream (`?token=`) and nothing else.
@@ -119,4 +140,45 @@ pub async fn stream(
 )]
 pub async fn stream_token(State(ctx): State<ApiContext>, session: OwnedSession) -> Json<StreamToken> {
     Json(ctx.stream_tokens.mint(&session.principal.tenant_id, session.session_id, chrono::Utc::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_secs(15);
+    const COMMENT: &[u8] = b": heartbeat\n\n";
+
+    /// Frames sent at the given seconds, then the stream stays open (quiet) for ever.
+    fn frames_at(seconds: &'static [u64]) -> impl Stream<Item = Bytes> {
+        async_stream::stream! {
+            let start = Instant::now();
+            for s in seconds {
+                tokio::time::sleep_until(start + Duration::from_secs(*s)).await;
+                yield Bytes::from(format!("frame {s}"));
+            }
+            futures::future::pending::<()>().await;
+        }
+    }
+
+    /// What the stream writes in its first `seconds`, each with when it came (whole seconds).
+    async fn written(frames: impl Stream<Item = Bytes>, seconds: u64) -> Vec<(u64, Vec<u8>)> {
+        let start = Instant::now();
+        let stream = with_heartbeats(frames, QUIET).take_until(tokio::time::sleep(Duration::from_secs(seconds)));
+        stream.map(|bytes| (start.elapsed().as_secs(), bytes.to_vec())).collect().await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_gets_a_comment_every_15_seconds() {
+        let out = written(frames_at(&[]), 46).await;
+        assert_eq!(out, vec![(15, COMMENT.to_vec()), (30, COMMENT.to_vec()), (45, COMMENT.to_vec())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_sends_gets_no_comment_until_it_has_been_quiet_for_15_seconds() {
+        let out = written(frames_at(&[10, 20, 28]), 44).await;
+        let comments: Vec<u64> = out.iter().filter(|(_, bytes)| bytes == COMMENT).map(|(at, _)| *at).collect();
+        assert_eq!(comments, vec![43], "{out:?}");
+        assert_eq!(out.len(), 4);
+    }
 }
