@@ -328,7 +328,10 @@ ensure_s3() {
   else
     log "S3: starting moto on 127.0.0.1:$S3_PORT (in memory)"
     STARTED_S3=1
-    start_bg s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+    # Objects stay in memory: by default moto spills any value over 5 MiB (every part of a
+    # large upload, and the object completing them) to a temporary file and reads it back.
+    MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=$((1024 * 1024 * 1024)) \
+      start_bg s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
     wait_port "$S3_PORT" "moto (S3)" 60 "$STATE/logs/s3.log"
   fi
   export SOMA_S3_ENDPOINT=http://127.0.0.1:$S3_PORT SOMA_S3_BUCKET=soma-attachments SOMA_S3_REGION=us-east-1

@@ -11,7 +11,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use soma_contract::{AttachmentStatus, AttachmentStorage, UploadRef};
@@ -172,13 +172,16 @@ impl Failure for UploadGone {
 }
 
 /// A large file's S3 object, written beside its scan: fed the bytes as the scanner reads them,
-/// so a clean file is not read from Postgres a second time. The object is completed only when
-/// the scan says clean ([`ObjectBesideScan::keep`]); otherwise, or if the scan stops halfway,
-/// the multipart upload is aborted and no object appears (an infected file's bytes never
-/// reach the bucket as an object).
+/// so a clean file is not read from Postgres a second time. Its last part goes up while clamd
+/// decides ([`ObjectBesideScan::end`]); the object is completed only when the scan says clean
+/// ([`ObjectBesideScan::keep`]). Otherwise, or if the scan stops halfway, the multipart upload
+/// is aborted and no object appears (an infected file's bytes never reach the bucket as an
+/// object).
 struct ObjectBesideScan {
-    /// The scanner's bytes; `None` is the end of a clean file.
+    /// The scanner's bytes; `None` is the end of the file.
     pieces: mpsc::Sender<Option<Bytes>>,
+    /// Whether the object is kept (dropped: not kept).
+    verdict: oneshot::Sender<bool>,
     writing: tokio::task::JoinHandle<Result<u64, BlobError>>,
 }
 
@@ -186,6 +189,7 @@ impl ObjectBesideScan {
     fn start(blobs: BlobStore, key: String, content_type: String) -> Self {
         // A few parts' worth in flight: the scan waits for a slow bucket rather than hold the file.
         let (pieces, received) = mpsc::channel::<Option<Bytes>>(32);
+        let (verdict, kept) = oneshot::channel();
         let bytes = futures::stream::unfold(Some(received), |state| async move {
             let mut received = state?;
             match received.recv().await {
@@ -194,8 +198,10 @@ impl ObjectBesideScan {
                 None => Some((Err("the scan stopped before its verdict"), None)),
             }
         });
-        let writing = tokio::spawn(async move { blobs.put(&key, &content_type, Box::pin(bytes.fuse())).await });
-        Self { pieces, writing }
+        let keep = async { kept.await.unwrap_or(false) };
+        let writing =
+            tokio::spawn(async move { blobs.put_if(&key, &content_type, Box::pin(bytes.fuse()), keep).await });
+        Self { pieces, verdict, writing }
     }
 
     /// Passes on the scanner's next bytes. A write that has failed takes no more; `keep` says why.
@@ -203,9 +209,14 @@ impl ObjectBesideScan {
         let _ = self.pieces.send(Some(bytes)).await;
     }
 
-    /// Completes the object; returns how many bytes it holds.
-    async fn keep(self) -> Result<u64, BlobError> {
+    /// Every byte is sent: the last part goes up while the verdict is awaited.
+    async fn end(&self) {
         let _ = self.pieces.send(None).await;
+    }
+
+    /// Completes the object (after [`ObjectBesideScan::end`]); returns how many bytes it holds.
+    async fn keep(self) -> Result<u64, BlobError> {
+        let _ = self.verdict.send(true);
         self.writing
             .await
             .unwrap_or_else(|err| Err(BlobError { operation: "put object", message: err.to_string() }))
@@ -214,6 +225,7 @@ impl ObjectBesideScan {
     /// Aborts the object, and waits until it is.
     async fn discard(self) {
         drop(self.pieces);
+        drop(self.verdict);
         let _ = self.writing.await;
     }
 }
@@ -378,6 +390,9 @@ impl UploadActivitiesImpl {
         if let Some(reason) = broken {
             discard(object).await;
             return Ok(ScanOutcome::Failed { reason });
+        }
+        if let Some(object) = &object {
+            object.end().await;
         }
         let verdict = scan.finish().await.classify()?;
         let verdict_at = Instant::now();

@@ -70,11 +70,29 @@ impl BlobStore {
         &self,
         key: &str,
         content_type: &str,
-        mut bytes: impl Stream<Item = Result<Bytes, E>> + Unpin,
+        bytes: impl Stream<Item = Result<Bytes, E>> + Unpin,
     ) -> Result<u64, BlobError> {
+        self.put_if(key, content_type, bytes, async { true }).await
+    }
+
+    /// As [`BlobStore::put`], but the object appears only if `keep` says so once every byte
+    /// is sent: the parts go up as the bytes come (and the last one while `keep` is still
+    /// being decided), and the upload is completed, or aborted, after it. A file that fits in
+    /// one part is sent only once `keep` says yes. Not kept: no object, no parts, and an error.
+    pub async fn put_if<E: std::fmt::Display>(
+        &self,
+        key: &str,
+        content_type: &str,
+        mut bytes: impl Stream<Item = Result<Bytes, E>> + Unpin,
+        keep: impl Future<Output = bool>,
+    ) -> Result<u64, BlobError> {
+        let not_kept = || BlobError { operation: "put object", message: "not kept".into() };
         let mut part = Vec::with_capacity(PART_BYTES);
         // A file that fits in one part is one plain PUT.
         if fill(&mut part, &mut bytes).await? {
+            if !keep.await {
+                return Err(not_kept());
+            }
             let len = part.len() as u64;
             self.client
                 .put_object()
@@ -117,6 +135,9 @@ impl BlobStore {
                     .map_err(blob_error("upload part"))?;
                 parts.push(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag).build());
                 fill(&mut part, &mut bytes).await?;
+            }
+            if !keep.await {
+                return Err(not_kept());
             }
             self.client
                 .complete_multipart_upload()
