@@ -63,6 +63,11 @@ impl ApiError {
         Self::BadRequest { code, message: message.into() }
     }
 
+    /// Temporal could not be reached, or refused what was asked of it: 503.
+    pub fn workflow_service(cause: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable { what: "the workflow service", cause: cause.into() }
+    }
+
     pub fn session_busy() -> Self {
         Self::Conflict { code: "session_busy", message: "a turn of this session is running".into() }
     }

@@ -194,17 +194,16 @@ const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn refresh_tools(State(ctx): State<ApiContext>, _admin: Admin) -> Result<Json<CatalogRefreshed>, ApiError> {
-    let unavailable = |cause: anyhow::Error| ApiError::Unavailable { what: "the workflow service", cause };
     let options = ToolCatalogRefreshWorkflow::start_options(&ctx.config.task_queue);
     let handle = ctx
         .temporal
         .start_workflow(ToolCatalogRefreshWorkflow::run, (), options)
         .await
-        .map_err(|e| unavailable(e.into()))?;
+        .map_err(ApiError::workflow_service)?;
     let refreshed = tokio::time::timeout(REFRESH_WAIT, handle.get_result(Default::default()))
         .await
-        .map_err(|_| unavailable(anyhow::anyhow!("no worker finished the catalog refresh within 60 s")))?
-        .map_err(|e| unavailable(e.into()))?;
+        .map_err(|_| ApiError::workflow_service(anyhow::anyhow!("no worker finished the catalog refresh within 60 s")))?
+        .map_err(ApiError::workflow_service)?;
     Ok(Json(refreshed))
 }
 
@@ -245,7 +244,7 @@ async fn replay_letter(
             let input = MemoryWriteInput { write, retry: ctx.config.memory_retry() };
             soma_core::temporal::start_once(&ctx.temporal, MemoryWriteWorkflow::run, input, options)
                 .await
-                .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })?;
+                .map_err(ApiError::workflow_service)?;
         }
     }
     Ok(Some(ReplayedLetter { id: letter.id, workflow_id }))

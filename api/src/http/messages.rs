@@ -170,7 +170,7 @@ async fn start_workflow(ctx: &ApiContext, accepted: &AcceptedTurn, message: &str
     let options = ChatTurnWorkflow::start_options(&ctx.config.task_queue, &accepted.turn, message);
     soma_core::temporal::start_once(&ctx.temporal, ChatTurnWorkflow::run, accepted.turn.clone(), options)
         .await
-        .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
+        .map_err(ApiError::workflow_service)
 }
 
 /// `if_busy: interrupt`: cancels the session's turns accepted before this one (their partial

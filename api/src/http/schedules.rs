@@ -19,15 +19,11 @@ use crate::{ApiContext, ApiError};
 /// The tenant of audit rows about the deployment itself rather than a tenant's data.
 const SYSTEM_TENANT: &str = "_system";
 
-fn temporal_unavailable(err: impl Into<anyhow::Error>) -> ApiError {
-    ApiError::Unavailable { what: "the workflow service", cause: err.into() }
-}
-
 impl From<SteerError> for ApiError {
     fn from(err: SteerError) -> Self {
         match err {
             SteerError::NotFound => ApiError::NotFound("schedule"),
-            SteerError::Temporal(err) => temporal_unavailable(err),
+            SteerError::Temporal(err) => ApiError::workflow_service(err),
         }
     }
 }
@@ -43,7 +39,7 @@ impl From<SteerError> for ApiError {
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn list(State(ctx): State<ApiContext>, _admin: Admin) -> Result<Json<ScheduleList>, ApiError> {
-    let schedules = schedules::schedule_views(&ctx.temporal, &ctx.config.schedules).await.map_err(temporal_unavailable)?;
+    let schedules = schedules::schedule_views(&ctx.temporal, &ctx.config.schedules).await.map_err(ApiError::workflow_service)?;
     Ok(Json(ScheduleList { schedules }))
 }
 

@@ -136,7 +136,7 @@ pub(crate) async fn cancel_workflow(ctx: &ApiContext, workflow_id: &str, reason:
     let handle = ctx.temporal.get_workflow_handle::<UntypedWorkflow>(workflow_id.to_string());
     match handle.cancel(WorkflowCancelOptions::builder().reason(reason).build()).await {
         Ok(()) | Err(WorkflowInteractionError::NotFound(_)) => Ok(()),
-        Err(err) => Err(ApiError::Unavailable { what: "the workflow service", cause: err.into() }),
+        Err(err) => Err(ApiError::workflow_service(err)),
     }
 }
 
@@ -219,7 +219,7 @@ pub async fn delete(
         if let Err(undo) = ctx.store.unmark_session_deleted(&principal.tenant_id, session_id, by).await {
             tracing::error!(error = %undo, %session_id, "could not take back a deletion that did not start");
         }
-        return Err(ApiError::Unavailable { what: "the workflow service", cause: err.into() });
+        return Err(ApiError::workflow_service(err));
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -99,7 +99,7 @@ pub async fn request(
         if let Err(undo) = ctx.store.withdraw_direct_call(&call.tenant_id, call.tool_call_id).await {
             tracing::error!(error = %undo, tool_call_id = %call.tool_call_id, "could not withdraw a call that did not start");
         }
-        return Err(ApiError::Unavailable { what: "the workflow service", cause: err.into() });
+        return Err(ApiError::workflow_service(err));
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -225,7 +225,7 @@ async fn decide(
         if let Err(undo) = ctx.store.undo_decision(tenant, id).await {
             tracing::error!(error = %undo, tool_call_id = %id, "could not take back an undelivered decision");
         }
-        return Err(ApiError::Unavailable { what: "the workflow service", cause: err.into() });
+        return Err(ApiError::workflow_service(err));
     }
     let details = serde_json::json!({ "tool_call_id": id, "tool": row.tool_name, "reason": reason });
     let entry = AuditEntry {

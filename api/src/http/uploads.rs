@@ -602,7 +602,7 @@ async fn follow_upload(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiE
     let options = UploadScanWorkflow::start_options(&ctx.config.task_queue, &upload, &row.filename);
     soma_core::temporal::start_once(&ctx.temporal, UploadScanWorkflow::run, upload, options)
         .await
-        .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
+        .map_err(ApiError::workflow_service)
 }
 
 /// Tells the file's scan that every byte is in (starting it if it is not running); sending it
@@ -610,9 +610,10 @@ async fn follow_upload(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiE
 async fn scan_received(ctx: &ApiContext, row: &AttachmentRow) -> Result<(), ApiError> {
     UploadScanWorkflow::send_received(&ctx.temporal, &ctx.config.task_queue, &row.upload_ref(), &row.filename)
         .await
-        .map_err(|err| ApiError::Unavailable { what: "the workflow service", cause: err.into() })
+        .map_err(ApiError::workflow_service)
 }
 
+/// The tenant's upload named by the route: 404 for anything else, 410 once expired.
 async fn upload_row(ctx: &ApiContext, principal: &Principal, id: &str) -> Result<AttachmentRow, ApiError> {
     let row = owned(ctx, principal, id, "upload").await?;
     if row.is_expired(Utc::now()) {
