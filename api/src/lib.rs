@@ -16,6 +16,7 @@ use axum::Router;
 use temporalio_client::Client;
 
 use soma_core::blobs::BlobStore;
+use soma_core::temporal::EagerStarts;
 use soma_core::{Config, MemoryBackend, SessionWakeups, Store};
 
 pub use auth::ApiKeys;
@@ -27,6 +28,8 @@ pub struct ApiContext {
     pub config: Arc<Config>,
     pub store: Store,
     pub temporal: Client,
+    /// The worker chat turns are started through, eagerly, when one is configured.
+    pub eager_starts: Option<EagerStarts>,
     pub feeds: Arc<feed::Feeds>,
     pub keys: Arc<ApiKeys>,
     pub stream_tokens: Arc<stream_token::StreamTokens>,
@@ -57,7 +60,19 @@ impl ApiContext {
         let stream_tokens = Arc::new(stream_token::StreamTokens::from_config(&config));
         let memory = MemoryBackend::from_config(&config, store.clone());
         let blobs = BlobStore::from_config(&config);
-        Ok(Self { config: Arc::new(config), store, temporal, feeds, keys, stream_tokens, memory, blobs, closing })
+        let eager_starts = EagerStarts::from_config(&config)?;
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            temporal,
+            eager_starts,
+            feeds,
+            keys,
+            stream_tokens,
+            memory,
+            blobs,
+            closing,
+        })
     }
 }
 

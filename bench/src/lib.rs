@@ -111,6 +111,7 @@ impl Stack {
             DevProviderOptions { on_token: Some(hook), ..provider },
         )?;
         let api_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let eager_start_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let task_queue = format!("{name}-{run_id}");
         let mut env = vec![
             ("DATABASE_URL", database_url.clone()),
@@ -131,6 +132,8 @@ impl Stack {
             // stream tokens the one before it minted.
             ("SOMA_STREAM_TOKEN_SECRET", uuid::Uuid::new_v4().to_string()),
             ("SOMA_LISTEN_ADDR", api_addr.to_string()),
+            // The worker starts chat turns eagerly, as in ops/dev.
+            ("SOMA_EAGER_START_ADDR", eager_start_addr.to_string()),
             ("SOMA_LOG_FILTER", "warn".to_string()),
             // No periodic jobs unless a drill asks for its own: the configured ones would
             // outlive the stack, starting runs for its task queue once it is gone.

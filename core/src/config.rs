@@ -73,6 +73,14 @@ pub struct Config {
     pub temporal_namespace: String,
     /// Task queue the chat workflows and activities run on.
     pub task_queue: String,
+    /// Where a worker takes chat turns' starts from the api (`host:port`, HTTP), to start them
+    /// eagerly: Temporal hands the turn's first workflow task back in the start response, to
+    /// the worker that asked, instead of dispatching it through the task queue. The worker
+    /// listens here (unless another process on the host already does); the api sends each
+    /// turn's start here and, when no worker answers, starts the turn itself. Empty: the api
+    /// starts every turn itself. It takes no key (a request names a stored turn, whose own
+    /// workflow is all it can start): bind it to loopback or a private network.
+    pub eager_start_addr: String,
     /// OpenAI-compatible base URL (…/v1) of the LLM provider. The worker needs one.
     pub llm_base_url: String,
     /// The provider's key; empty for a keyless provider.
@@ -203,6 +211,7 @@ impl Default for Config {
             temporal_address: "127.0.0.1:7233".into(),
             temporal_namespace: "default".into(),
             task_queue: "soma-chat".into(),
+            eager_start_addr: String::new(),
             llm_base_url: String::new(),
             llm_api_key: Secret::default(),
             llm_model: String::new(),

@@ -1,5 +1,6 @@
-//! The Temporal connection, made the same way by the api and the worker, and the one way to
-//! start a workflow whose ID policies make a second start a no-op.
+//! The Temporal connection, made the same way by the api and the worker, the one way to
+//! start a workflow whose ID policies make a second start a no-op, and the api's side of
+//! eager turn starts (a worker's side is `soma_worker::eager`).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use temporalio_common::protos::temporal::api::operatorservice::v1::{
 use soma_contract::refs::search_attributes;
 
 use crate::config::Config;
+use crate::http::Refusal;
 
 /// Connects to the configured Temporal frontend and namespace, retrying for `wait` so that
 /// processes started together with the dev server do not race it.
@@ -56,6 +58,47 @@ where
     match client.start_workflow(workflow, input, options).await {
         Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
         Err(err) => Err(err),
+    }
+}
+
+/// The route a worker takes eager turn starts on, at the config's `eager_start_addr`: a POST,
+/// no body; the worker reads the turn from the database.
+pub const EAGER_START_ROUTE: &str = "/v1/turns/{turn_id}/start";
+
+/// Hands chat turns' starts to the worker at the config's `eager_start_addr`, which asks
+/// Temporal for eager execution: the start response brings the turn's first workflow task
+/// straight to that worker, saving the server's dispatch through the task queue.
+#[derive(Clone)]
+pub struct EagerStarts {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl EagerStarts {
+    /// None when no address is configured (the api then starts every turn itself).
+    pub fn from_config(config: &Config) -> anyhow::Result<Option<EagerStarts>> {
+        let addr = config.eager_start_addr.trim();
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            // A worker on the same host or network answers at once, or not at all.
+            .connect_timeout(Duration::from_millis(250))
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Some(EagerStarts { http, base_url: format!("http://{addr}") }))
+    }
+
+    /// Asks the worker to start the turn. An error leaves it unknown whether it did: the
+    /// caller starts the turn itself, which is a no-op if the worker had.
+    pub async fn start(&self, turn_id: uuid::Uuid) -> anyhow::Result<()> {
+        let url = format!("{}{}", self.base_url, EAGER_START_ROUTE.replace("{turn_id}", &turn_id.to_string()));
+        let response = self.http.post(&url).send().await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        anyhow::bail!("the worker at {url} refused the start: {}", Refusal::read(response, 300).await.message)
     }
 }
 

@@ -72,6 +72,8 @@ impl TestApp {
             llm_base_url: provider.base_url(),
             llm_model: soma_devllm::MODEL.into(),
             delta_coalesce_ms: 20,
+            // The api hands turns' starts to the test's worker there, as in ops/dev.
+            eager_start_addr: free_loopback_addr(),
             max_message_bytes: 1024,
             policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/policy").into(),
             api_keys: format!(
@@ -103,6 +105,13 @@ impl TestApp {
     /// be killed like a crashed process.
     pub fn start_worker(&self) -> TestWorker {
         TestWorker::start(self.config.clone())
+    }
+
+    /// Like [`start_worker`](Self::start_worker), with the test's own changes to its config.
+    pub fn start_worker_with(&self, configure: impl FnOnce(&mut Config)) -> TestWorker {
+        let mut config = self.config.clone();
+        configure(&mut config);
+        TestWorker::start(config)
     }
 
     /// `POST /v1/session/message` as tenant A.
@@ -270,6 +279,12 @@ pub fn shown_reply(events: &[SseEvent]) -> String {
         shown.apply(&event.event());
     }
     shown.text()
+}
+
+/// A loopback address nothing listens on now (the kernel's pick, released again).
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener.local_addr().expect("its address").to_string()
 }
 
 /// Creates the database `name` (made a valid identifier) beside `admin_url`'s, applies the

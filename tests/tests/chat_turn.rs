@@ -6,9 +6,10 @@ use std::time::Duration;
 use serde_json::json;
 use soma_contract::SessionEvent;
 use soma_core::store::TurnSession;
+use soma_core::temporal::EagerStarts;
 use soma_devllm::{DevProviderOptions, Fault};
 use soma_client::{EventStream, SseEvent};
-use soma_tests::{DEADLINE, Expect, KEY_A, KEY_B, TestApp, Typed, shown_reply};
+use soma_tests::{DEADLINE, Expect, KEY_A, KEY_B, TestApp, Typed, eventually, shown_reply};
 use soma_workflows::ChatTurnWorkflow;
 use temporalio_client::UntypedWorkflow;
 use temporalio_client::WorkflowFetchHistoryOptions;
@@ -364,4 +365,57 @@ async fn a_stored_turn_whose_workflow_never_started_is_answered_before_the_next(
             && actor == "recovery"),
         "the recovery is audited: {recovered:?}"
     );
+}
+
+/// A worker takes a turn's start at its eager-start address (the api's way in ops/dev) and
+/// answers it; a second start of the same turn (an api retrying) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_starts_a_turn_handed_to_it() {
+    let app = TestApp::spawn("eager", fast_provider()).await;
+    let _worker = app.start_worker();
+    let turn = app.store_turn(TurnSession::New(uuid::Uuid::now_v7()), "started by the worker").await;
+    let starts = EagerStarts::from_config(&app.config).unwrap().expect("the tests configure an address");
+    // The worker listens once it has registered with Temporal.
+    eventually("the worker takes the start", || async { starts.start(turn.turn_id).await.is_ok() }).await;
+    starts.start(turn.turn_id).await.expect("a second start is a no-op");
+    let unknown = starts.start(uuid::Uuid::now_v7()).await.expect_err("no such turn");
+    assert!(unknown.to_string().contains("404"), "{unknown}");
+
+    let session_id = turn.session_id.to_string();
+    let events = app.events(&session_id, None).await.until("turn.complete", DEADLINE).await;
+    assert!(events[0].is_of_turn(&turn.turn_id.to_string()));
+    let ends = events.iter().filter(|e| e.kind == "turn.complete").count();
+    assert_eq!(ends, 1, "{:?}", kinds(&events));
+    let users: Vec<String> =
+        app.messages(&session_id).await.into_iter().filter(|m| m.0 == "user").map(|m| m.1).collect();
+    assert_eq!(users, vec!["started by the worker"]);
+}
+
+/// When no worker takes starts at the configured address, or it refuses them, the api starts
+/// the turn itself: the message is accepted (202) and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_is_started_by_the_api_when_no_worker_takes_it() {
+    // Nothing listens at the api's eager-start address; the worker listens nowhere.
+    let app = TestApp::spawn("no_eager", fast_provider()).await;
+    let _worker = app.start_worker_with(|config| config.eager_start_addr.clear());
+    let (session_id, turn_id, _) = app.send(None, "nobody took the start").await;
+    let events = app.events(&session_id, None).await.until("turn.complete", DEADLINE).await;
+    assert!(events[0].is_of_turn(&turn_id));
+
+    // A worker that refuses: an address answering every request with 503.
+    let refusing = tokio::net::TcpListener::bind(app.config.eager_start_addr.as_str()).await.unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut socket, _)) = refusing.accept().await {
+            let reply = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy";
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    let (status, body) = app.post_message(json!({"session_id": session_id, "message": "the worker refused"}), None).await;
+    assert_eq!(status, 202, "{body}");
+    let turn_id = body["turn_id"].as_str().unwrap().to_string();
+    let after = events.last().map(|e| e.id);
+    let events = app.events(&session_id, after).await.until("turn.complete", DEADLINE).await;
+    let last = events.last().unwrap();
+    assert!(last.is_of_turn(&turn_id), "the second turn ended: {:?}", kinds(&events));
 }

@@ -1,6 +1,7 @@
 //! The worker: registers the workflows and their activities on the task queue, runs them
 //! until asked to stop, and sweeps for turns that need recovering ([`recovery`]).
 
+pub mod eager;
 pub mod recovery;
 
 use std::future::Future;
@@ -158,17 +159,27 @@ pub async fn run(
     let options = worker_options(config, store.clone()).await?;
     let quiet_for = Duration::from_millis(config.turn_recovery_quiet_ms);
     let recovery =
-        recovery::TurnRecovery::new(store, client.clone(), config.task_queue.clone(), quiet_for, config.memory_retry());
+        recovery::TurnRecovery::new(store.clone(), client.clone(), config.task_queue.clone(), quiet_for, config.memory_retry());
     let sweeping = tokio::spawn(recovery.run(Duration::from_millis(config.turn_recovery_interval_ms)));
-    let mut worker = Worker::new(runtime, client, options)?;
+    // The worker registers itself with the client it is given; eager starts need that client.
+    let mut worker = Worker::new(runtime, client.clone(), options)?;
+    let eager = eager::listen(config, client, store).await.map(|task| task.abort_handle());
+    let stop_eager = eager.clone();
     let stop = worker.shutdown_handle();
     tokio::task::spawn_local(async move {
         shutdown.await;
         tracing::info!("worker draining");
+        // A draining worker takes no new turns; the api starts them through the task queue.
+        if let Some(eager) = stop_eager {
+            eager.abort();
+        }
         stop();
     });
     tracing::info!(task_queue = %config.task_queue, "worker running");
     let result = worker.run().await;
     sweeping.abort();
+    if let Some(eager) = eager {
+        eager.abort();
+    }
     Ok(result?)
 }

@@ -165,8 +165,18 @@ async fn known_attachments(ctx: &ApiContext, tenant_id: &str, refs: &[Attachment
     Ok(ids)
 }
 
-/// Starts the turn's workflow; starting one that exists already (a retried request) is fine.
+/// Starts the turn's workflow: through the configured worker (eagerly) when it answers, else
+/// here. Starting one that exists already (a retried request, or one the worker started
+/// before it failed to say so) is fine.
 async fn start_workflow(ctx: &ApiContext, accepted: &AcceptedTurn, message: &str) -> Result<(), ApiError> {
+    if let Some(eager) = &ctx.eager_starts {
+        match eager.start(accepted.turn.turn_id).await {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), workflow_id = %accepted.workflow_id, "no eager start; starting the turn here")
+            }
+        }
+    }
     let options = ChatTurnWorkflow::start_options(&ctx.config.task_queue, &accepted.turn, message);
     soma_core::temporal::start_once(&ctx.temporal, ChatTurnWorkflow::run, accepted.turn.clone(), options)
         .await

@@ -29,7 +29,7 @@ pub use messages::ConversationLine;
 pub use sessions::{ImportedMessage, ImportedTurn, SessionCursor, SessionMemories};
 pub use tools::{CatalogTool, DecisionError, ModelToolCall, RoundCall, ToolCallRow, UndeliveredDecision};
 pub use uploads::{Appended, AttachmentRow, ChunkWriter, NewUpload, PromptAttachment, ScanRecord, UploadChunk};
-pub use turns::{AcceptedTurn, BegunTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession, TurnStart};
+pub use turns::{AcceptedTurn, BegunTurn, NewTurn, OpenTurn, StalledTurn, TurnRow, TurnSession, TurnStart, TurnToStart};
 
 /// Errors a caller can act on; anything else is a database failure.
 #[derive(Debug, thiserror::Error)]

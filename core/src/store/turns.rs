@@ -92,6 +92,15 @@ pub struct OpenTurn {
     pub workflow_id: String,
 }
 
+/// A turn as its workflow is started: its reference, its message (the workflow's memo shows
+/// it) and where it stands.
+#[derive(Debug, Clone)]
+pub struct TurnToStart {
+    pub turn: TurnRef,
+    pub message: String,
+    pub status: TurnStatus,
+}
+
 /// An open turn that has not moved for a while, for the recovery sweep.
 #[derive(Debug, Clone)]
 pub struct StalledTurn {
@@ -217,6 +226,29 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::TurnNotFound)
+    }
+
+    /// A turn by its id alone, as a worker starting its workflow for the api reads it (the
+    /// api says which turn, the database what it is).
+    pub async fn turn_to_start(&self, turn_id: Uuid) -> Result<Option<TurnToStart>, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT tenant_id, session_id, request_id, trace_id, user_message, status AS "status: TurnStatus"
+               FROM turns WHERE id = $1"#,
+            turn_id,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| TurnToStart {
+            turn: TurnRef {
+                tenant_id: row.tenant_id,
+                session_id: row.session_id,
+                turn_id,
+                request_id: row.request_id,
+                trace_id: row.trace_id,
+            },
+            message: row.user_message,
+            status: row.status,
+        }))
     }
 
     /// Begins a turn, in one statement (it is on the way to the first token): unless a turn
