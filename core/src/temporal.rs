@@ -74,6 +74,19 @@ pub struct EagerStarts {
     base_url: String,
 }
 
+/// What became of a start handed to a worker.
+#[derive(Debug)]
+pub enum EagerStart {
+    /// The workflow runs (started now, or before).
+    Started,
+    /// The worker asked Temporal, which failed (after the client's own retries): starting it
+    /// again from elsewhere would fail the same way.
+    TemporalFailed(String),
+    /// No worker took it (none listening, one restarting or unable to read the turn); whether
+    /// it started is unknown. Start it from elsewhere: a second start is a no-op.
+    NotTaken(String),
+}
+
 impl EagerStarts {
     /// None when no address is configured (the api then starts every turn itself).
     pub fn from_config(config: &Config) -> anyhow::Result<Option<EagerStarts>> {
@@ -83,22 +96,27 @@ impl EagerStarts {
         }
         let http = reqwest::Client::builder()
             .no_proxy()
-            // A worker on the same host or network answers at once, or not at all.
+            // A worker on the same host or network answers a connection at once, or not at
+            // all; its answer may wait out the Temporal client's retries (up to 10 s).
             .connect_timeout(Duration::from_millis(250))
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
             .build()?;
         Ok(Some(EagerStarts { http, base_url: format!("http://{addr}") }))
     }
 
-    /// Asks the worker to start the turn. An error leaves it unknown whether it did: the
-    /// caller starts the turn itself, which is a no-op if the worker had.
-    pub async fn start(&self, turn_id: uuid::Uuid) -> anyhow::Result<()> {
+    /// Asks the worker to start the turn.
+    pub async fn start(&self, turn_id: uuid::Uuid) -> EagerStart {
         let url = format!("{}{}", self.base_url, EAGER_START_ROUTE.replace("{turn_id}", &turn_id.to_string()));
-        let response = self.http.post(&url).send().await?;
+        let response = match self.http.post(&url).send().await {
+            Ok(response) => response,
+            Err(err) => return EagerStart::NotTaken(format!("{url}: {err:#}")),
+        };
         if response.status().is_success() {
-            return Ok(());
+            return EagerStart::Started;
         }
-        anyhow::bail!("the worker at {url} refused the start: {}", Refusal::read(response, 300).await.message)
+        let refused = response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE;
+        let message = format!("{url}: {}", Refusal::read(response, 300).await.message);
+        if refused { EagerStart::TemporalFailed(message) } else { EagerStart::NotTaken(message) }
     }
 }
 

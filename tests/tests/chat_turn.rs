@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use soma_contract::SessionEvent;
 use soma_core::store::TurnSession;
-use soma_core::temporal::EagerStarts;
+use soma_core::temporal::{EagerStart, EagerStarts};
 use soma_devllm::{DevProviderOptions, Fault};
 use soma_client::{EventStream, SseEvent};
 use soma_tests::{DEADLINE, Expect, KEY_A, KEY_B, TestApp, Typed, eventually, shown_reply};
@@ -376,10 +376,12 @@ async fn a_worker_starts_a_turn_handed_to_it() {
     let turn = app.store_turn(TurnSession::New(uuid::Uuid::now_v7()), "started by the worker").await;
     let starts = EagerStarts::from_config(&app.config).unwrap().expect("the tests configure an address");
     // The worker listens once it has registered with Temporal.
-    eventually("the worker takes the start", || async { starts.start(turn.turn_id).await.is_ok() }).await;
-    starts.start(turn.turn_id).await.expect("a second start is a no-op");
-    let unknown = starts.start(uuid::Uuid::now_v7()).await.expect_err("no such turn");
-    assert!(unknown.to_string().contains("404"), "{unknown}");
+    eventually("the worker takes the start", || async { matches!(starts.start(turn.turn_id).await, EagerStart::Started) })
+        .await;
+    let again = starts.start(turn.turn_id).await;
+    assert!(matches!(again, EagerStart::Started), "a second start is a no-op: {again:?}");
+    let unknown = starts.start(uuid::Uuid::now_v7()).await;
+    assert!(matches!(&unknown, EagerStart::NotTaken(why) if why.contains("404")), "{unknown:?}");
 
     let session_id = turn.session_id.to_string();
     let events = app.events(&session_id, None).await.until("turn.complete", DEADLINE).await;
@@ -391,8 +393,9 @@ async fn a_worker_starts_a_turn_handed_to_it() {
     assert_eq!(users, vec!["started by the worker"]);
 }
 
-/// When no worker takes starts at the configured address, or it refuses them, the api starts
-/// the turn itself: the message is accepted (202) and answered.
+/// When no worker takes starts at the configured address, or one fails to, the api starts the
+/// turn itself: the message is accepted (202) and answered. When the worker says Temporal
+/// failed, the api does not ask Temporal again: 503 with the JSON error, the turn taken back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_is_started_by_the_api_when_no_worker_takes_it() {
     // Nothing listens at the api's eager-start address; the worker listens nowhere.
@@ -402,20 +405,41 @@ async fn a_turn_is_started_by_the_api_when_no_worker_takes_it() {
     let events = app.events(&session_id, None).await.until("turn.complete", DEADLINE).await;
     assert!(events[0].is_of_turn(&turn_id));
 
-    // A worker that refuses: an address answering every request with 503.
-    let refusing = tokio::net::TcpListener::bind(app.config.eager_start_addr.as_str()).await.unwrap();
+    // A stand-in worker at that address, answering every start with `answer`.
+    let answer = std::sync::Arc::new(std::sync::Mutex::new("500 Internal Server Error"));
+    let listener = tokio::net::TcpListener::bind(app.config.eager_start_addr.as_str()).await.unwrap();
+    let answering = answer.clone();
     tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok((mut socket, _)) = refusing.accept().await {
-            let reply = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy";
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            // The request (a POST with no body) before the answer, or the api sees a reset.
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if socket.read_exact(&mut byte).await.is_err() {
+                    break;
+                }
+                request.push(byte[0]);
+            }
+            let status = *answering.lock().unwrap();
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops");
             let _ = socket.write_all(reply.as_bytes()).await;
         }
     });
-    let (status, body) = app.post_message(json!({"session_id": session_id, "message": "the worker refused"}), None).await;
+    // It cannot act (500): the api starts the turn.
+    let (status, body) = app.post_message(json!({"session_id": session_id, "message": "the worker failed"}), None).await;
     assert_eq!(status, 202, "{body}");
     let turn_id = body["turn_id"].as_str().unwrap().to_string();
     let after = events.last().map(|e| e.id);
     let events = app.events(&session_id, after).await.until("turn.complete", DEADLINE).await;
     let last = events.last().unwrap();
     assert!(last.is_of_turn(&turn_id), "the second turn ended: {:?}", kinds(&events));
+
+    // Temporal failed it (503): nothing is accepted.
+    *answer.lock().unwrap() = "503 Service Unavailable";
+    let turns = app.count("turns").await;
+    let (status, body) = app.post_message(json!({"session_id": session_id, "message": "Temporal failed"}), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("workflow service")), "{body}");
+    assert_eq!(app.count("turns").await, turns, "the turn was taken back");
 }

@@ -56,13 +56,13 @@ pub async fn listen(config: &Config, client: Client, store: Store) -> Option<tok
 }
 
 /// Starts a queued turn's workflow, eagerly (one that exists already, the api retrying, is
-/// fine); a turn past `queued` has its workflow already: nothing to do. 404 for no such turn,
-/// 503 when the database or Temporal fails: the api then starts the turn itself.
+/// fine); a turn past `queued` has its workflow already: nothing to do. 404 for no such turn
+/// and 500 when the database fails (the api then starts the turn itself); 503 when Temporal
+/// fails (the api's own start would too).
 async fn start_turn(State(starter): State<Arc<Starter>>, Path(turn_id): Path<Uuid>) -> (StatusCode, String) {
-    let unavailable = |err: String| (StatusCode::SERVICE_UNAVAILABLE, err);
     let found = match starter.store.turn_to_start(turn_id).await {
         Ok(found) => found,
-        Err(err) => return unavailable(err.to_string()),
+        Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     };
     let Some(found) = found else { return (StatusCode::NOT_FOUND, format!("no turn {turn_id}")) };
     if found.status != TurnStatus::Queued {
@@ -72,6 +72,6 @@ async fn start_turn(State(starter): State<Arc<Starter>>, Path(turn_id): Path<Uui
     options.enable_eager_workflow_start = true;
     match start_once(&starter.client, ChatTurnWorkflow::run, found.turn, options).await {
         Ok(()) => (StatusCode::NO_CONTENT, String::new()),
-        Err(err) => unavailable(err.to_string()),
+        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
     }
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use soma_contract::api::{AttachmentRef, ErrorBody, IfBusy, MessageAccepted, PostMessage};
 use soma_contract::TurnStatus;
 use soma_core::store::{AcceptedTurn, AuditEntry, NewTurn, Requester, TurnSession};
+use soma_core::temporal::EagerStart;
 use soma_workflows::ChatTurnWorkflow;
 
 use crate::auth::Principal;
@@ -165,15 +166,16 @@ async fn known_attachments(ctx: &ApiContext, tenant_id: &str, refs: &[Attachment
     Ok(ids)
 }
 
-/// Starts the turn's workflow: through the configured worker (eagerly) when it answers, else
-/// here. Starting one that exists already (a retried request, or one the worker started
-/// before it failed to say so) is fine.
+/// Starts the turn's workflow: through the configured worker (eagerly) when it takes it, else
+/// here. Starting one that exists already (a retried request, or one a worker started before
+/// it failed to say so) is fine.
 async fn start_workflow(ctx: &ApiContext, accepted: &AcceptedTurn, message: &str) -> Result<(), ApiError> {
     if let Some(eager) = &ctx.eager_starts {
         match eager.start(accepted.turn.turn_id).await {
-            Ok(()) => return Ok(()),
-            Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), workflow_id = %accepted.workflow_id, "no eager start; starting the turn here")
+            EagerStart::Started => return Ok(()),
+            EagerStart::TemporalFailed(cause) => return Err(ApiError::workflow_service(anyhow::anyhow!(cause))),
+            EagerStart::NotTaken(why) => {
+                tracing::warn!(why, workflow_id = %accepted.workflow_id, "no worker took the eager start; starting the turn here")
             }
         }
     }
