@@ -207,7 +207,8 @@ async fn messages(pool: &sqlx::PgPool, session_id: &str) -> anyhow::Result<Vec<(
         .await?)
 }
 
-/// Drill 1: SIGKILL the worker at a random point of a streaming turn, start a new one.
+/// Drill 1: SIGKILL the worker at a random point of a streaming turn, start a new one; every
+/// third turn is sent while no worker runs at all.
 async fn worker_kills(args: &Args) -> anyhow::Result<Counts> {
     let trials = if args.stack.quick { 3 } else { 50 };
     let started = Instant::now();
@@ -218,7 +219,16 @@ async fn worker_kills(args: &Args) -> anyhow::Result<Counts> {
     for trial in 0..trials {
         counts.attempted += 1;
         let message = format!("worker kill {trial}");
+        // Every third message is sent while no worker runs: no one takes its eager start, so
+        // the api starts it through the task queue, and the next worker answers it.
+        let no_worker = trial % 3 == 2;
+        if no_worker {
+            stack.kill_worker();
+        }
         let (session, turn, _) = client.send(None, &message).await?;
+        if no_worker {
+            stack.start_worker()?;
+        }
         let mut stream = client.events(&session, None).await;
         // The reply streams for about two seconds; strike somewhere in it.
         let strike = Duration::from_millis(random_below(2_000));
