@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use serde_json::json;
 use soma_contract::SessionEvent;
 use soma_core::store::TurnSession;
@@ -406,26 +407,14 @@ async fn a_turn_is_started_by_the_api_when_no_worker_takes_it() {
     assert!(events[0].is_of_turn(&turn_id));
 
     // A stand-in worker at that address, answering every start with `answer`.
-    let answer = std::sync::Arc::new(std::sync::Mutex::new("500 Internal Server Error"));
-    let listener = tokio::net::TcpListener::bind(app.config.eager_start_addr.as_str()).await.unwrap();
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(StatusCode::INTERNAL_SERVER_ERROR));
     let answering = answer.clone();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut socket, _)) = listener.accept().await {
-            // The request (a POST with no body) before the answer, or the api sees a reset.
-            let mut request = Vec::new();
-            while !request.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                if socket.read_exact(&mut byte).await.is_err() {
-                    break;
-                }
-                request.push(byte[0]);
-            }
-            let status = *answering.lock().unwrap();
-            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops");
-            let _ = socket.write_all(reply.as_bytes()).await;
-        }
+    let stand_in = axum::Router::new().fallback(move || {
+        let status = *answering.lock().unwrap();
+        async move { (status, "oops") }
     });
+    let listener = tokio::net::TcpListener::bind(app.config.eager_start_addr.as_str()).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, stand_in).await });
     // It cannot act (500): the api starts the turn.
     let (status, body) = app.post_message(json!({"session_id": session_id, "message": "the worker failed"}), None).await;
     assert_eq!(status, 202, "{body}");
@@ -436,7 +425,7 @@ async fn a_turn_is_started_by_the_api_when_no_worker_takes_it() {
     assert!(last.is_of_turn(&turn_id), "the second turn ended: {:?}", kinds(&events));
 
     // Temporal failed it (503): nothing is accepted.
-    *answer.lock().unwrap() = "503 Service Unavailable";
+    *answer.lock().unwrap() = StatusCode::SERVICE_UNAVAILABLE;
     let turns = app.count("turns").await;
     let (status, body) = app.post_message(json!({"session_id": session_id, "message": "Temporal failed"}), None).await;
     assert_eq!(status, 503, "{body}");
