@@ -1,5 +1,6 @@
 //! The worker: registers the workflows and their activities on the task queue, runs them
-//! until asked to stop, and sweeps for turns that need recovering ([`recovery`]).
+//! until asked to stop, takes the api's chat turn starts and starts them eagerly ([`eager`]),
+//! and sweeps for turns that need recovering ([`recovery`]).
 
 pub mod eager;
 pub mod recovery;
