@@ -255,6 +255,9 @@ async fn a_tool_that_needs_approval_waits_for_a_person_of_its_tenant() {
     let call = approval_asked(&app, &session_id).await;
     let other = app.api.with_key(KEY_B).decide_tool(call, true, None).await.unwrap_err();
     assert_eq!(other.status(), Some(404));
+    // A reason Postgres cannot store is a bad request, not an outage, and decides nothing.
+    let nul = app.api.decide_tool(call, false, Some("a\u{0}b")).await.unwrap_err();
+    assert_eq!((nul.status(), nul.code()), (Some(400), Some("invalid_text")));
     app.api.decide_tool(call, true, Some("looks fine")).await.unwrap();
     let again = app.api.decide_tool(call, false, None).await.unwrap_err();
     assert_eq!(again.status(), Some(409));
@@ -364,6 +367,8 @@ async fn bad_tool_requests_are_refused_and_run_nothing() {
     assert_eq!(refused(invalid), (Some(400), Some("invalid_inputs".into())));
     let elsewhere = app.api.request_tool(Uuid::now_v7(), "calculator", json!({"expression": "1+1"})).await.unwrap_err();
     assert_eq!(elsewhere.status(), Some(404));
+    let nul = app.api.request_tool(session, "calculator", json!({"expression": "1\u{0}+1"})).await.unwrap_err();
+    assert_eq!(refused(nul), (Some(400), Some("invalid_text".into())));
 
     // Switched off for tenant A only: gone from its catalog, refused; tenant B still has it.
     app.store.set_tool_override("tenant-a", "current_time", Some(false), None).await.unwrap();

@@ -147,7 +147,7 @@ pub async fn replay_all(
     params(("id" = Uuid, Path, description = "The dead letter")), request_body = Discard,
     responses(
         (status = 200, description = "Discarded", body = DeadLetter),
-        (status = 400, description = "Malformed JSON, or `invalid_reason` (blank)", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, `invalid_reason` (blank) or `invalid_text` (a NUL character)", body = ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
         (status = 409, description = "`not_open`: already replayed or discarded", body = ErrorBody),
@@ -167,6 +167,7 @@ pub async fn discard(
     if reason.is_empty() {
         return Err(ApiError::bad_request("invalid_reason", "say why the dead letter is discarded"));
     }
+    crate::http::messages::storable("reason", reason)?;
     let letter = open_letter(&ctx, &id).await?;
     let request = (ids.request_id.as_str(), Some(ids.trace_id.as_str()));
     let details = json!({ "reason": reason });

@@ -127,6 +127,20 @@ pub(crate) fn storable(field: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// [`storable`] for every string (and key) of a JSON value: `jsonb` cannot hold a NUL either.
+pub(crate) fn storable_json(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => storable(field, text),
+        Value::Array(items) => items.iter().try_for_each(|item| storable_json(field, item)),
+        Value::Object(map) => map.iter().try_for_each(|(key, item)| {
+            storable(field, key)?;
+            storable_json(field, item)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value

@@ -78,6 +78,7 @@ async fn set_paused(
         .map(|note| note.trim().to_string())
         .filter(|note| !note.is_empty())
         .unwrap_or_else(|| format!("{verb} by {}", admin.subject));
+    crate::http::messages::storable("note", &note)?;
     schedules::set_paused(&ctx.temporal, &ctx.config.schedules, id, paused, note.clone()).await?;
     audit(ctx, admin, ids, id, action, Some(&note)).await?;
     Ok(Json(view(ctx, id).await?))
@@ -112,7 +113,7 @@ pub async fn trigger(
     params(("id" = String, Path, description = "The schedule")), request_body = Option<ScheduleNote>,
     responses(
         (status = 200, description = "Paused", body = ScheduleView),
-        (status = 400, description = "Malformed JSON or a wrong field", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a wrong field, or `invalid_text` (a NUL character in the note)", body = ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = ErrorBody),
         (status = 404, description = "No such schedule", body = ErrorBody),
         (status = 415, description = "The body is not JSON", body = ErrorBody),
@@ -136,7 +137,7 @@ pub async fn pause(
     params(("id" = String, Path, description = "The schedule")), request_body = Option<ScheduleNote>,
     responses(
         (status = 200, description = "Unpaused", body = ScheduleView),
-        (status = 400, description = "Malformed JSON or a wrong field", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a wrong field, or `invalid_text` (a NUL character in the note)", body = ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = ErrorBody),
         (status = 404, description = "No such schedule", body = ErrorBody),
         (status = 415, description = "The body is not JSON", body = ErrorBody),

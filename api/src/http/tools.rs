@@ -17,6 +17,7 @@ use soma_core::tool_inputs;
 use soma_workflows::{ToolDecision, ToolExecutionWorkflow};
 
 use crate::auth::Principal;
+use crate::http::messages::{storable, storable_json};
 use crate::extract::AppJson;
 use crate::request_ids::RequestIds;
 use crate::{ApiContext, ApiError};
@@ -57,7 +58,7 @@ pub async fn list(State(ctx): State<ApiContext>, principal: Principal) -> Result
     post, path = "/v1/tool/request", tag = "tools", request_body = ToolRequest,
     responses(
         (status = 202, description = "Accepted: the call's workflow runs it", body = ToolRequestAccepted),
-        (status = 400, description = "Malformed JSON, a wrong field, `unknown_tool`, `tool_disabled` or `invalid_inputs`", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a wrong field, `unknown_tool`, `tool_disabled`, `invalid_inputs` or `invalid_text` (a NUL character)", body = ErrorBody),
         (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 404, description = "Not one of the tenant's sessions", body = ErrorBody),
         (status = 413, description = "The body is over the transport limit", body = ErrorBody),
@@ -72,6 +73,7 @@ pub async fn request(
     ids: RequestIds,
     AppJson(request): AppJson<ToolRequest>,
 ) -> Result<(StatusCode, Json<ToolRequestAccepted>), ApiError> {
+    storable_json("inputs", &request.inputs)?;
     if !ctx.store.session_exists(&principal.tenant_id, request.session_id).await? {
         return Err(ApiError::NotFound("session"));
     }
@@ -140,7 +142,7 @@ pub async fn show(
     params(("id" = Uuid, Path, description = "The tool call")), request_body = Option<ToolDecisionRequest>,
     responses(
         (status = 200, description = "The approval reached the call", body = ToolDecisionAccepted),
-        (status = 400, description = "A body that is not `{reason}`", body = ErrorBody),
+        (status = 400, description = "A body that is not `{reason}`, or `invalid_text` (a NUL character in it)", body = ErrorBody),
         (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 404, description = "Not one of the tenant's tool calls", body = ErrorBody),
         (status = 409, description = "`not_awaiting_approval` or `already_decided`", body = ErrorBody),
@@ -164,7 +166,7 @@ pub async fn approve(
     params(("id" = Uuid, Path, description = "The tool call")), request_body = Option<ToolDecisionRequest>,
     responses(
         (status = 200, description = "The denial reached the call", body = ToolDecisionAccepted),
-        (status = 400, description = "A body that is not `{reason}`", body = ErrorBody),
+        (status = 400, description = "A body that is not `{reason}`, or `invalid_text` (a NUL character in it)", body = ErrorBody),
         (status = 401, description = "No or a wrong API key", body = ErrorBody),
         (status = 404, description = "Not one of the tenant's tool calls", body = ErrorBody),
         (status = 409, description = "`not_awaiting_approval` or `already_decided`", body = ErrorBody),
@@ -187,9 +189,13 @@ fn decision_body(body: &[u8]) -> Result<ToolDecisionRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ToolDecisionRequest::default());
     }
-    serde_json::from_slice::<Option<ToolDecisionRequest>>(body)
+    let body = serde_json::from_slice::<Option<ToolDecisionRequest>>(body)
         .map(Option::unwrap_or_default)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))?;
+    if let Some(reason) = &body.reason {
+        storable("reason", reason)?;
+    }
+    Ok(body)
 }
 
 fn call_id(id: &str) -> Result<Uuid, ApiError> {
