@@ -463,13 +463,14 @@ impl UploadActivitiesImpl {
         if !row.status.is_final() {
             return Ok(()); // an upload that expired before its last byte: its expiry removes it
         }
-        if let Some(scope) = upload.scope() {
-            self.store.append_events(&scope, &[row.status_event()]).await.classify()?;
-        }
+        // The audit row first: whoever sees the announcement can already find it.
         let details = json!({ "attachment_id": row.id, "filename": row.filename, "size_bytes": row.received_bytes,
                               "sha256": row.sha256, "verdict": row.verdict, "storage": row.storage });
         let entry = AuditEntry::for_upload(&upload, WORKER_ACTOR, SCAN_ACTION, row.status.as_str(), details);
         self.store.audit(&entry.once(format!("{}:{SCAN_ACTION}", row.id))).await.classify()?;
+        if let Some(scope) = upload.scope() {
+            self.store.append_events(&scope, &[row.status_event()]).await.classify()?;
+        }
         Ok(())
     }
 }
