@@ -11,14 +11,13 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use soma_contract::{AttachmentStatus, AttachmentStorage, UploadRef};
 use soma_core::blobs::{BlobError, BlobStore};
 use soma_core::clamav::{Clamd, ClamdError, Verdict};
 use soma_core::store::{AttachmentRow, AuditEntry, ScanRecord, Store, StoreError};
-use soma_workflows::activities::{RecordScanInput, ScanOutcome, defs};
+use soma_workflows::activities::{RecordScanInput, RecordStoreFailureInput, ScanOutcome, defs};
 
 use crate::failure::{Classify, Failure, step_failure};
 use crate::session::WORKER_ACTOR;
@@ -50,6 +49,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 /// The audit log's action for a file's scan.
 const SCAN_ACTION: &str = "upload.scan";
+/// The audit log's action for a clean file that could not be moved to its storage.
+const STORE_ACTION: &str = "upload.store";
 
 /// What uploads need from the deployment.
 #[derive(Debug, Clone)]
@@ -171,65 +172,6 @@ impl Failure for UploadGone {
     }
 }
 
-/// A large file's S3 object, written beside its scan: fed the bytes as the scanner reads them,
-/// so a clean file is not read from Postgres a second time. Its last part goes up while clamd
-/// decides ([`ObjectBesideScan::end`]); the object is completed only when the scan says clean
-/// ([`ObjectBesideScan::keep`]). Otherwise, or if the scan stops halfway, the multipart upload
-/// is aborted and no object appears (an infected file's bytes never reach the bucket as an
-/// object).
-struct ObjectBesideScan {
-    /// The scanner's bytes; `None` is the end of the file.
-    pieces: mpsc::Sender<Option<Bytes>>,
-    /// Whether the object is kept (dropped: not kept).
-    verdict: oneshot::Sender<bool>,
-    writing: tokio::task::JoinHandle<Result<u64, BlobError>>,
-}
-
-impl ObjectBesideScan {
-    fn start(blobs: BlobStore, key: String, content_type: String) -> Self {
-        // A few parts' worth in flight: the scan waits for a slow bucket rather than hold the file.
-        let (pieces, received) = mpsc::channel::<Option<Bytes>>(32);
-        let (verdict, kept) = oneshot::channel();
-        let bytes = futures::stream::unfold(Some(received), |state| async move {
-            let mut received = state?;
-            match received.recv().await {
-                Some(Some(bytes)) => Some((Ok(bytes), Some(received))),
-                Some(None) => None,
-                None => Some((Err("the scan stopped before its verdict"), None)),
-            }
-        });
-        let keep = async { kept.await.unwrap_or(false) };
-        let writing =
-            tokio::spawn(async move { blobs.put_if(&key, &content_type, Box::pin(bytes.fuse()), keep).await });
-        Self { pieces, verdict, writing }
-    }
-
-    /// Passes on the scanner's next bytes. A write that has failed takes no more; `keep` says why.
-    async fn send(&self, bytes: Bytes) {
-        let _ = self.pieces.send(Some(bytes)).await;
-    }
-
-    /// Every byte is sent: the last part goes up while the verdict is awaited.
-    async fn end(&self) {
-        let _ = self.pieces.send(None).await;
-    }
-
-    /// Completes the object (after [`ObjectBesideScan::end`]); returns how many bytes it holds.
-    async fn keep(self) -> Result<u64, BlobError> {
-        let _ = self.verdict.send(true);
-        self.writing
-            .await
-            .unwrap_or_else(|err| Err(BlobError { operation: "put object", message: err.to_string() }))
-    }
-
-    /// Aborts the object, and waits until it is.
-    async fn discard(self) {
-        drop(self.pieces);
-        drop(self.verdict);
-        let _ = self.writing.await;
-    }
-}
-
 impl UploadActivitiesImpl {
     pub fn new(store: Store, clamd: Clamd, blobs: BlobStore, settings: UploadSettings) -> Self {
         Self { store, clamd, blobs, settings }
@@ -242,7 +184,8 @@ impl UploadActivitiesImpl {
         }
     }
 
-    /// Records that the file is kept in S3 under `key`, once the object holds all of it.
+    /// Records that the file is kept in S3 under `key`, once the object holds all of it. An
+    /// object whose file went meanwhile (deleted with its session) is deleted too.
     async fn record_object(&self, row: &AttachmentRow, key: &str, written: u64) -> Result<(), ActivityError> {
         if written != row.received_bytes as u64 {
             return Err(step_failure(BlobError {
@@ -250,7 +193,10 @@ impl UploadActivitiesImpl {
                 message: format!("wrote {written} bytes of {}", row.received_bytes),
             }));
         }
-        self.store.store_attachment_object(row.id, key).await.classify()
+        if !self.store.store_attachment_object(row.id, key).await.classify()? {
+            self.blobs.delete(key).await.classify()?;
+        }
+        Ok(())
     }
 
     /// The chunks as bytes for S3, heartbeating the progress; a chunk that went missing ends
@@ -258,7 +204,7 @@ impl UploadActivitiesImpl {
     fn chunk_bytes<'a>(&'a self, ctx: &'a ActivityContext, id: uuid::Uuid) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Unpin + 'a {
         let mut sent = 0u64;
         let mut heartbeats = Heartbeats::new();
-        Box::pin(self.store.upload_chunks(id, 0).then(move |chunk| {
+        Box::pin(self.store.upload_chunks(id, 0, i64::MAX).then(move |chunk| {
             let chunk = chunk.map(|chunk| {
                 sent += chunk.data.len() as u64;
                 Bytes::from(chunk.data)
@@ -304,16 +250,11 @@ impl UploadActivitiesImpl {
         let mut offset = 0i64;
         let mut heartbeats = Heartbeats::new();
         let mut last_bytes_at = Instant::now();
-        let key = object_key(&row.tenant_id, row.id);
-        // A file whose length is not known yet goes to S3 after its verdict (store_attachment).
-        let mut object = known_size
-            .is_some_and(|size| size as u64 > self.settings.inline_max_bytes)
-            .then(|| ObjectBesideScan::start(self.blobs.clone(), key.clone(), row.content_type.clone()));
         // Read what is stored; while the upload is still arriving, come back for the rest.
         loop {
             // Only what the row says is stored: a quiet upload costs one query per look.
             if offset < row.received_bytes {
-                let mut chunks = self.store.upload_chunks(upload.attachment_id, offset);
+                let mut chunks = self.store.upload_chunks(upload.attachment_id, offset, i64::MAX);
                 while let Some(chunk) = chunks.next().await {
                     let chunk = chunk.classify()?;
                     let broken = if chunk.start_offset != offset {
@@ -324,14 +265,10 @@ impl UploadActivitiesImpl {
                         None
                     };
                     if let Some(reason) = broken {
-                        drop(chunks);
-                        discard(object).await;
                         return Ok(ScanOutcome::Failed { reason });
                     }
                     if offset + chunk.data.len() as i64 > stream_max {
                         // A deferred length grew beyond what clamd scans: decide once every byte is in.
-                        drop(chunks);
-                        discard(object).await;
                         return Ok(unfinished(&row));
                     }
                     whole.update(&chunk.data);
@@ -348,9 +285,6 @@ impl UploadActivitiesImpl {
                     scan.send(&chunk.data).await.classify()?;
                     offset += chunk.data.len() as i64;
                     last_bytes_at = Instant::now();
-                    if let Some(object) = &object {
-                        object.send(Bytes::from(chunk.data)).await;
-                    }
                     if heartbeats.due() {
                         ctx.record_heartbeat(offset).await?;
                     }
@@ -363,11 +297,9 @@ impl UploadActivitiesImpl {
             if row.status == AttachmentStatus::Uploading && offset >= row.received_bytes {
                 // Nothing new yet: wait for the client, but not for ever.
                 if row.is_expired(chrono::Utc::now()) {
-                    discard(object).await;
                     return Ok(expired());
                 }
                 if last_bytes_at.elapsed() >= self.settings.follow_patience {
-                    discard(object).await;
                     return Ok(unfinished(&row));
                 }
                 if heartbeats.due() {
@@ -388,25 +320,11 @@ impl UploadActivitiesImpl {
                 .map(|expected| format!("SHA-256 is {sha256}, not the {expected} declared"))
         };
         if let Some(reason) = broken {
-            discard(object).await;
             return Ok(ScanOutcome::Failed { reason });
         }
-        if let Some(object) = &object {
-            object.end().await;
-        }
         let verdict = scan.finish().await.classify()?;
-        let verdict_at = Instant::now();
-        match (object.take(), &verdict) {
-            (Some(object), Verdict::Clean) => {
-                let written = object.keep().await.classify()?;
-                self.record_object(&row, &key, written).await?;
-            }
-            (Some(object), _) => object.discard().await,
-            (None, _) => {}
-        }
-        // After the last byte was read: clamd's verdict, then the S3 object's completion.
-        tracing::info!(attachment_id = %row.id, bytes = size, verdict_ms = (verdict_at - read_at).as_millis() as u64,
-                       object_ms = verdict_at.elapsed().as_millis() as u64, "file scanned");
+        // After the last byte was read: clamd's verdict.
+        tracing::info!(attachment_id = %row.id, bytes = size, verdict_ms = read_at.elapsed().as_millis() as u64, "file scanned");
         Ok(match verdict {
             Verdict::Clean => {
                 let readable = match text_source {
@@ -473,6 +391,19 @@ impl UploadActivitiesImpl {
         }
         Ok(())
     }
+
+    #[activity(definition = defs::RecordStoreFailure)]
+    pub async fn record_store_failure(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: RecordStoreFailureInput,
+    ) -> Result<(), ActivityError> {
+        let RecordStoreFailureInput { upload, reason } = input;
+        tracing::warn!(attachment_id = %upload.attachment_id, %reason, "a clean file stays in its received chunks");
+        let details = json!({ "attachment_id": upload.attachment_id, "reason": reason });
+        let entry = AuditEntry::for_upload(&upload, WORKER_ACTOR, STORE_ACTION, "failed", details);
+        self.store.audit(&entry.once(format!("{}:{STORE_ACTION}", upload.attachment_id))).await.classify()
+    }
 }
 
 /// A scan that lets go of an upload still arriving: it starts again when every byte is in
@@ -485,13 +416,6 @@ fn unfinished(row: &AttachmentRow) -> ScanOutcome {
 /// A scan of an upload that expired before its last byte: nothing to scan, nothing to record.
 fn expired() -> ScanOutcome {
     ScanOutcome::Failed { reason: "the upload expired before its last byte".into() }
-}
-
-/// Aborts the S3 object written beside a scan that stopped before its verdict.
-async fn discard(object: Option<ObjectBesideScan>) {
-    if let Some(object) = object {
-        object.discard().await;
-    }
 }
 
 /// The outcome a finished scan recorded.

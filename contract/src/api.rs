@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::status::{
-    ApprovalDecision, AttachmentStatus, DeadLetterKind, DeadLetterStatus, MaintenanceJob, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus,
+    ApprovalDecision, AttachmentStatus, AttachmentStorage, DeadLetterKind, DeadLetterStatus, MaintenanceJob, MessageStatus, Role, ToolCallStatus, ToolKind, TurnStatus,
 };
 
 /// Derives `utoipa::ToSchema` with the `openapi` feature.
@@ -452,6 +452,10 @@ api_type! {
         pub workflow_id: String,
         pub created_at: DateTime<Utc>,
         pub scanned_at: Option<DateTime<Utc>>,
+        /// Where a clean file's bytes are kept: `inline` (its row) or `s3`; none while it is
+        /// served from the bytes as received, until the scan's last step has stored it.
+        #[serde(default)]
+        pub storage: Option<AttachmentStorage>,
     }
 
     /// One row of the audit log: who did what, to which session, and how it ended.

@@ -65,34 +65,17 @@ impl BlobStore {
     }
 
     /// Writes `key` from a stream of bytes, in parts; writing the same key again replaces it
-    /// whole (a retried write leaves one object). Returns the bytes written.
+    /// whole (a retried write leaves one object). Returns the bytes written. A write that
+    /// fails halfway aborts its parts: no object appears.
     pub async fn put<E: std::fmt::Display>(
         &self,
         key: &str,
         content_type: &str,
-        bytes: impl Stream<Item = Result<Bytes, E>> + Unpin,
-    ) -> Result<u64, BlobError> {
-        self.put_if(key, content_type, bytes, async { true }).await
-    }
-
-    /// As [`BlobStore::put`], but the object appears only if `keep` says so once every byte
-    /// is sent: the parts go up as the bytes come (and the last one while `keep` is still
-    /// being decided), and the upload is completed, or aborted, after it. A file that fits in
-    /// one part is sent only once `keep` says yes. Not kept: no object, no parts, and an error.
-    pub async fn put_if<E: std::fmt::Display>(
-        &self,
-        key: &str,
-        content_type: &str,
         mut bytes: impl Stream<Item = Result<Bytes, E>> + Unpin,
-        keep: impl Future<Output = bool>,
     ) -> Result<u64, BlobError> {
-        let not_kept = || BlobError { operation: "put object", message: "not kept".into() };
         let mut part = Vec::with_capacity(PART_BYTES);
         // A file that fits in one part is one plain PUT.
         if fill(&mut part, &mut bytes).await? {
-            if !keep.await {
-                return Err(not_kept());
-            }
             let len = part.len() as u64;
             self.client
                 .put_object()
@@ -113,7 +96,7 @@ impl BlobStore {
             .content_type(content_type)
             // Each part carries its CRC32, checked by the bucket as it arrives; the completed
             // object's checksum is then built from the parts' (COMPOSITE) instead of read from
-            // every byte again at completion, which the scan's verdict waits on.
+            // every byte again at completion.
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .send()
             .await
@@ -146,9 +129,6 @@ impl BlobStore {
                         .build(),
                 );
                 fill(&mut part, &mut bytes).await?;
-            }
-            if !keep.await {
-                return Err(not_kept());
             }
             self.client
                 .complete_multipart_upload()

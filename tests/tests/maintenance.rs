@@ -204,7 +204,11 @@ async fn cleanup_removes_exactly_the_expired_sessions_with_their_files_and_memor
         .unwrap();
     let blobs = soma_core::blobs::BlobStore::from_config(&app.config);
     let key = |file| soma_activities::uploads::object_key("tenant-a", file);
-    assert!(blobs.exists(&key(old_file)).await.unwrap() && blobs.exists(&key(recent_file)).await.unwrap());
+    // A clean file goes to S3 just after its verdict.
+    eventually("both files in S3", || async {
+        blobs.exists(&key(old_file)).await.unwrap() && blobs.exists(&key(recent_file)).await.unwrap()
+    })
+    .await;
 
     let report = run_job(&app, MaintenanceJob::CleanupSessions).await;
     assert_eq!(report.items, 1, "{report:?}");

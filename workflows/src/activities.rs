@@ -203,16 +203,25 @@ impl UploadActivities {
     }
 
     /// Keeps a clean file: in its row up to the inline size, else in S3 under a key derived
-    /// from the attachment (a retry writes the same object).
+    /// from the attachment (a retry writes the same object); then drops its received chunks,
+    /// which served it until now.
     #[activity]
     pub async fn store_attachment(upload: UploadRef) -> Result<AttachmentStorage, ActivityError> {
         unimplemented!()
     }
 
-    /// Records the verdict (status, SHA-256, signature), drops the scanned bytes, emits
+    /// Records the verdict (status, SHA-256, signature), drops the scanned bytes of a file
+    /// not clean (a clean one is served from them until it is stored), emits
     /// `attachment.status` on the session's stream and writes the audit row.
     #[activity]
     pub async fn record_scan(input: RecordScanInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    /// A clean file that could not be stored stays served from its received chunks: the audit
+    /// row says why, for an operator.
+    #[activity]
+    pub async fn record_store_failure(input: RecordStoreFailureInput) -> Result<(), ActivityError> {
         unimplemented!()
     }
 }
@@ -392,4 +401,11 @@ impl ScanOutcome {
 pub struct RecordScanInput {
     pub upload: UploadRef,
     pub outcome: ScanOutcome,
+}
+
+/// Why a clean file could not be stored ([`UploadActivities::record_store_failure`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordStoreFailureInput {
+    pub upload: UploadRef,
+    pub reason: String,
 }

@@ -1,9 +1,12 @@
 //! `UploadScanWorkflow`: one uploaded file, step by step as in the design's table.
 //!
-//! verify the SHA-256 while scanning with clamd (one read of the bytes) → clean: store as an
-//! attachment (inline or S3) / infected or too large: quarantine → record the verdict
-//! (`attachment.status`, audit row). While clamd or S3 is away the step retries and the file
-//! stays `pending`; nothing is ever served before the verdict says `clean`.
+//! verify the SHA-256 while scanning with clamd (one read of the bytes) → record the verdict
+//! (`attachment.status`, audit row): infected or too large, quarantined and its bytes dropped;
+//! clean, served from the bytes as received → clean: store as an attachment (inline or S3),
+//! then drop the received bytes. While clamd is away the scan retries and the file stays
+//! `pending`; nothing is ever served before the verdict says `clean`, and no infected byte
+//! ever reaches the bucket. While S3 is away the store step retries and the clean file is
+//! served from Postgres; if it never succeeds, an audit row says so.
 //!
 //! A tus upload's scan starts when the upload is created and follows it: each chunk is
 //! scanned (and, for a large file, written to S3) as it is stored, so the verdict comes soon
@@ -23,8 +26,12 @@ use uuid::Uuid;
 
 use soma_contract::{AttachmentStatus, UploadRef, WorkKind};
 
-use crate::activities::{RecordScanInput, ScanOutcome, UploadActivities};
+use crate::activities::{RecordScanInput, RecordStoreFailureInput, ScanOutcome, UploadActivities};
 use crate::{steps, visibility};
+
+/// The patch that records a clean verdict before the file is stored (S3 or inline), so the
+/// file is usable as soon as it is known clean; histories without it stored first.
+const CLEAN_BEFORE_STORED: &str = "clean-before-stored";
 
 #[workflow]
 pub struct UploadScanWorkflow {
@@ -56,15 +63,35 @@ impl UploadScanWorkflow {
                 Err(err) => break ScanOutcome::Failed { reason: steps::failure_reason(&err) },
             }
         };
-        if let ScanOutcome::Clean { .. } = outcome
-            && let Err(err) =
-                ctx.execute_activity(UploadActivities::store_attachment, upload.clone(), steps::whole_file()).await
-        {
-            outcome = ScanOutcome::Failed { reason: format!("storing the clean file failed: {}", steps::failure_reason(&err)) };
+        if !ctx.patched(CLEAN_BEFORE_STORED) {
+            // Histories from before the patch: a clean file was stored before its verdict was recorded.
+            if let ScanOutcome::Clean { .. } = outcome
+                && let Err(err) =
+                    ctx.execute_activity(UploadActivities::store_attachment, upload.clone(), steps::whole_file()).await
+            {
+                outcome = ScanOutcome::Failed { reason: format!("storing the clean file failed: {}", steps::failure_reason(&err)) };
+            }
         }
         let status = outcome.status();
-        ctx.execute_activity(UploadActivities::record_scan, RecordScanInput { upload, outcome }, steps::database_after_cancel())
-            .await?;
+        let clean = matches!(outcome, ScanOutcome::Clean { .. });
+        ctx.execute_activity(
+            UploadActivities::record_scan,
+            RecordScanInput { upload: upload.clone(), outcome },
+            steps::database_after_cancel(),
+        )
+        .await?;
+        if clean && ctx.patched(CLEAN_BEFORE_STORED) {
+            // Served from its received chunks until this step has moved it to its storage.
+            if let Err(err) = ctx.execute_activity(UploadActivities::store_attachment, upload.clone(), steps::whole_file()).await {
+                let reason = steps::failure_reason(&err);
+                ctx.execute_activity(
+                    UploadActivities::record_store_failure,
+                    RecordStoreFailureInput { upload, reason },
+                    steps::database_after_cancel(),
+                )
+                .await?;
+            }
+        }
         Ok(status)
     }
 

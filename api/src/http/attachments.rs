@@ -95,21 +95,7 @@ pub async fn download(
         Some(value) => parse_range(value, length).map_err(|()| ApiError::RangeNotSatisfiable(length))?,
     };
     let (start, end) = range.unwrap_or((0, length.saturating_sub(1)));
-    let body = if length == 0 {
-        Body::empty()
-    } else {
-        match (row.storage, &row.object_key) {
-            (Some(AttachmentStorage::S3), Some(key)) => {
-                let stream = ctx
-                    .blobs
-                    .get(key, range)
-                    .await
-                    .map_err(|err| ApiError::Unavailable { what: "the attachment bucket", cause: err.into() })?;
-                Body::from_stream(stream.map(|chunk| chunk.map_err(std::io::Error::other)))
-            }
-            _ => Body::from(ctx.store.inline_content(row.id, start as i64, (end + 1 - start) as i64).await?),
-        }
-    };
+    let body = if length == 0 { Body::empty() } else { content(&ctx, &principal, row.clone(), start, end, range).await? };
     let mut response = body.into_response();
     *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let headers = response.headers_mut();
@@ -126,6 +112,61 @@ pub async fn download(
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
     Ok(response)
+}
+
+/// The bytes from `start` to `end` (inclusive) of a clean file, wherever they are now: its
+/// received chunks until the scan's last step has stored it, then its row or its S3 object.
+/// A file stored (its chunks dropped) between the reads of its row and of its chunks is
+/// looked up again.
+async fn content(
+    ctx: &ApiContext,
+    principal: &Principal,
+    mut row: AttachmentRow,
+    start: u64,
+    end: u64,
+    range: Option<(u64, u64)>,
+) -> Result<Body, ApiError> {
+    loop {
+        match (row.storage, &row.object_key) {
+            (Some(AttachmentStorage::S3), Some(key)) => {
+                let stream = ctx
+                    .blobs
+                    .get(key, range)
+                    .await
+                    .map_err(|err| ApiError::Unavailable { what: "the attachment bucket", cause: err.into() })?;
+                return Ok(Body::from_stream(stream.map(|chunk| chunk.map_err(std::io::Error::other))));
+            }
+            (Some(_), _) => {
+                return Ok(Body::from(ctx.store.inline_content(row.id, start as i64, (end + 1 - start) as i64).await?));
+            }
+            (None, _) => {
+                // One query reads one snapshot: if its first chunk is there, so is the rest.
+                let (store, id) = (ctx.store.clone(), row.id);
+                let chunks = async_stream::stream! {
+                    let mut chunks = store.upload_chunks(id, start as i64, end as i64 + 1);
+                    while let Some(chunk) = chunks.next().await {
+                        yield chunk;
+                    }
+                };
+                let mut chunks = Box::pin(chunks.peekable());
+                if chunks.as_mut().peek().await.is_some() {
+                    let bytes = chunks.map(move |chunk| {
+                        let chunk = chunk.map_err(std::io::Error::other)?;
+                        let (from, len) = (chunk.start_offset as u64, chunk.data.len() as u64);
+                        let skip = start.saturating_sub(from) as usize;
+                        let take = ((end + 1).min(from + len) - from) as usize;
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(chunk.data).slice(skip..take))
+                    });
+                    return Ok(Body::from_stream(bytes));
+                }
+                let id = row.id.to_string();
+                row = owned(ctx, principal, &id, "attachment").await?;
+                if row.storage.is_none() {
+                    return Err(ApiError::Internal(anyhow::anyhow!("the clean file {id} has neither chunks nor storage")));
+                }
+            }
+        }
+    }
 }
 
 fn header_value(text: &str) -> HeaderValue {

@@ -523,7 +523,8 @@ async fn receive<E: std::fmt::Display>(
     let mut writer = ctx.store.chunk_writer(checksum.is_some()).await?;
     let mut pieces = Pieces::new(body, ctx.config.upload_chunk_bytes);
     let mut received = Received { received_bytes: offset, status: row.status };
-    while let Some(piece) = pieces.next().await {
+    let mut next = pieces.next().await;
+    while let Some(piece) = next.take() {
         let piece = match piece {
             Ok(piece) => piece,
             Err(err) => {
@@ -544,10 +545,14 @@ async fn receive<E: std::fmt::Display>(
         if let Some(checksum) = &mut checksum {
             checksum.update(&piece);
         }
-        match writer.append(&row.tenant_id, row.id, received.received_bytes, &piece, &digest).await? {
+        // The next piece arrives while this one is stored.
+        let (stored, following) =
+            tokio::join!(writer.append(&row.tenant_id, row.id, received.received_bytes, &piece, &digest), pieces.next());
+        match stored? {
             Appended::Stored { received_bytes, status } => received = Received { received_bytes, status },
             Appended::OffsetMoved => return Err(offset_moved(received.received_bytes)),
         }
+        next = following;
     }
     if !checksum.is_none_or(Checksum::matches) {
         // The writer is dropped uncommitted: nothing of this request is kept.
@@ -712,6 +717,7 @@ pub fn attachment_view(row: &AttachmentRow) -> Attachment {
         workflow_id: UploadScanWorkflow::workflow_id(row.id),
         created_at: row.created_at,
         scanned_at: row.scanned_at,
+        storage: row.storage,
     }
 }
 

@@ -228,16 +228,20 @@ impl Store {
         Ok(deleted == 1)
     }
 
-    /// The chunks of a file not yet scanned from byte `from` on, in order, as the database
-    /// sends them (the file is never held whole). A chunk once stored never changes, so a
-    /// reader following an upload may read what is there now and come back for the rest.
-    pub fn upload_chunks(&self, id: Uuid, from: i64) -> BoxStream<'_, Result<UploadChunk, StoreError>> {
+    /// The chunks of a file not yet stored that hold bytes from `from` up to `to` (exclusive),
+    /// in order, as the database sends them (the file is never held whole). A chunk once
+    /// stored never changes, so a reader following an upload may read what is there now and
+    /// come back for the rest; one call reads one snapshot, so a file stored meanwhile is
+    /// read whole from its chunks or not at all.
+    pub fn upload_chunks(&self, id: Uuid, from: i64, to: i64) -> BoxStream<'_, Result<UploadChunk, StoreError>> {
         sqlx::query_as!(
             UploadChunk,
             "SELECT start_offset, data, sha256 FROM upload_chunks
-             WHERE attachment_id = $1 AND start_offset >= $2 ORDER BY start_offset",
+             WHERE attachment_id = $1 AND start_offset + octet_length(data) > $2 AND start_offset < $3
+             ORDER BY start_offset",
             id,
             from,
+            to,
         )
         .fetch(&self.pool)
         .map_err(StoreError::from)
@@ -246,35 +250,44 @@ impl Store {
 
     /// Keeps a clean file's bytes in its own row (a small file): the chunks, joined.
     pub async fn store_attachment_inline(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query!(
             r#"UPDATE attachments
                SET content = (SELECT COALESCE(string_agg(data, ''::bytea ORDER BY start_offset), ''::bytea)
                               FROM upload_chunks WHERE attachment_id = $1),
                    storage = 'inline', updated_at = now()
-               WHERE id = $1 AND status = 'pending'"#,
+               WHERE id = $1 AND status IN ('pending', 'clean') AND storage IS NULL"#,
             id,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        drop_stored_chunks(&mut tx, id).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Notes that a clean file's bytes are in S3 under `object_key`.
-    pub async fn store_attachment_object(&self, id: Uuid, object_key: &str) -> Result<(), StoreError> {
-        sqlx::query!(
-            "UPDATE attachments SET storage = 's3', object_key = $2, updated_at = now() WHERE id = $1 AND status = 'pending'",
+    /// Notes that a clean file's bytes are in S3 under `object_key`. False if the file is
+    /// gone (or was stored otherwise): the object is then nobody's.
+    pub async fn store_attachment_object(&self, id: Uuid, object_key: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query!(
+            "UPDATE attachments SET storage = 's3', object_key = $2, updated_at = now()
+             WHERE id = $1 AND status IN ('pending', 'clean') AND storage IS NULL",
             id,
             object_key,
         )
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        drop_stored_chunks(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(updated == 1)
     }
 
     /// Records how the scan ended and drops the chunks, which nothing will read again. A
     /// retried call changes nothing more. Returns whether the file was still pending. The
     /// chunks of a file still arriving are kept (a scan that gave up on an upload its client
-    /// may yet resume).
+    /// may yet resume), and so are those of a clean file not stored yet (they serve it).
     pub async fn record_scan(&self, id: Uuid, record: &ScanRecord<'_>) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query!(
@@ -292,7 +305,8 @@ impl Store {
         .rows_affected();
         sqlx::query!(
             "DELETE FROM upload_chunks WHERE attachment_id = $1
-             AND NOT EXISTS (SELECT 1 FROM attachments WHERE id = $1 AND status = 'uploading')",
+             AND NOT EXISTS (SELECT 1 FROM attachments WHERE id = $1
+                             AND (status = 'uploading' OR (status = 'clean' AND storage IS NULL)))",
             id
         )
         .execute(&mut *tx)
@@ -437,4 +451,17 @@ impl ChunkWriter {
         }
         Ok(())
     }
+}
+
+/// Drops the received chunks of a clean file once it is stored (a file stored before its
+/// verdict keeps them for the scan's record step to drop).
+async fn drop_stored_chunks(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query!(
+        "DELETE FROM upload_chunks WHERE attachment_id = $1
+         AND EXISTS (SELECT 1 FROM attachments WHERE id = $1 AND status = 'clean' AND storage IS NOT NULL)",
+        id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
