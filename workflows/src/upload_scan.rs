@@ -63,7 +63,8 @@ impl UploadScanWorkflow {
                 Err(err) => break ScanOutcome::Failed { reason: steps::failure_reason(&err) },
             }
         };
-        if !ctx.patched(CLEAN_BEFORE_STORED) {
+        let clean_before_stored = ctx.patched(CLEAN_BEFORE_STORED);
+        if !clean_before_stored {
             // Histories from before the patch: a clean file was stored before its verdict was recorded.
             if let ScanOutcome::Clean { .. } = outcome
                 && let Err(err) =
@@ -73,14 +74,13 @@ impl UploadScanWorkflow {
             }
         }
         let status = outcome.status();
-        let clean = matches!(outcome, ScanOutcome::Clean { .. });
         ctx.execute_activity(
             UploadActivities::record_scan,
             RecordScanInput { upload: upload.clone(), outcome },
             steps::database_after_cancel(),
         )
         .await?;
-        if clean && ctx.patched(CLEAN_BEFORE_STORED) {
+        if clean_before_stored && status == AttachmentStatus::Clean {
             // Served from its received chunks until this step has moved it to its storage.
             if let Err(err) = ctx.execute_activity(UploadActivities::store_attachment, upload.clone(), steps::whole_file()).await {
                 let reason = steps::failure_reason(&err);

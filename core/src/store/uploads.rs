@@ -261,7 +261,7 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        drop_stored_chunks(&mut tx, id).await?;
+        drop_unneeded_chunks(&mut tx, id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -279,7 +279,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        drop_stored_chunks(&mut tx, id).await?;
+        drop_unneeded_chunks(&mut tx, id).await?;
         tx.commit().await?;
         Ok(updated == 1)
     }
@@ -303,14 +303,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query!(
-            "DELETE FROM upload_chunks WHERE attachment_id = $1
-             AND NOT EXISTS (SELECT 1 FROM attachments WHERE id = $1
-                             AND (status = 'uploading' OR (status = 'clean' AND storage IS NULL)))",
-            id
-        )
-        .execute(&mut *tx)
-        .await?;
+        drop_unneeded_chunks(&mut tx, id).await?;
         tx.commit().await?;
         Ok(updated == 1)
     }
@@ -453,12 +446,14 @@ impl ChunkWriter {
     }
 }
 
-/// Drops the received chunks of a clean file once it is stored (a file stored before its
-/// verdict keeps them for the scan's record step to drop).
-async fn drop_stored_chunks(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: Uuid) -> Result<(), StoreError> {
+/// Drops a file's received chunks once nothing needs them: they are kept while the file is
+/// still arriving, while it waits for its verdict (a file stored before its verdict keeps them
+/// for the scan's record step) and while a clean file is served from them, not yet stored.
+async fn drop_unneeded_chunks(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: Uuid) -> Result<(), StoreError> {
     sqlx::query!(
         "DELETE FROM upload_chunks WHERE attachment_id = $1
-         AND EXISTS (SELECT 1 FROM attachments WHERE id = $1 AND status = 'clean' AND storage IS NOT NULL)",
+         AND NOT EXISTS (SELECT 1 FROM attachments WHERE id = $1
+                         AND (status IN ('uploading', 'pending') OR (status = 'clean' AND storage IS NULL)))",
         id
     )
     .execute(&mut **tx)
