@@ -279,7 +279,9 @@ api_type! {
     #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ToolDecisionRequest {
+        /// No NUL character (400 `invalid_text`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*$"))]
         pub reason: Option<String>,
     }
 
@@ -424,8 +426,8 @@ api_type! {
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Discard {
-        /// Why it is given up on (required: it goes to the audit log).
-        #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+        /// Why it is given up on (required: it goes to the audit log). Not blank, no NUL character.
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
         pub reason: String,
     }
 
@@ -523,7 +525,9 @@ api_type! {
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
     #[serde(deny_unknown_fields)]
     pub struct ScheduleNote {
+        /// No NUL character (400 `invalid_text`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*$"))]
         pub note: Option<String>,
     }
 
