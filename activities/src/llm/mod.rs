@@ -236,12 +236,15 @@ impl LlmActivitiesImpl {
                     Some(Ok(LlmChunk::Delta(text))) => {
                         writer.pending.push_str(&text);
                         // At most one write per coalescing window, but a token that arrives
-                        // after a quiet spell (the first one, say) is written at once.
+                        // after a quiet spell (the first one, say) is written at once. The
+                        // window runs from a write's start: under load the write itself waits
+                        // for the event writer's window, and a window counted from its end
+                        // would hold the next token back for a second one.
                         let due = last_write + self.coalesce;
                         if Instant::now() >= due {
                             write_at = None;
-                            writer.write().await?;
                             last_write = Instant::now();
+                            writer.write().await?;
                         } else if write_at.is_none() {
                             write_at = Some(due);
                         }
@@ -266,8 +269,8 @@ impl LlmActivitiesImpl {
                 },
                 _ = sleep_until(write_deadline), if write_at.is_some() => {
                     write_at = None;
-                    writer.write().await?;
                     last_write = Instant::now();
+                    writer.write().await?;
                 }
                 _ = sleep_until(heartbeat_at) => {
                     heartbeat_at = Instant::now() + HEARTBEAT_EVERY;
