@@ -226,6 +226,9 @@ pub struct FollowedTurn {
     /// Per delta: its row's `created_at` (the worker's insert began) → the client had it, in
     /// ms by the wall clock; what the delivery took after the worker got the token.
     pub stored_to_client_ms: Vec<f64>,
+    /// Per token: provider sent it → its row's `created_at`, in ms (the delivery less the
+    /// part after its row): the worker's share, coalescing windows included.
+    pub sent_to_stored_ms: Vec<f64>,
     /// The reply as a client honouring `llm.retry` shows it.
     pub shown: soma_contract::ShownReply,
     pub end: Option<String>,
@@ -320,14 +323,17 @@ impl StackClient {
                         followed.first_token_sent = Some(first.saturating_duration_since(since));
                     }
                     let late = chrono::Utc::now().signed_duration_since(event.data.meta.created_at);
-                    followed.stored_to_client_ms.push(late.num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    let stored_to_client = late.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    followed.stored_to_client_ms.push(stored_to_client);
                     let words = |text: String| if text.is_empty() { 0 } else { text.split(' ').count() };
                     let before = words(followed.shown.text());
                     followed.shown.apply(&SessionEvent::LlmDelta(delta.clone()));
                     let after = words(followed.shown.text());
                     if let Some(times) = self.emits.lock().unwrap().get(message) {
                         for sent in times.iter().take(after).skip(before) {
-                            followed.delivery_ms.push(ms(received.saturating_duration_since(*sent)));
+                            let delivery = ms(received.saturating_duration_since(*sent));
+                            followed.delivery_ms.push(delivery);
+                            followed.sent_to_stored_ms.push((delivery - stored_to_client).max(0.0));
                         }
                     }
                 }
