@@ -211,8 +211,8 @@ impl UploadActivities {
     }
 
     /// Records the verdict (status, SHA-256, signature), drops the scanned bytes of a file
-    /// not clean (a clean one is served from them until it is stored), emits
-    /// `attachment.status` on the session's stream and writes the audit row.
+    /// not clean (a clean one is served from them until it is stored), writes the audit row,
+    /// then emits `attachment.status` on the session's stream.
     #[activity]
     pub async fn record_scan(input: RecordScanInput) -> Result<(), ActivityError> {
         unimplemented!()

@@ -9,7 +9,7 @@
 //! served from Postgres; if it never succeeds, an audit row says so.
 //!
 //! A tus upload's scan starts when the upload is created and follows it: each chunk is
-//! scanned (and, for a large file, written to S3) as it is stored, so the verdict comes soon
+//! scanned as it is stored, so the verdict comes soon
 //! after the last byte rather than a whole read later. If the upload pauses, the scan step
 //! lets go ([`ScanOutcome::Unfinished`]) and the workflow waits, holding nothing, for the
 //! `received` signal (sent when the last byte is stored) or the upload's expiry, then scans
