@@ -18,7 +18,7 @@ mod uploads;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use sqlx::postgres::PgPoolOptions;
 
 pub use audit::{AuditEntry, AuditFilter, Requester};
@@ -85,6 +85,15 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // A connection keeps buffers the size of the largest message it sent or read (an
+            // upload's chunk is a megabyte), so without this every pooled connection that
+            // ever carried one would hold that much for good.
+            .after_release(|connection, _| {
+                Box::pin(async move {
+                    connection.shrink_buffers();
+                    Ok(true)
+                })
+            })
             .connect_lazy(url)?;
         Ok(Self { pool, writer: Arc::default(), event_window: Duration::ZERO })
     }
