@@ -408,18 +408,19 @@ async fn receive_limited(
     let mut writer = ctx.store.chunk_writer(false).await?;
     let mut pieces = Pieces::new(bytes, ctx.config.upload_chunk_bytes);
     let mut offset = 0i64;
-    while let Some(piece) = pieces.next().await {
-        let piece = piece.map_err(|message| ApiError::bad_request("invalid_multipart", message))?;
+    while let Some(piece) = pieces.next_digested().await {
+        let (piece, digest) = piece.map_err(|message| ApiError::bad_request("invalid_multipart", message))?;
         if offset as u64 + piece.len() as u64 > limit {
             return Err(ApiError::PayloadTooLarge {
                 message: format!("multipart uploads take at most {limit} bytes; send larger files over tus"),
             });
         }
-        match writer.append(&row.tenant_id, row.id, offset, &piece, &Sha256::digest(&piece)).await? {
+        match writer.append(&row.tenant_id, row.id, offset, &piece, &digest).await? {
             Appended::Stored { received_bytes, .. } => offset = received_bytes,
             Appended::OffsetMoved => return Err(offset_moved(offset)),
         }
     }
+    writer.commit().await?;
     Ok(offset)
 }
 
@@ -513,6 +514,7 @@ fn checksum(headers: &HeaderMap) -> Result<Option<Checksum>, ApiError> {
 /// Stores a tus request's bytes from `offset`. Without a checksum each chunk is kept as soon
 /// as it is stored, and a request cut short keeps what arrived (the client resumes from
 /// there); with one, all of them are kept only if the checksum matches (460 otherwise).
+/// Either way what is kept is durable when this returns.
 async fn receive<E: std::fmt::Display>(
     ctx: &ApiContext,
     row: &AttachmentRow,
@@ -523,14 +525,15 @@ async fn receive<E: std::fmt::Display>(
     let mut writer = ctx.store.chunk_writer(checksum.is_some()).await?;
     let mut pieces = Pieces::new(body, ctx.config.upload_chunk_bytes);
     let mut received = Received { received_bytes: offset, status: row.status };
-    let mut next = pieces.next().await;
+    let mut next = pieces.next_digested().await;
     while let Some(piece) = next.take() {
-        let piece = match piece {
+        let (piece, digest) = match piece {
             Ok(piece) => piece,
             Err(err) => {
                 // The client went away: what arrived is kept (unless a checksum must match).
                 tracing::info!(attachment_id = %row.id, error = %err, offset = received.received_bytes, "upload request cut short");
                 if checksum.is_none() {
+                    writer.commit().await?;
                     return Ok(received);
                 }
                 return Err(ApiError::bad_request("upload_interrupted", format!("the request body broke off: {err}")));
@@ -541,13 +544,12 @@ async fn receive<E: std::fmt::Display>(
         {
             return Err(beyond_length(length));
         }
-        let digest = Sha256::digest(&piece);
         if let Some(checksum) = &mut checksum {
             checksum.update(&piece);
         }
-        // The next piece arrives while this one is stored.
+        // The next piece arrives, and is hashed, while this one is stored.
         let (stored, following) =
-            tokio::join!(writer.append(&row.tenant_id, row.id, received.received_bytes, &piece, &digest), pieces.next());
+            tokio::join!(writer.append(&row.tenant_id, row.id, received.received_bytes, &piece, &digest), pieces.next_digested());
         match stored? {
             Appended::Stored { received_bytes, status } => received = Received { received_bytes, status },
             Appended::OffsetMoved => return Err(offset_moved(received.received_bytes)),
@@ -597,6 +599,15 @@ where
         }
         let take = self.buffer.len().min(self.size);
         Some(Ok(self.buffer.split_to(take).freeze()))
+    }
+
+    /// The next piece with its SHA-256 (each chunk is stored with it).
+    async fn next_digested(&mut self) -> Option<Result<(Bytes, [u8; 32]), E>> {
+        let piece = self.next().await?;
+        Some(piece.map(|piece| {
+            let digest = Sha256::digest(&piece).into();
+            (piece, digest)
+        }))
     }
 }
 

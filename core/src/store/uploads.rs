@@ -182,12 +182,13 @@ impl Store {
         .await?)
     }
 
-    /// A writer of an upload's chunks: each durable as soon as it is appended, or (with
-    /// `all_or_nothing`) none until [`ChunkWriter::commit`], for a request whose checksum must
-    /// match before any of it is kept.
+    /// A writer of an upload's chunks: each kept (readable, so the scan can follow) as soon
+    /// as it is appended and all durable once [`ChunkWriter::commit`] returns, or (with
+    /// `all_or_nothing`) none kept until then, for a request whose checksum must match before
+    /// any of it is kept.
     pub async fn chunk_writer(&self, all_or_nothing: bool) -> Result<ChunkWriter, StoreError> {
         let tx = if all_or_nothing { Some(self.pool.begin().await?) } else { None };
-        Ok(ChunkWriter { pool: self.pool.clone(), tx })
+        Ok(ChunkWriter { pool: self.pool.clone(), tx, not_flushed: None })
     }
 
     /// Declares the length of an upload that deferred it (and the SHA-256 its bytes must
@@ -390,10 +391,13 @@ impl Store {
 }
 
 /// Appends an upload's chunks (see [`Store::chunk_writer`]). Dropped without a commit, an
-/// all-or-nothing writer keeps nothing.
+/// all-or-nothing writer keeps nothing, and another may lose its last chunks to a database
+/// crash (they were never reported to the client).
 pub struct ChunkWriter {
     pool: sqlx::PgPool,
     tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    /// The upload whose chunks were committed without waiting for the disk.
+    not_flushed: Option<Uuid>,
 }
 
 impl ChunkWriter {
@@ -408,14 +412,22 @@ impl ChunkWriter {
         data: &[u8],
         sha256: &[u8],
     ) -> Result<Appended, StoreError> {
+        // A chunk committed on its own does not wait for its WAL to reach the disk (a megabyte
+        // each, while clamd writes the same bytes to its own disk: the wait is most of the
+        // upload's time); `commit` makes them all durable at once. In a transaction the
+        // server's setting stays: the transaction's commit is the durable one.
+        let commit_mode = self.tx.is_none().then_some("off");
         let query = sqlx::query!(
-            r#"WITH moved AS (
+            r#"WITH commit_mode AS (
+                   SELECT set_config('synchronous_commit', COALESCE($6, current_setting('synchronous_commit')), true)),
+               moved AS (
                    UPDATE attachments
                    SET received_bytes = received_bytes + octet_length($4::bytea),
                        status = CASE WHEN received_bytes + octet_length($4::bytea) = size_bytes THEN 'pending'
                                      ELSE 'uploading' END,
                        updated_at = now()
                    WHERE id = $1 AND tenant_id = $2 AND status = 'uploading' AND received_bytes = $3
+                     AND EXISTS (SELECT FROM commit_mode)
                    RETURNING id, received_bytes, status),
                chunk AS (
                    INSERT INTO upload_chunks (attachment_id, start_offset, data, sha256)
@@ -426,21 +438,33 @@ impl ChunkWriter {
             start_offset,
             data,
             sha256,
+            commit_mode,
         );
         let stored = match &mut self.tx {
             Some(tx) => query.fetch_optional(&mut **tx).await?,
             None => query.fetch_optional(&self.pool).await?,
         };
         Ok(match stored {
-            Some(row) => Appended::Stored { received_bytes: row.received_bytes, status: row.status },
+            Some(row) => {
+                if self.tx.is_none() {
+                    self.not_flushed = Some(id);
+                }
+                Appended::Stored { received_bytes: row.received_bytes, status: row.status }
+            }
             None => Appended::OffsetMoved,
         })
     }
 
-    /// Keeps what was appended.
+    /// Makes what was appended durable: before the client is told an offset, the bytes
+    /// below it must survive a crash of the database.
     pub async fn commit(self) -> Result<(), StoreError> {
         if let Some(tx) = self.tx {
             tx.commit().await?;
+        }
+        if let Some(id) = self.not_flushed {
+            // A write committed synchronously flushes the WAL up to its own commit record,
+            // and with it every chunk committed before.
+            sqlx::query!("UPDATE attachments SET updated_at = now() WHERE id = $1", id).execute(&self.pool).await?;
         }
         Ok(())
     }
