@@ -52,10 +52,20 @@ async fn listed(app: &TestApp, query: &str) -> Vec<String> {
 
 /// What [`listed`] finds with `prefix` once there are at least `at_least` (visibility lags).
 async fn listed_at_least(app: &TestApp, query: &str, prefix: &str, at_least: usize) -> Vec<String> {
+    listed_once(app, query, |found| found.iter().filter(|id| id.starts_with(prefix)).count() >= at_least)
+        .await
+        .into_iter()
+        .filter(|id| id.starts_with(prefix))
+        .collect()
+}
+
+/// What [`listed`] finds once `done` holds for it, or at the deadline (visibility lags, and
+/// workflows other than the awaited ones may show up first).
+async fn listed_once(app: &TestApp, query: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let found: Vec<String> = listed(app, query).await.into_iter().filter(|id| id.starts_with(prefix)).collect();
-        if found.len() >= at_least || tokio::time::Instant::now() > deadline {
+        let found = listed(app, query).await;
+        if done(&found) || tokio::time::Instant::now() > deadline {
             return found;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -315,7 +325,9 @@ async fn a_sessions_workflows_are_found_by_its_session_id() {
     app.events(&session, None).await.until("turn.complete", DEADLINE).await;
     let call = app.api.request_tool(session.parse().unwrap(), "current_time", serde_json::json!({})).await.unwrap();
     let query = format!("SessionId = '{session}'");
-    let found = listed_at_least(&app, &query, "", 2).await;
+    // The turn's memory writes carry the session id too, and may be listed before the tool call.
+    let awaited = [workflow_id.clone(), call.workflow_id.clone()];
+    let found = listed_once(&app, &query, |found| awaited.iter().all(|id| found.contains(id))).await;
     assert!(found.contains(&workflow_id), "{found:?}");
     assert!(found.contains(&call.workflow_id), "{found:?}");
     let chat = listed(&app, &format!("{query} AND SomaKind = 'chat' AND TenantId = 'tenant-a'")).await;
