@@ -2,12 +2,15 @@
 //! attachment routes. The `soma upload` command, the tests, the benchmark and the drills use it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::{Body, Method};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use uuid::Uuid;
 
 use soma_contract::api::Attachment;
@@ -16,8 +19,10 @@ use crate::{Client, ClientError, check, decode};
 
 pub const TUS_VERSION: &str = "1.0.0";
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
-/// Bytes per PATCH of [`Client::upload_file`]: a broken request costs at most this much again.
-pub const PATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes per read of the file while a PATCH streams it.
+const READ_BYTES: usize = 256 * 1024;
+/// How often [`Client::upload_file`] reports progress while a request streams the file.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// How often [`Client::upload_file`] resumes after a broken request before giving up.
 const RESUME_ATTEMPTS: u32 = 30;
 
@@ -39,7 +44,8 @@ impl TusUpload {
     }
 }
 
-/// Progress of [`Client::upload_file`], after each request.
+/// Progress of [`Client::upload_file`]: bytes handed to the connection while a request goes,
+/// the server's offset after each.
 #[derive(Debug, Clone, Copy)]
 pub struct UploadProgress {
     pub sent: u64,
@@ -94,14 +100,19 @@ impl Client {
 
     /// Sends `body` from `offset` (`PATCH`); returns the new offset.
     pub async fn tus_append(&self, upload: &TusUpload, offset: u64, body: impl Into<Body>) -> Result<u64, ClientError> {
-        let response = self
-            .tus(Method::PATCH, &upload.location)
+        self.tus_patch(self.tus_patch_request(upload, offset).body(body)).await
+    }
+
+    /// A `PATCH` of an upload from `offset`, its body still to give.
+    fn tus_patch_request(&self, upload: &TusUpload, offset: u64) -> reqwest::RequestBuilder {
+        self.tus(Method::PATCH, &upload.location)
             .header("Content-Type", OFFSET_OCTET_STREAM)
             .header("Upload-Offset", offset)
-            .body(body)
-            .send()
-            .await?;
-        header_u64(&check(response).await?, "upload-offset")
+    }
+
+    /// Sends a `PATCH`; returns the server's new offset.
+    async fn tus_patch(&self, request: reqwest::RequestBuilder) -> Result<u64, ClientError> {
+        header_u64(&check(request.send().await?).await?, "upload-offset")
     }
 
     /// Creates a tus upload for a file: its name, type and length, for `session` if given.
@@ -119,9 +130,11 @@ impl Client {
         self.tus_create(length, &pairs).await
     }
 
-    /// Uploads a file over tus in requests of [`PATCH_BYTES`], resuming from the server's
-    /// offset when a request breaks (the API restarting, say); `resume` continues an upload
-    /// begun earlier. Calls `progress` after each request.
+    /// Uploads a file over tus: the rest of the file in one streamed `PATCH` (as tus-js-client
+    /// does by default; the server keeps every chunk as it arrives, so a broken request loses
+    /// nothing it stored), resuming from the server's offset when a request breaks (the API
+    /// restarting, say); `resume` continues an upload begun earlier. Calls `progress` every
+    /// [`PROGRESS_EVERY`] while the bytes go, and after each request.
     pub async fn upload_file(
         &self,
         path: &Path,
@@ -130,8 +143,7 @@ impl Client {
         mut progress: impl FnMut(UploadProgress),
     ) -> Result<TusUpload, ClientError> {
         let io = |err: std::io::Error| ClientError::Decode(format!("{}: {err}", path.display()));
-        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-        let length = file.metadata().await.map_err(io)?.len();
+        let length = tokio::fs::metadata(path).await.map_err(io)?.len();
         let upload = match resume {
             Some(upload) => TusUpload { length, ..upload },
             None => self.tus_create_for_file(path, session).await?,
@@ -140,11 +152,24 @@ impl Client {
         let mut resumed = 0;
         progress(UploadProgress { sent: offset, length, resumed });
         while offset < length {
-            let take = PATCH_BYTES.min(length - offset);
+            let mut file = tokio::fs::File::open(path).await.map_err(io)?;
             file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
-            let mut chunk = vec![0u8; take as usize];
-            file.read_exact(&mut chunk).await.map_err(io)?;
-            match self.tus_append(&upload, offset, chunk).await {
+            let sent = Arc::new(AtomicU64::new(offset));
+            let rest = length - offset;
+            let request = self
+                .tus_patch_request(&upload, offset)
+                .header("Content-Length", rest)
+                .body(counted_body(file.take(rest), sent.clone()));
+            let answer = self.tus_patch(request);
+            tokio::pin!(answer);
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut answer => break answer,
+                    _ = ticks.tick() => progress(UploadProgress { sent: sent.load(Ordering::Relaxed), length, resumed }),
+                }
+            };
+            match answer {
                 Ok(next) => offset = next,
                 Err(err) if !err.is_permanent() || err.status() == Some(409) => {
                     resumed += 1;
@@ -212,6 +237,24 @@ impl Client {
         }
         check(request.send().await?).await
     }
+}
+
+/// `reader` as a request body, read [`READ_BYTES`] at a time, adding to `sent` what it hands
+/// to the connection.
+fn counted_body(reader: impl AsyncRead + Unpin + Send + 'static, sent: Arc<AtomicU64>) -> Body {
+    Body::wrap_stream(futures::stream::try_unfold(reader, move |mut reader| {
+        let sent = sent.clone();
+        async move {
+            let mut buffer = BytesMut::zeroed(READ_BYTES);
+            let read = reader.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            buffer.truncate(read);
+            sent.fetch_add(read as u64, Ordering::Relaxed);
+            Ok(Some((buffer.freeze(), reader)))
+        }
+    }))
 }
 
 /// A content type from a file name's extension, for the common kinds; else octet-stream.
