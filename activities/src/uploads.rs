@@ -259,8 +259,8 @@ impl UploadActivitiesImpl {
                     let chunk = chunk.classify()?;
                     let broken = if chunk.start_offset != offset {
                         Some(format!("the bytes at offset {offset} are missing"))
-                    } else if Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
-                        Some(format!("the chunk at offset {offset} is not the one received (SHA-256 differs)"))
+                    } else if !chunk.is_as_received() {
+                        Some(format!("the chunk at offset {offset} is not the one received (its checksum differs)"))
                     } else {
                         None
                     };

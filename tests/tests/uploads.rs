@@ -111,6 +111,28 @@ async fn eicar_is_quarantined_with_its_signature_never_served_and_announced_on_t
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_changed_after_it_arrived_fails_the_scan_and_is_never_served() {
+    let app = app("corrupt_chunk", |_| {}).await;
+    // No worker yet: the scan reads the chunks only after one was changed.
+    let file = random_bytes(2 * 1024 * 1024 + 17);
+    let id = upload(&app.api, &file, &[("filename", "changed.bin")]).await.id().unwrap();
+    let changed = sqlx::query("UPDATE upload_chunks SET data = set_byte(data, 10, 255 - get_byte(data, 10)) WHERE attachment_id = $1 AND start_offset > 0")
+        .bind(id)
+        .execute(app.store.pool())
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(changed, 2, "the file is in three chunks");
+    let _worker = app.start_worker();
+    let attachment = scanned(&app.api, id).await;
+    assert_eq!(attachment.status, AttachmentStatus::Failed, "{attachment:?}");
+    let reason = attachment.verdict.clone().unwrap_or_default();
+    assert!(reason.contains("at offset 1048576 is not the one received"), "{reason}");
+    let (status, _, _) = download(&app.api, id, None).await;
+    assert_eq!(status, 409, "a file whose bytes changed is never served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_clean_file_downloads_whole_and_by_range_for_its_tenant_only() {
     let app = app("clean", |_| {}).await;
     let _worker = app.start_worker();
@@ -299,10 +321,12 @@ async fn a_large_file_lands_in_s3_and_downloads_intact() {
     let file = random_bytes(20 * 1024 * 1024 + 123);
     let path = std::env::temp_dir().join(format!("soma-s3-{}.bin", Uuid::now_v7()));
     std::fs::write(&path, &file).unwrap();
-    let mut updates = 0;
-    let upload = app.api.upload_file(&path, None, None, |_| updates += 1).await.expect("uploaded");
+    let mut reported = Vec::new();
+    let upload = app.api.upload_file(&path, None, None, |progress| reported.push(progress.sent)).await.expect("uploaded");
     std::fs::remove_file(&path).ok();
-    assert!(updates >= 3, "progress is reported per request");
+    assert_eq!(reported.first(), Some(&0), "{reported:?}");
+    assert_eq!(reported.last(), Some(&(file.len() as u64)), "{reported:?}");
+    assert!(reported.is_sorted(), "progress only grows: {reported:?}");
     let id = upload.id().unwrap();
 
     let attachment = scanned(&app.api, id).await;

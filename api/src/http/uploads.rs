@@ -405,17 +405,17 @@ async fn receive_limited(
     bytes: impl Stream<Item = Result<Bytes, String>> + Unpin,
     limit: u64,
 ) -> Result<i64, ApiError> {
-    let mut writer = ctx.store.chunk_writer(false).await?;
+    let mut writer = ctx.store.chunk_writer(&row.tenant_id, row.id, false).await?;
     let mut pieces = Pieces::new(bytes, ctx.config.upload_chunk_bytes);
     let mut offset = 0i64;
-    while let Some(piece) = pieces.next_digested().await {
-        let (piece, digest) = piece.map_err(|message| ApiError::bad_request("invalid_multipart", message))?;
+    while let Some(piece) = pieces.next().await {
+        let piece = piece.map_err(|message| ApiError::bad_request("invalid_multipart", message))?;
         if offset as u64 + piece.len() as u64 > limit {
             return Err(ApiError::PayloadTooLarge {
                 message: format!("multipart uploads take at most {limit} bytes; send larger files over tus"),
             });
         }
-        match writer.append(&row.tenant_id, row.id, offset, &piece, &digest).await? {
+        match writer.append(offset, &piece).await? {
             Appended::Stored { received_bytes, .. } => offset = received_bytes,
             Appended::OffsetMoved => return Err(offset_moved(offset)),
         }
@@ -522,12 +522,12 @@ async fn receive<E: std::fmt::Display>(
     mut checksum: Option<Checksum>,
     body: impl Stream<Item = Result<Bytes, E>> + Unpin,
 ) -> Result<Received, ApiError> {
-    let mut writer = ctx.store.chunk_writer(checksum.is_some()).await?;
+    let mut writer = ctx.store.chunk_writer(&row.tenant_id, row.id, checksum.is_some()).await?;
     let mut pieces = Pieces::new(body, ctx.config.upload_chunk_bytes);
     let mut received = Received { received_bytes: offset, status: row.status };
-    let mut next = pieces.next_digested().await;
+    let mut next = pieces.next().await;
     while let Some(piece) = next.take() {
-        let (piece, digest) = match piece {
+        let piece = match piece {
             Ok(piece) => piece,
             Err(err) => {
                 // The client went away: what arrived is kept (unless a checksum must match).
@@ -547,9 +547,8 @@ async fn receive<E: std::fmt::Display>(
         if let Some(checksum) = &mut checksum {
             checksum.update(&piece);
         }
-        // The next piece arrives, and is hashed, while this one is stored.
-        let (stored, following) =
-            tokio::join!(writer.append(&row.tenant_id, row.id, received.received_bytes, &piece, &digest), pieces.next_digested());
+        // The next piece arrives while this one is stored.
+        let (stored, following) = tokio::join!(writer.append(received.received_bytes, &piece), pieces.next());
         match stored? {
             Appended::Stored { received_bytes, status } => received = Received { received_bytes, status },
             Appended::OffsetMoved => return Err(offset_moved(received.received_bytes)),
@@ -599,15 +598,6 @@ where
         }
         let take = self.buffer.len().min(self.size);
         Some(Ok(self.buffer.split_to(take).freeze()))
-    }
-
-    /// The next piece with its SHA-256 (each chunk is stored with it).
-    async fn next_digested(&mut self) -> Option<Result<(Bytes, [u8; 32]), E>> {
-        let piece = self.next().await?;
-        Some(piece.map(|piece| {
-            let digest = Sha256::digest(&piece).into();
-            (piece, digest)
-        }))
     }
 }
 

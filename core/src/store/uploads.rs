@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use soma_contract::events::AttachmentStatusChanged;
@@ -124,7 +125,26 @@ pub struct PromptAttachment {
 pub struct UploadChunk {
     pub start_offset: i64,
     pub data: Vec<u8>,
-    pub sha256: Vec<u8>,
+    /// [`UploadChunk::checksum`] of the bytes as they arrived.
+    pub crc32c: Option<i32>,
+    /// The SHA-256 of the bytes as they arrived, for chunks stored before they had a CRC32C.
+    pub sha256: Option<Vec<u8>>,
+}
+
+impl UploadChunk {
+    /// The CRC32C a chunk is stored with (as the `INTEGER` column holds it).
+    pub fn checksum(data: &[u8]) -> i32 {
+        crc_fast::crc32_iscsi(data) as i32
+    }
+
+    /// Whether the bytes are still the ones that arrived.
+    pub fn is_as_received(&self) -> bool {
+        match (self.crc32c, &self.sha256) {
+            (Some(crc32c), _) => crc32c == Self::checksum(&self.data),
+            (None, Some(sha256)) => Sha256::digest(&self.data).as_slice() == sha256.as_slice(),
+            (None, None) => false,
+        }
+    }
 }
 
 impl Store {
@@ -182,13 +202,13 @@ impl Store {
         .await?)
     }
 
-    /// A writer of an upload's chunks: each kept (readable, so the scan can follow) as soon
-    /// as it is appended and all durable once [`ChunkWriter::commit`] returns, or (with
-    /// `all_or_nothing`) none kept until then, for a request whose checksum must match before
-    /// any of it is kept.
-    pub async fn chunk_writer(&self, all_or_nothing: bool) -> Result<ChunkWriter, StoreError> {
+    /// A writer of the chunks of tenant's upload `id`: each kept (readable, so the scan can
+    /// follow) as soon as it is appended and all durable once [`ChunkWriter::commit`] returns,
+    /// or (with `all_or_nothing`) none kept until then, for a request whose checksum must match
+    /// before any of it is kept.
+    pub async fn chunk_writer(&self, tenant_id: &str, id: Uuid, all_or_nothing: bool) -> Result<ChunkWriter, StoreError> {
         let tx = if all_or_nothing { Some(self.pool.begin().await?) } else { None };
-        Ok(ChunkWriter { pool: self.pool.clone(), tx, not_flushed: None })
+        Ok(ChunkWriter { pool: self.pool.clone(), tenant_id: tenant_id.to_string(), id, tx, not_flushed: false })
     }
 
     /// Declares the length of an upload that deferred it (and the SHA-256 its bytes must
@@ -237,7 +257,7 @@ impl Store {
     pub fn upload_chunks(&self, id: Uuid, from: i64, to: i64) -> BoxStream<'_, Result<UploadChunk, StoreError>> {
         sqlx::query_as!(
             UploadChunk,
-            "SELECT start_offset, data, sha256 FROM upload_chunks
+            "SELECT start_offset, data, crc32c, sha256 FROM upload_chunks
              WHERE attachment_id = $1 AND start_offset + octet_length(data) > $2 AND start_offset < $3
              ORDER BY start_offset",
             id,
@@ -395,23 +415,19 @@ impl Store {
 /// crash (they were never reported to the client).
 pub struct ChunkWriter {
     pool: sqlx::PgPool,
+    tenant_id: String,
+    id: Uuid,
     tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
-    /// The upload whose chunks were committed without waiting for the disk.
-    not_flushed: Option<Uuid>,
+    /// Whether chunks were committed without waiting for the disk.
+    not_flushed: bool,
 }
 
 impl ChunkWriter {
-    /// Stores a chunk that starts at `start_offset`, if the upload is there now and still
-    /// takes bytes; the chunk that completes the upload makes it `pending`, in the same
-    /// statement. The caller has checked that the chunk fits the declared length.
-    pub async fn append(
-        &mut self,
-        tenant_id: &str,
-        id: Uuid,
-        start_offset: i64,
-        data: &[u8],
-        sha256: &[u8],
-    ) -> Result<Appended, StoreError> {
+    /// Stores a chunk that starts at `start_offset` (with its [`UploadChunk::checksum`]), if
+    /// the upload is there now and still takes bytes; the chunk that completes the upload makes
+    /// it `pending`, in the same statement. The caller has checked that the chunk fits the
+    /// declared length.
+    pub async fn append(&mut self, start_offset: i64, data: &[u8]) -> Result<Appended, StoreError> {
         // A chunk committed on its own does not wait for its WAL to reach the disk (a megabyte
         // each, while clamd writes the same bytes to its own disk: 0.03–0.3 s of a 100 MiB
         // upload's ~0.8 s send on 2 cores); `commit` makes them all durable at once. In a transaction the
@@ -430,14 +446,14 @@ impl ChunkWriter {
                      AND EXISTS (SELECT FROM commit_mode)
                    RETURNING id, received_bytes, status),
                chunk AS (
-                   INSERT INTO upload_chunks (attachment_id, start_offset, data, sha256)
+                   INSERT INTO upload_chunks (attachment_id, start_offset, data, crc32c)
                    SELECT id, $3, $4::bytea, $5 FROM moved WHERE octet_length($4::bytea) > 0)
                SELECT received_bytes, status AS "status: AttachmentStatus" FROM moved"#,
-            id,
-            tenant_id,
+            self.id,
+            self.tenant_id,
             start_offset,
             data,
-            sha256,
+            UploadChunk::checksum(data),
             commit_mode,
         );
         let stored = match &mut self.tx {
@@ -446,9 +462,7 @@ impl ChunkWriter {
         };
         Ok(match stored {
             Some(row) => {
-                if self.tx.is_none() {
-                    self.not_flushed = Some(id);
-                }
+                self.not_flushed |= self.tx.is_none();
                 Appended::Stored { received_bytes: row.received_bytes, status: row.status }
             }
             None => Appended::OffsetMoved,
@@ -461,10 +475,10 @@ impl ChunkWriter {
         if let Some(tx) = self.tx {
             tx.commit().await?;
         }
-        if let Some(id) = self.not_flushed {
+        if self.not_flushed {
             // A write committed synchronously flushes the WAL up to its own commit record,
             // and with it every chunk committed before.
-            sqlx::query!("UPDATE attachments SET updated_at = now() WHERE id = $1", id).execute(&self.pool).await?;
+            sqlx::query!("UPDATE attachments SET updated_at = now() WHERE id = $1", self.id).execute(&self.pool).await?;
         }
         Ok(())
     }
@@ -483,4 +497,25 @@ async fn drop_unneeded_chunks(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(data: &[u8], crc32c: Option<i32>, sha256: Option<Vec<u8>>) -> UploadChunk {
+        UploadChunk { start_offset: 0, data: data.to_vec(), crc32c, sha256 }
+    }
+
+    #[test]
+    fn a_chunk_is_checked_against_its_crc32c_or_else_its_sha256() {
+        let data = b"123456789";
+        assert_eq!(UploadChunk::checksum(data) as u32, 0xe306_9283, "CRC-32C (iSCSI)");
+        assert!(chunk(data, Some(UploadChunk::checksum(data)), None).is_as_received());
+        assert!(!chunk(b"123456780", Some(UploadChunk::checksum(data)), None).is_as_received());
+        let sha256 = Sha256::digest(data).to_vec();
+        assert!(chunk(data, None, Some(sha256.clone())).is_as_received(), "stored before chunks had a CRC32C");
+        assert!(!chunk(b"123456780", None, Some(sha256)).is_as_received());
+        assert!(!chunk(data, None, None).is_as_received());
+    }
 }
