@@ -52,11 +52,8 @@ async fn listed(app: &TestApp, query: &str) -> Vec<String> {
 
 /// What [`listed`] finds with `prefix` once there are at least `at_least` (visibility lags).
 async fn listed_at_least(app: &TestApp, query: &str, prefix: &str, at_least: usize) -> Vec<String> {
-    listed_once(app, query, |found| found.iter().filter(|id| id.starts_with(prefix)).count() >= at_least)
-        .await
-        .into_iter()
-        .filter(|id| id.starts_with(prefix))
-        .collect()
+    let with_prefix = |found: &[String]| -> Vec<String> { found.iter().filter(|id| id.starts_with(prefix)).cloned().collect() };
+    with_prefix(&listed_once(app, query, |found| with_prefix(found).len() >= at_least).await)
 }
 
 /// What [`listed`] finds once `done` holds for it, or at the deadline (visibility lags, and
