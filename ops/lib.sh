@@ -367,8 +367,15 @@ query_data() {
   [ "$1" = check ] && flags=(--check)
   url=${SOMA_PG_ADMIN_URL%/*}/$db
   psql "$SOMA_PG_ADMIN_URL" -qc "drop database if exists $db with (force)" -c "create database $db" >/dev/null
-  if DATABASE_URL=$url "$SQLX" migrate run --source "$ROOT/migrations" >/dev/null &&
-     (cd "$ROOT" && DATABASE_URL=$url PATH="$TOOLS/bin:$PATH" cargo sqlx prepare --workspace "${flags[@]}"); then
+  # sqlx-cli touches every crate's sources to make cargo expand the queries again; their times
+  # are put back after, or the next build (ops/bench's release one) would rebuild every crate.
+  local times=$STATE/source-times
+  (cd "$ROOT" && git ls-files -z -- '*.rs' 2>/dev/null | xargs -0 -r stat -c '%.9Y %n') >"$times" || true
+  local ok=1
+  DATABASE_URL=$url "$SQLX" migrate run --source "$ROOT/migrations" >/dev/null &&
+    (cd "$ROOT" && DATABASE_URL=$url PATH="$TOOLS/bin:$PATH" cargo sqlx prepare --workspace "${flags[@]}") || ok=0
+  (cd "$ROOT" && while read -r at file; do touch -m -d "@$at" "$file"; done <"$times")
+  if [ "$ok" = 1 ]; then
     if [ "$1" = check ]; then echo "query data: 1 passed, 0 failed"; fi
   else
     if [ "$1" = check ]; then
